@@ -1,0 +1,1 @@
+"""The command line and terminal client of vlm-agent."""

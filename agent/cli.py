@@ -1,0 +1,196 @@
+"""The ``vlm-agent`` command: one-shot commands on the vision core, for people and scripts.
+
+Results go to stdout (plain text, or the structured result with --json); progress,
+statistics and errors go to stderr, so ``--json`` output can be piped as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from rich.console import Console
+from rich.table import Table
+
+from tools.backends import DEFAULT_MODEL
+from tools.budgets import GEMMA4_BUDGETS
+from tools.errors import VlmError
+from tools.options import GenerationOptions
+from tools.results import DetectResult, Result
+
+MODEL_ENV = "VLM_AGENT_MODEL"
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+def model_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV, DEFAULT_MODEL),
+        help=f"hub id or local directory (default: ${MODEL_ENV} or {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="weights precision"
+    )
+
+
+def call_options(parser: argparse.ArgumentParser) -> None:
+    model_option(parser)
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help=f"visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280)",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=512)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--json", action="store_true", help="print the structured result as JSON")
+    parser.add_argument(
+        "--allow-private-urls", action="store_true", help="allow image URLs on loopback or private networks"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlm-agent",
+        description="Put a vision-language model to work: describe, read and detect in images.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("describe", help="caption images or answer a question about them")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="path, http(s) URL or data: URI")
+    p.add_argument("--prompt", "-p", default="", help="question or instruction (default: describe)")
+    call_options(p)
+
+    p = commands.add_parser("ocr", help="read all text in an image")
+    p.add_argument("images", nargs=1, metavar="IMAGE")
+    call_options(p)
+
+    p = commands.add_parser("detect", help="find labelled objects and draw their boxes")
+    p.add_argument("images", nargs=1, metavar="IMAGE")
+    p.add_argument("labels", nargs="+", metavar="LABEL")
+    p.add_argument("--out", default=None, help="annotated PNG to write (default: IMAGE-detections.png here)")
+    call_options(p)
+
+    p = commands.add_parser(
+        "tiny-model",
+        help="build a tiny random-weight checkpoint for offline tests",
+        description="Build a tiny random-weight checkpoint (real config, processor and tokenizer classes). "
+        "It loads and runs like a real model, fast, but its outputs are gibberish: use it to test "
+        "plumbing, never answers.",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--family", default="gemma4", choices=("gemma4",))
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def default_out(ref: str) -> Path:
+    name = Path(urlparse(ref).path).stem if "://" in ref else Path(ref).stem
+    if ref.startswith("data:") or not name:
+        name = "image"
+    return Path.cwd() / f"{name}-detections.png"
+
+
+def stats_line(result: Result) -> str:
+    budget = f"budget {result.budget} · " if result.budget is not None else ""
+    return (
+        f"{result.family} · {budget}{result.image_tokens} image tokens · {result.prompt_tokens} prompt + "
+        f"{result.generated_tokens} generated tokens · {result.timings.total_ms / 1000:.2f} s"
+    )
+
+
+def print_result(result: Result, as_json: bool) -> None:
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    if isinstance(result, DetectResult):
+        table = Table("label", "x1", "y1", "x2", "y2", title=f"{len(result.detections)} detections")
+        for d in result.detections:
+            table.add_row(d.label, *map(str, d.box))
+        out.print(table)
+        if result.annotated_path:
+            err.print(f"annotated image: {result.annotated_path}")
+    else:
+        out.print(result.text, markup=False)
+    for note in result.notes:
+        err.print(f"note: {note}", markup=False)
+    err.print(stats_line(result), style="dim", markup=False)
+
+
+def run_call(args: argparse.Namespace) -> Result:
+    from tools.backends import FAMILIES, detect_family, load_backend
+    from tools.budgets import check_budget
+    from tools.images import AccessPolicy, ImageLoader
+    from tools.vision import Vision, check_labels, check_text
+
+    # Everything that can be checked before the slow model load is checked first.
+    options = GenerationOptions(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
+    )
+    check_text(getattr(args, "prompt", ""), "The prompt")
+    if args.command == "detect":
+        check_labels(args.labels)
+    local = [ref for ref in args.images if "://" not in ref and not ref.startswith("data:")]
+    policy = AccessPolicy.for_files(local, allow_private_urls=args.allow_private_urls)
+    loader = ImageLoader(policy)
+    # Bad images fail before the slow model load; later steps refer to them by id.
+    ids = [loader.load(ref).image_id for ref in args.images]
+    family = FAMILIES.get(detect_family(args.model))
+    if family is not None and args.budget is not None and family.budgets:
+        check_budget(args.budget, family.budgets, family.display_name)
+    started = time.perf_counter()
+    err.print(f"loading {args.model} …", style="dim", markup=False)
+    with err.status("loading model", spinner="dots"):
+        backend = load_backend(args.model, dtype=args.dtype)
+    err.print(f"loaded on {backend.device} in {time.perf_counter() - started:.1f} s", style="dim")
+    vision = Vision(backend, loader)
+    with err.status(f"running {args.command}", spinner="dots"):
+        if args.command == "describe":
+            return vision.describe(ids, args.prompt, budget=args.budget, options=options)
+        if args.command == "ocr":
+            return vision.ocr(ids[0], budget=args.budget, options=options)
+        out_path = Path(args.out) if args.out else default_out(args.images[0])
+        return vision.detect(ids[0], args.labels, budget=args.budget, options=options, annotated_path=out_path)
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
+    if not verbose:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        if args.command == "tiny-model":
+            from tools.tiny import build_tiny
+
+            path = build_tiny(args.dir, args.family, seed=args.seed)
+            err.print(f"built a tiny random-weight {args.family} checkpoint (gibberish outputs) in", style="dim")
+            print(path)
+            return 0
+        print_result(run_call(args), args.json)
+        return 0
+    except VlmError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The MCP adapter over the vision core (``tools``)."""

@@ -1,0 +1,205 @@
+"""The vlm-agent command end to end on a tiny model, through its real argv, stdout and stderr."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from agent.cli import main
+from tests.conftest import sample_image
+
+RESULT_KEYS = {
+    "text", "model", "family", "budget", "image_ids", "image_tokens", "prompt_tokens", "generated_tokens",
+    "finish_reason", "history_turns", "timings", "notes", "task",
+}
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_tiny_model_builds_a_loadable_checkpoint(tmp_path, capsys):
+    code, out, err = run(capsys, "tiny-model", str(tmp_path / "t"))
+    assert code == 0
+    assert out.strip() == str(tmp_path / "t")
+    assert "gibberish" in err
+    assert {"config.json", "model.safetensors", "chat_template.jinja", "tokenizer.json"} <= {
+        p.name for p in (tmp_path / "t").iterdir()
+    }
+
+
+def test_tiny_model_help_says_outputs_are_gibberish(capsys):
+    with pytest.raises(SystemExit):
+        main(["tiny-model", "--help"])
+    assert "gibberish" in capsys.readouterr().out
+
+
+def test_describe_json_reports_256_image_tokens_at_budget_280(tiny_gemma4, square_png, capsys):
+    code, out, err = run(
+        capsys, "describe", str(square_png), "--model", str(tiny_gemma4), "--budget", "280",
+        "--max-new-tokens", "8", "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert RESULT_KEYS <= result.keys()
+    assert result["image_tokens"] == 256
+    assert (result["task"], result["family"], result["budget"]) == ("describe", "gemma4", 280)
+    assert result["model"] == str(tiny_gemma4)
+    assert result["image_ids"][0].startswith("img_") and len(result["image_ids"]) == 1
+    assert 1 <= result["generated_tokens"] <= 8
+    assert set(result["timings"]) == {"preprocess_ms", "generate_ms", "total_ms"}
+    assert "loading" in err  # progress goes to stderr, never into the JSON
+
+
+def test_describe_several_images_and_plain_output(tiny_gemma4, tmp_path, capsys):
+    paths = []
+    for n, size in enumerate([(512, 512), (64, 48)]):
+        paths.append(tmp_path / f"{n}.png")
+        sample_image(*size).save(paths[-1])
+    code, out, err = run(
+        capsys, "describe", *map(str, paths), "--prompt", "What differs?", "--model", str(tiny_gemma4),
+        "--budget", "70", "--max-new-tokens", "4",
+    )
+    assert code == 0, err
+    stats = err.strip().splitlines()[-1]
+    assert stats.startswith("gemma4 · budget 70 · 127 image tokens · ")  # 64 + 63
+    assert stats.endswith(" s")
+
+
+def test_ocr_json(tiny_gemma4, square_png, capsys):
+    code, out, err = run(capsys, "ocr", str(square_png), "--model", str(tiny_gemma4), "--max-new-tokens", "4", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["task"] == "ocr" and result["image_tokens"] == 256
+
+
+def test_detect_writes_annotated_png_and_json(tiny_gemma4, tmp_path, capsys):
+    image = tmp_path / "street.jpg"
+    sample_image(640, 480).save(image)
+    annotated = tmp_path / "out" / "boxes.png"
+    code, out, err = run(
+        capsys, "detect", str(image), "person", "car", "--model", str(tiny_gemma4), "--out", str(annotated),
+        "--max-new-tokens", "8", "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["task"] == "detect"
+    assert result["labels"] == ["person", "car"]
+    assert result["image_size"] == [640, 480]
+    assert isinstance(result["detections"], list)
+    assert result["annotated_path"] == str(annotated)
+    assert Image.open(annotated).size == (640, 480)
+
+
+def test_detect_default_output_lands_in_the_current_directory(tiny_gemma4, tmp_path, monkeypatch, capsys):
+    image = tmp_path / "in" / "street.png"
+    image.parent.mkdir()
+    sample_image().save(image)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code, out, err = run(capsys, "detect", str(image), "cat", "--model", str(tiny_gemma4), "--max-new-tokens", "4")
+    assert code == 0, err
+    assert (work / "street-detections.png").is_file()
+    assert "detections" in out and "annotated image:" in err
+
+
+def png_data_uri() -> str:
+    import io
+
+    buffer = io.BytesIO()
+    sample_image().save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_data_uri_input(tiny_gemma4, capsys):
+    code, out, err = run(capsys, "describe", png_data_uri(), "--model", str(tiny_gemma4), "--max-new-tokens", "2", "--json")
+    assert code == 0, err
+    assert json.loads(out)["image_tokens"] == 266  # 64x48 at the default budget 280
+
+
+def bad_inputs(tmp: Path) -> dict[str, list[str]]:
+    (tmp / "dir").mkdir()
+    (tmp / "text.png").write_text("not an image at all")
+    (tmp / "empty.png").write_bytes(b"")
+    good = tmp / "good.png"
+    sample_image().save(good)
+    data = good.read_bytes()
+    (tmp / "truncated.png").write_bytes(data[: len(data) // 2])
+    return {
+        "missing file": ["describe", str(tmp / "missing.png")],
+        "directory": ["describe", str(tmp / "dir")],
+        "text renamed png": ["ocr", str(tmp / "text.png")],
+        "empty file": ["ocr", str(tmp / "empty.png")],
+        "truncated png": ["describe", str(tmp / "truncated.png")],
+        "budget outside the set": ["describe", str(good), "--budget", "100"],
+        "zero max new tokens": ["describe", str(good), "--max-new-tokens", "0"],
+        "negative temperature": ["describe", str(good), "--temperature", "-1"],
+        "empty label": ["detect", str(good), " "],
+        "loopback url": ["describe", "http://127.0.0.1:9/cat.png"],
+        "file scheme": ["describe", "file:///etc/passwd"],
+        "bad data uri": ["describe", "data:image/png;base64,@@@"],
+        "text data uri": ["describe", "data:text/plain;base64,aGVsbG8="],
+        "unknown image id": ["describe", "img_0123456789abcdef"],
+        "nul in prompt": ["describe", str(good), "--prompt", "a\x00b"],
+        "missing model dir": ["describe", str(good), "--model", str(tmp / "no-model")],
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file", "directory", "text renamed png", "empty file", "truncated png",
+        "budget outside the set", "zero max new tokens", "negative temperature", "empty label",
+        "loopback url", "file scheme", "bad data uri", "text data uri", "unknown image id",
+        "nul in prompt", "missing model dir",
+    ],
+)
+def test_bad_input_gives_one_line_error_and_nonzero_exit(case, tiny_gemma4, tmp_path, capsys):
+    argv = bad_inputs(tmp_path)[case]
+    if "--model" not in argv:
+        argv = [*argv, "--model", str(tiny_gemma4)]
+    code, out, err = run(capsys, *argv)
+    assert code == 1
+    assert out == ""
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert err.endswith(errors[0] + "\n")  # the error is the last line, whole
+    assert "Traceback" not in err and " at 0x" not in err
+    assert len(errors[0]) < 300
+
+
+def test_unreachable_hub_model_is_one_line_with_local_copy_hint(square_png, capsys):
+    code, out, err = run(capsys, "describe", str(square_png), "--model", "google/gemma-4-E2B-it")
+    assert code == 1
+    line = next(line for line in err.splitlines() if line.startswith("error: "))
+    assert "could not be downloaded" in line and "--model" in line
+
+
+def test_model_from_environment(tiny_gemma4, square_png, monkeypatch, capsys):
+    monkeypatch.setenv("VLM_AGENT_MODEL", str(tiny_gemma4))
+    from agent.cli import build_parser
+
+    assert build_parser().parse_args(["ocr", str(square_png)]).model == str(tiny_gemma4)
+
+
+def test_console_script_end_to_end(tiny_gemma4, square_png):
+    script = Path(sys.executable).parent / "vlm-agent"
+    assert script.exists(), "install the project (pip install -e .) to get the vlm-agent command"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [str(script), "describe", str(square_png), "--model", str(tiny_gemma4), "--budget", "280",
+         "--max-new-tokens", "4", "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["image_tokens"] == 256  # stdout is the JSON and nothing else

@@ -1,0 +1,61 @@
+"""Backends: one module per model family, chosen from the checkpoint's config."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..errors import ModelNotFound, Unsupported
+from .base import Backend, Generation, Timings, Turn
+from .gemma4 import Gemma4Backend
+from .hf import HFBackend, model_not_found
+
+log = logging.getLogger("vlm_agent")
+
+DEFAULT_MODEL = "google/gemma-4-E2B-it"
+
+#: config ``model_type`` -> backend class
+FAMILIES: dict[str, type[HFBackend]] = {
+    "gemma4": Gemma4Backend,
+}
+
+__all__ = ["Backend", "DEFAULT_MODEL", "FAMILIES", "Generation", "Timings", "Turn", "detect_family", "load_backend"]
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return model_id.startswith((".", "/", "~")) or Path(model_id).expanduser().exists()
+
+
+def detect_family(model_id: str) -> str:
+    """The checkpoint's ``model_type``, read from its config (never guessed from its name)."""
+    from transformers import AutoConfig
+
+    if _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+        raise ModelNotFound(
+            f"No model directory at '{model_id}'; pass a directory holding config.json and the weights, "
+            "or a hub id such as google/gemma-4-E2B-it."
+        )
+    try:
+        config = AutoConfig.from_pretrained(str(Path(model_id).expanduser()) if _looks_like_path(model_id) else model_id)
+    except (OSError, ValueError) as exc:
+        log.debug("reading the config of %s failed: %s", model_id, exc)
+        raise model_not_found(model_id) from None
+    return str(config.model_type)
+
+
+def load_backend(model_id: str = DEFAULT_MODEL, *, dtype: str = "auto", device_map: str | None = "auto") -> HFBackend:
+    """Load ``model_id`` (hub id or local directory) once, with the backend of its family."""
+    family = detect_family(model_id)
+    try:
+        backend_cls = FAMILIES[family]
+    except KeyError:
+        known = ", ".join(sorted(FAMILIES))
+        raise Unsupported(f"Model type '{family}' is not supported; vlm-agent runs: {known}.") from None
+    if _looks_like_path(model_id):
+        model_id = str(Path(model_id).expanduser())
+    log.info("loading %s (%s)", model_id, family)
+    started = time.perf_counter()
+    backend = backend_cls.load(model_id, dtype=dtype, device_map=device_map)
+    log.info("loaded %s on %s (%s) in %.1f s", model_id, backend.device, backend.dtype, time.perf_counter() - started)
+    return backend

@@ -1,0 +1,103 @@
+"""The one backend interface every model family implements.
+
+A backend owns a loaded model and knows its family's prompt format: how a caption,
+a reading or a detection is asked for, how prior turns are rendered, and how its
+output becomes text or boxes. It receives decoded images and validated options;
+resolving image references and building results is the caller's job (``tools.vision``).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from PIL import Image
+
+from ..detections import ParsedDetections
+from ..errors import Unsupported
+from ..options import GenerationOptions
+from ..results import Timings
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One prior turn of a conversation."""
+
+    role: Role
+    text: str
+    images: tuple[Image.Image, ...] = ()
+
+
+@dataclass
+class Generation:
+    """What one model call produced, with the counts that explain it."""
+
+    text: str
+    image_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: Literal["stop", "length"]
+    budget: int | None
+    timings: Timings = field(default_factory=Timings)
+    #: prior turns actually sent to the model (a family may send fewer than given)
+    history_turns: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Stopwatch:
+    """Milliseconds since creation, by named lap."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        ms, self._last = (now - self._last) * 1000.0, now
+        return round(ms, 2)
+
+    def total(self) -> float:
+        return round((time.perf_counter() - self._start) * 1000.0, 2)
+
+
+class Backend(ABC):
+    """A loaded vision-language model of one family."""
+
+    family: ClassVar[str]
+    #: how people write the family's name, for messages
+    display_name: ClassVar[str]
+    #: visual-token budgets the family accepts; empty for fixed-resolution families
+    budgets: ClassVar[tuple[int, ...]] = ()
+    default_budget: ClassVar[int | None] = None
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    @abstractmethod
+    def describe(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        history: Sequence[Turn],
+        budget: int | None,
+        options: GenerationOptions,
+    ) -> Generation:
+        """Answer ``prompt`` about ``images`` (a caption when the prompt asks for one)."""
+
+    @abstractmethod
+    def ocr(self, image: Image.Image, budget: int | None, options: GenerationOptions) -> Generation:
+        """Read all text in the image, in reading order."""
+
+    def detect(
+        self, image: Image.Image, labels: Sequence[str], budget: int | None, options: GenerationOptions
+    ) -> tuple[Generation, ParsedDetections]:
+        """Find ``labels`` in the image; boxes in pixels of ``image``."""
+        raise Unsupported(f"{self.display_name} models cannot detect objects; use a Gemma 4 or PaliGemma model.")

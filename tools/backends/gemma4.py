@@ -1,0 +1,78 @@
+"""Gemma 4 through its own chat template, with per-call visual-token budgets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from .. import prompts
+from ..budgets import DEFAULT_BUDGET, GEMMA4_BUDGETS, check_budget
+from ..detections import GEMMA4_GRID, ParsedDetections, from_box_2d_json
+from ..options import GenerationOptions
+from .base import Generation, Stopwatch, Turn
+from .hf import HFBackend
+
+
+def user_content(images: Sequence[Image.Image], text: str) -> list[dict[str, Any]]:
+    # Images before the text, as in the Gemma 4 guide's examples.
+    parts: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+    if text:
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+def build_messages(images: Sequence[Image.Image], prompt: str, history: Sequence[Turn]) -> list[dict[str, Any]]:
+    """Chat messages for the template: prior turns in order (with their images), then this one."""
+    messages = [
+        {"role": turn.role, "content": user_content(turn.images, turn.text)} for turn in history
+    ]
+    messages.append({"role": "user", "content": user_content(images, prompt)})
+    return messages
+
+
+class Gemma4Backend(HFBackend):
+    family = "gemma4"
+    display_name = "Gemma 4"
+    budgets = GEMMA4_BUDGETS
+    default_budget = DEFAULT_BUDGET
+    grid = GEMMA4_GRID
+
+    def run(
+        self,
+        messages: list[dict[str, Any]],
+        budget: int | None,
+        options: GenerationOptions,
+        history_turns: int = 0,
+    ) -> Generation:
+        budget = check_budget(self.default_budget if budget is None else budget, self.budgets, self.display_name)
+        watch = Stopwatch()
+        inputs = self.processor.apply_chat_template(
+            messages,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
+            processor_kwargs={"max_soft_tokens": budget},
+        )
+        return self.generate(inputs, options, budget=budget, watch=watch, history_turns=history_turns)
+
+    def describe(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        history: Sequence[Turn],
+        budget: int | None,
+        options: GenerationOptions,
+    ) -> Generation:
+        return self.run(build_messages(images, prompt, history), budget, options, len(history))
+
+    def ocr(self, image: Image.Image, budget: int | None, options: GenerationOptions) -> Generation:
+        return self.run(build_messages([image], prompts.GEMMA4_OCR, ()), budget, options)
+
+    def detect(
+        self, image: Image.Image, labels: Sequence[str], budget: int | None, options: GenerationOptions
+    ) -> tuple[Generation, ParsedDetections]:
+        generation = self.run(build_messages([image], prompts.gemma4_detect(labels), ()), budget, options)
+        return generation, from_box_2d_json(generation.text, image.size, grid=self.grid)

@@ -1,0 +1,333 @@
+"""Read boxes out of what a vision-language model wrote.
+
+Two dialects:
+
+- Gemma 4 writes JSON, ``[{"box_2d": [y1, x1, y2, x2], "label": "cat"}]``, on a 0..1000 grid.
+- PaliGemma writes location tokens, ``<loc0256><loc0128><loc0768><loc0896> cat ; ...``,
+  on a 1024 grid, optionally followed by 16 ``<segNNN>`` mask codes.
+
+Model output is untrusted text, so the parsers never raise on it: they keep every
+item they can read and give, in ``dropped``, one reason for each item (or part of
+an item) they left out. Decisions shared by both parsers:
+
+- a missing or empty label becomes ``"object"``: the box is the useful part, and
+  ``raw`` still shows what the model wrote;
+- swapped corners are put in order and values outside the grid are clamped to it,
+  silently, because the box is kept and means the same thing;
+- a box with no area after clamping, and an exact repeat (same label, same box
+  after ordering and clamping) of an earlier item, are dropped with a reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidRequest
+
+#: Gemma 4 box_2d values run 0..1000 inclusive: real outputs reach 1000 at the right edge.
+GEMMA4_GRID = 1000
+#: PaliGemma <locNNNN> tokens are 1024 bins, 0000..1023.
+PALIGEMMA_GRID = 1024
+DEFAULT_LABEL = "object"
+#: PaliGemma's mask decoder takes exactly this many <segNNN> codes.
+SEG_CODES = 16
+
+_LOC_ITEM = re.compile(r"((?:<loc\d{4}>\s*)+)((?:<seg\d{3}>\s*)*)([^;<]*)")
+_NUMBER_TOKEN = re.compile(r"\d+")
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    #: pixels of the original image: x1, y1, x2, y2, origin top left, within 0..w and 0..h
+    box: tuple[int, int, int, int]
+    #: the same box as fractions of width and height, x first, 4 decimals
+    box_normalized: tuple[float, float, float, float]
+    #: exactly what the model wrote for this item
+    raw: str
+    #: PaliGemma mask codes, when the model gave all 16
+    seg_codes: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "box": list(self.box),
+            "box_normalized": list(self.box_normalized),
+            "raw": self.raw,
+            "seg_codes": list(self.seg_codes),
+        }
+
+
+@dataclass
+class ParsedDetections:
+    detections: list[Detection]
+    #: one short reason per item left out, e.g. "item 3: box has 3 numbers, need 4"
+    dropped: list[str]
+    #: (width, height) the boxes were scaled to
+    image_size: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detections": [d.to_dict() for d in self.detections],
+            "dropped": list(self.dropped),
+            "image_size": list(self.image_size),
+        }
+
+
+class _Drop(Exception):
+    """An item is left out; the message is the reason."""
+
+
+class _Collector:
+    """Turns grid-unit boxes into Detections, and keeps the account of what was dropped."""
+
+    def __init__(self, image_size: tuple[int, int], grid: int) -> None:
+        if not (isinstance(grid, int) and grid > 0):
+            raise InvalidRequest(f"The grid must be a positive whole number, not {grid!r}.")
+        if not (len(image_size) == 2 and all(isinstance(v, int) and v > 0 for v in image_size)):
+            raise InvalidRequest(f"The image size must be two positive whole numbers, not {image_size!r}.")
+        self.image_size = (image_size[0], image_size[1])
+        self.grid = grid
+        self.detections: list[Detection] = []
+        self.dropped: list[str] = []
+        self._first_seen: dict[tuple[str, tuple[float, ...]], int] = {}
+
+    def drop(self, number: int, reason: str) -> None:
+        self.dropped.append(f"item {number}: {reason}")
+
+    def add(
+        self, number: int, label: str, yxyx: Sequence[float], raw: str, seg_codes: tuple[int, ...] = ()
+    ) -> None:
+        """Add one item given as y1, x1, y2, x2 in grid units; raises _Drop to leave it out."""
+        y1, x1, y2, x2 = (min(max(v, 0.0), float(self.grid)) for v in yxyx)
+        x1, x2 = sorted((x1, x2))
+        y1, y2 = sorted((y1, y2))
+        if x1 == x2 or y1 == y2:
+            raise _Drop(f"zero-area box (after clamping to 0..{self.grid})")
+        key = (label, (x1, y1, x2, y2))
+        if key in self._first_seen:
+            raise _Drop(f"duplicate of item {self._first_seen[key]}")
+        self._first_seen[key] = number
+        width, height = self.image_size
+        self.detections.append(
+            Detection(
+                label=label,
+                box=(self._pixel(x1, width), self._pixel(y1, height), self._pixel(x2, width), self._pixel(y2, height)),
+                box_normalized=(
+                    round(x1 / self.grid, 4),
+                    round(y1 / self.grid, 4),
+                    round(x2 / self.grid, 4),
+                    round(y2 / self.grid, 4),
+                ),
+                raw=raw,
+                seg_codes=seg_codes,
+            )
+        )
+
+    def _pixel(self, value: float, side: int) -> int:
+        # multiply before dividing so that whole grid values scale exactly, and round
+        # halves up (Python's round() goes to even, which would shift some edges)
+        return min(side, math.floor(value * side / self.grid + 0.5))
+
+    def result(self) -> ParsedDetections:
+        return ParsedDetections(self.detections, self.dropped, self.image_size)
+
+
+def _label(value: Any) -> str:
+    text = " ".join(str(value).split()) if isinstance(value, (str, int, float)) else ""
+    return text or DEFAULT_LABEL
+
+
+# ---------------------------------------------------------------- Gemma 4 JSON
+
+
+def from_box_2d_json(text: str, image_size: tuple[int, int], grid: int = GEMMA4_GRID) -> ParsedDetections:
+    """Detections from Gemma 4's ``{"box_2d": [y1, x1, y2, x2], "label": ...}`` items.
+
+    Every JSON object in the text is read, wherever it is: inside or outside code
+    fences, in every fenced block, in a list, alone, or wrapped in another object.
+    So prose, fences and stray brackets need no special case, and a model that
+    repeats its block gets its repeats dropped as duplicates. An object left open
+    at the end (truncated output) is reported, and the complete ones before it kept.
+    """
+    out = _Collector(image_size, grid)
+    found, truncated = _json_items(text)
+    for number, (raw, item) in enumerate(found, start=1):
+        try:
+            yxyx = _box_2d(item)
+            out.add(number, _label(item.get("label")), yxyx, raw)
+        except _Drop as reason:
+            out.drop(number, str(reason))
+    if truncated:
+        out.dropped.append("truncated output: 1 incomplete item ignored")
+    return out.result()
+
+
+def _json_items(text: str) -> tuple[list[tuple[str, Any]], bool]:
+    """(raw text, decoded object or None) per item, and whether the text ends inside an item.
+
+    An item is an object holding "box_2d", or an innermost object (holding no
+    other object), which is reported as dropped when it has no box. Any other
+    object is a wrapper, and the scan goes on inside it.
+    """
+    items: list[tuple[str, Any]] = []
+    start = text.find("{")
+    while start != -1:
+        end = _closing_brace(text, start)
+        if end is None:
+            # an open wrapper may still hold complete items; an open innermost object is the cut-off one
+            start = text.find("{", start + 1)
+            if start == -1:
+                return items, True
+            continue
+        chunk = text[start:end]
+        decoded = _loads(chunk)
+        if (isinstance(decoded, dict) and "box_2d" in decoded) or "{" not in chunk[1:]:
+            items.append((chunk, decoded))
+            start = text.find("{", end)
+        else:
+            start = text.find("{", start + 1)
+    return items, False
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    """Index just past the brace closing the one at ``start``; None when the text ends first."""
+    depth = 0
+    in_string = escaped = False
+    for i in range(start, len(text)):
+        char = text[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    return None
+
+
+def _loads(chunk: str) -> Any:
+    try:
+        return json.loads(chunk)
+    except ValueError:
+        pass
+    # language models often leave a comma before a closing bracket
+    try:
+        return json.loads(_TRAILING_COMMA.sub(r"\1", chunk))
+    except ValueError:
+        return None
+
+
+def _box_2d(item: Any) -> list[float]:
+    if item is None:
+        raise _Drop("not valid JSON")
+    if not isinstance(item, dict) or "box_2d" not in item:
+        raise _Drop("no box_2d")
+    box = item["box_2d"]
+    if not isinstance(box, list):
+        raise _Drop("box_2d is not a list")
+    if len(box) != 4:
+        raise _Drop(f"box has {len(box)} numbers, need 4")
+    return [_number(value) for value in box]
+
+
+def _number(value: Any) -> float:
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            pass
+    # json.loads accepts NaN and Infinity, which have no place on a grid
+    if not math.isfinite(number):
+        raise _Drop(f"box has a non-numeric value {value!r}")
+    return number
+
+
+# ---------------------------------------------------------------- PaliGemma tokens
+
+
+def from_loc_tokens(text: str, image_size: tuple[int, int], grid: int = PALIGEMMA_GRID) -> ParsedDetections:
+    """Detections from PaliGemma's ``<locY1><locX1><locY2><locX2>[16 <segNNN>] label ; ...``.
+
+    An item is a run of <loc> tokens, the <seg> tokens after it, and the text up to
+    the next ``;`` or token; text with no <loc> token (an echoed prompt, ``<eos>``)
+    is not an item. A run of other than 4 <loc> tokens is dropped. A box with
+    other than 16 <seg> codes is kept without them, and the codes reported dropped.
+    """
+    out = _Collector(image_size, grid)
+    for number, match in enumerate(_LOC_ITEM.finditer(text), start=1):
+        locs, segs, label = match.groups()
+        yxyx = [float(v) for v in _NUMBER_TOKEN.findall(locs)]
+        codes = tuple(int(v) for v in _NUMBER_TOKEN.findall(segs))
+        whole_mask = len(codes) in (0, SEG_CODES)
+        try:
+            if len(yxyx) != 4:
+                raise _Drop(f"box has {len(yxyx)} <loc> tokens, need 4")
+            out.add(number, _label(label), yxyx, match.group(0).strip(), codes if whole_mask else ())
+        except _Drop as reason:
+            out.drop(number, str(reason))
+            continue
+        if not whole_mask:
+            out.drop(number, f"{len(codes)} <seg> tokens, need {SEG_CODES}: mask codes ignored, box kept")
+    return out.result()
+
+
+# ---------------------------------------------------------------- comparing results
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes; 0.0 when both are empty."""
+    overlap_w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    overlap_h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = overlap_w * overlap_h
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _area(box: Sequence[float]) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def match_f1(pred: Sequence[Detection], ref: Sequence[Detection], iou_threshold: float = 0.5) -> float:
+    """F1 of ``pred`` against ``ref``: greedy one-to-one matching, best IoU first.
+
+    A pair matches when the labels agree (ignoring case) and the IoU is at least
+    ``iou_threshold``. Boxes are compared as fractions of the image, so results
+    parsed against different image sizes still compare. Both empty gives 1.0.
+    """
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise InvalidRequest(f"iou_threshold must be between 0 and 1, not {iou_threshold}.")
+    if not pred and not ref:
+        return 1.0
+    pairs = sorted(
+        (-iou(p.box_normalized, r.box_normalized), i, j)
+        for i, p in enumerate(pred)
+        for j, r in enumerate(ref)
+        if p.label.casefold() == r.label.casefold()
+    )
+    used_pred: set[int] = set()
+    used_ref: set[int] = set()
+    for negative_iou, i, j in pairs:
+        if -negative_iou < iou_threshold:
+            break
+        if i not in used_pred and j not in used_ref:
+            used_pred.add(i)
+            used_ref.add(j)
+    return 2 * len(used_pred) / (len(pred) + len(ref))

@@ -1,0 +1,47 @@
+"""Generation options shared by every backend, validated once at the edge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+
+MAX_NEW_TOKENS_LIMIT = 8192
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    max_new_tokens: int = 512
+    #: 0 means greedy decoding (the default); above 0 samples.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    #: forces a length: benchmarks time a fixed number of tokens
+    min_new_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise InvalidRequest(
+                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}."
+            )
+        if not 0.0 <= self.temperature <= 2.0:
+            raise InvalidRequest(f"temperature must be between 0 and 2, got {self.temperature}.")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InvalidRequest(f"top_p must be above 0 and at most 1, got {self.top_p}.")
+        if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise InvalidRequest("min_new_tokens must be between 0 and max_new_tokens.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def generate_kwargs(self) -> dict[str, object]:
+        """Keyword arguments for ``model.generate``."""
+        kwargs: dict[str, object] = {"max_new_tokens": self.max_new_tokens, "do_sample": not self.greedy}
+        if not self.greedy:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        else:
+            # Checkpoints ship sampling defaults; greedy must not inherit them.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if self.min_new_tokens is not None:
+            kwargs["min_new_tokens"] = self.min_new_tokens
+        return kwargs

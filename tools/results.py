@@ -1,0 +1,53 @@
+"""Structured results: what every adapter prints, serialises or returns as MCP structured content."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Timings(BaseModel):
+    """Wall-clock milliseconds of one call."""
+
+    preprocess_ms: float = Field(0.0, description="chat template, image resizing and patching")
+    generate_ms: float = Field(0.0, description="prefill and decoding")
+    total_ms: float = Field(0.0, description="the whole call, image loading included")
+
+
+class Result(BaseModel):
+    text: str = Field(description="the model's answer")
+    model: str = Field(description="hub id or local path of the model")
+    family: str = Field(description="model family: gemma4, paligemma or blip2")
+    budget: int | None = Field(description="visual-token budget used; null for fixed-resolution families")
+    image_ids: list[str] = Field(description="ids of this call's images, usable in later calls instead of the bytes")
+    image_tokens: int = Field(description="image tokens actually in the prompt")
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: Literal["stop", "length"] = Field(description="length: cut at max_new_tokens")
+    history_turns: int = Field(0, description="prior turns sent to the model")
+    timings: Timings
+    notes: list[str] = Field(default_factory=list, description="anything cut, dropped or ignored")
+
+
+class DescribeResult(Result):
+    task: Literal["describe"] = "describe"
+
+
+class OcrResult(Result):
+    task: Literal["ocr"] = "ocr"
+
+
+class DetectionOut(BaseModel):
+    label: str
+    box: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the original image, origin top left")
+    box_normalized: list[float] = Field(description="the same box as fractions of width and height")
+    raw: str = Field(description="the model text this box came from")
+
+
+class DetectResult(Result):
+    task: Literal["detect"] = "detect"
+    labels: list[str]
+    image_size: list[int] = Field(description="[width, height] of the original image")
+    detections: list[DetectionOut]
+    annotated_path: str | None = Field(None, description="full-size annotated PNG, when one was written")

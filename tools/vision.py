@@ -1,0 +1,183 @@
+"""The vision core's front door: image references and plain values in, structured results out.
+
+``Vision`` resolves image references through the access policy, validates every
+parameter, runs the backend one request at a time, and builds the results that the
+CLI prints and the MCP server returns. Adapters stay thin: they only translate.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .backends.base import Backend, Generation, Turn
+from .detections import Detection
+from .drawing import annotate, save_png
+from .errors import InvalidRequest
+from .images import ImageLoader, LoadedImage
+from .options import GenerationOptions
+from .results import DescribeResult, DetectionOut, DetectResult, OcrResult, Result
+
+MAX_PROMPT_CHARS = 32_000
+MAX_IMAGES = 16
+MAX_LABELS = 20
+MAX_LABEL_CHARS = 100
+MAX_HISTORY_TURNS = 64
+
+
+def check_text(text: str, what: str) -> str:
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{what} must be text.")
+    if "\x00" in text:
+        raise InvalidRequest(f"{what} contains a NUL byte; remove it and send the text again.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"{what} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    return text
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    if isinstance(labels, str):
+        labels = [labels]
+    cleaned = [check_text(label, "A label").strip() for label in labels]
+    if not cleaned or not all(cleaned):
+        raise InvalidRequest("Give at least one non-empty label to detect, for example 'person'.")
+    if len(cleaned) > MAX_LABELS:
+        raise InvalidRequest(f"{len(cleaned)} labels given; detect at most {MAX_LABELS} at once.")
+    for label in cleaned:
+        if len(label) > MAX_LABEL_CHARS or "\n" in label:
+            raise InvalidRequest(f"Labels must be one line of at most {MAX_LABEL_CHARS} characters.")
+    return list(dict.fromkeys(cleaned))
+
+
+def detection_out(detection: Detection) -> DetectionOut:
+    return DetectionOut(
+        label=detection.label,
+        box=list(detection.box),
+        box_normalized=list(detection.box_normalized),
+        raw=detection.raw,
+    )
+
+
+class Vision:
+    """One resident backend behind validated, one-at-a-time operations."""
+
+    def __init__(self, backend: Backend, loader: ImageLoader) -> None:
+        self.backend = backend
+        self.loader = loader
+        # One request on the model at a time: generate() is not re-entrant.
+        self._lock = threading.Lock()
+
+    # -- inputs -----------------------------------------------------------------
+
+    def load_images(self, refs: Sequence[str], *, at_least: int = 1) -> list[LoadedImage]:
+        if isinstance(refs, str):
+            refs = [refs]
+        if len(refs) < at_least:
+            raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.")
+        if len(refs) > MAX_IMAGES:
+            raise InvalidRequest(f"{len(refs)} images given; send at most {MAX_IMAGES} in one call.")
+        return [self.loader.load(ref) for ref in refs]
+
+    def parse_history(self, history: Sequence[Mapping[str, Any] | Turn]) -> list[Turn]:
+        """Prior turns from plain dicts: ``{"role", "content", "images"}``."""
+        if len(history) > MAX_HISTORY_TURNS:
+            raise InvalidRequest(f"History has {len(history)} turns; send at most {MAX_HISTORY_TURNS}.")
+        turns: list[Turn] = []
+        for n, entry in enumerate(history, start=1):
+            if isinstance(entry, Turn):
+                turns.append(entry)
+                continue
+            if not isinstance(entry, Mapping):
+                raise InvalidRequest(f"History entry {n} must be an object with 'role' and 'content'.")
+            role = entry.get("role")
+            if role not in ("user", "assistant"):
+                raise InvalidRequest(f"History entry {n} has role {role!r}; use 'user' or 'assistant'.")
+            text = check_text(entry.get("content", ""), f"History entry {n}")
+            refs = entry.get("images") or []
+            if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+                raise InvalidRequest(f"History entry {n} has 'images' that is not a list of image strings.")
+            images = tuple(loaded.image for loaded in self.load_images(refs, at_least=0))
+            turns.append(Turn(role=role, text=text, images=images))
+        if sum(len(t.images) for t in turns) > MAX_IMAGES:
+            raise InvalidRequest(f"History holds more than {MAX_IMAGES} images; drop older turns.")
+        return turns
+
+    # -- operations -------------------------------------------------------------
+
+    def _result(self, cls: type[Result], generation: Generation, images: list[LoadedImage], started: float, **extra: Any) -> Any:
+        timings = generation.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)})
+        return cls(
+            text=generation.text,
+            model=self.backend.model_id,
+            family=self.backend.family,
+            budget=generation.budget,
+            image_ids=[loaded.image_id for loaded in images],
+            image_tokens=generation.image_tokens,
+            prompt_tokens=generation.prompt_tokens,
+            generated_tokens=generation.generated_tokens,
+            finish_reason=generation.finish_reason,
+            history_turns=generation.history_turns,
+            timings=timings,
+            notes=generation.notes,
+            **extra,
+        )
+
+    def describe(
+        self,
+        images: Sequence[str],
+        prompt: str = "",
+        history: Sequence[Mapping[str, Any] | Turn] = (),
+        budget: int | None = None,
+        options: GenerationOptions | None = None,
+    ) -> DescribeResult:
+        started = time.perf_counter()
+        prompt = check_text(prompt, "The prompt").strip()
+        turns = self.parse_history(history)
+        loaded = self.load_images(images, at_least=0 if turns else 1)
+        if not prompt:
+            prompt = "Describe this image." if len(loaded) == 1 else "Describe these images."
+        with self._lock:
+            generation = self.backend.describe(
+                [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
+            )
+        return self._result(DescribeResult, generation, loaded, started)
+
+    def ocr(self, image: str, budget: int | None = None, options: GenerationOptions | None = None) -> OcrResult:
+        started = time.perf_counter()
+        loaded = self.load_images([image])
+        with self._lock:
+            generation = self.backend.ocr(loaded[0].image, budget, options or GenerationOptions())
+        return self._result(OcrResult, generation, loaded, started)
+
+    def detect(
+        self,
+        image: str,
+        labels: Sequence[str],
+        budget: int | None = None,
+        options: GenerationOptions | None = None,
+        annotated_path: str | Path | None = None,
+    ) -> DetectResult:
+        """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there."""
+        started = time.perf_counter()
+        labels = check_labels(labels)
+        loaded = self.load_images([image])
+        picture = loaded[0].image
+        with self._lock:
+            generation, parsed = self.backend.detect(picture, labels, budget, options or GenerationOptions())
+        generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
+        written = None
+        if annotated_path is not None:
+            written = str(save_png(annotate(picture, parsed.detections), annotated_path))
+        return self._result(
+            DetectResult,
+            generation,
+            loaded,
+            started,
+            labels=labels,
+            image_size=list(picture.size),
+            detections=[detection_out(d) for d in parsed.detections],
+            annotated_path=written,
+        )
