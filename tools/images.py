@@ -717,8 +717,8 @@ def _timeout_error(url: str, limits: Limits) -> ImageError:
 
 def _private_message(url: str) -> str:
     return (
-        f"{_cap(_show_url(url))} points to a private or local network address, which is not "
-        "fetched here; pass a public image URL or send the file."
+        f"{_cap(_show_url(url))} points to a private or local network address, which is refused "
+        "unless private URLs are allowed (--allow-private-urls); pass a public image URL or send the file."
     )
 
 
