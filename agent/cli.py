@@ -19,10 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from tools.backends import DEFAULT_MODEL
+from tools.backends.hf import QUANTIZE
 from tools.budgets import GEMMA4_BUDGETS
 from tools.errors import VlmError
-from tools.options import GenerationOptions
-from tools.results import DetectResult, Result
+from tools.options import PRESETS, resolve_options
+from tools.results import BoxesResult, Result
+from tools.tiny import FAMILIES as TINY_FAMILIES
 
 MODEL_ENV = "VLM_AGENT_MODEL"
 
@@ -47,11 +49,19 @@ def call_options(parser: argparse.ArgumentParser) -> None:
         "--budget",
         type=int,
         default=None,
-        help=f"visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280)",
+        help=f"Gemma 4 visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280); "
+        "PaliGemma and BLIP-2 have a fixed resolution and take none",
+    )
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE, default=None, help="load 4-bit or 8-bit weights (bitsandbytes, CUDA GPU only)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=512)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default)")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument(
+        "--preset", choices=tuple(PRESETS), default=None,
+        help="decoding preset (PaliGemma demo's choices); --temperature and --top-p override it",
+    )
+    parser.add_argument("--temperature", type=float, default=None, help="0 decodes greedily (default)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 1)")
     parser.add_argument("--json", action="store_true", help="print the structured result as JSON")
     parser.add_argument(
         "--allow-private-urls", action="store_true", help="allow image URLs on loopback or private networks"
@@ -81,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="annotated PNG to write (default: IMAGE-detections.png here)")
     call_options(p)
 
+    p = commands.add_parser("segment", help="find one labelled object: its box and mask codes (PaliGemma)")
+    p.add_argument("images", nargs=1, metavar="IMAGE")
+    p.add_argument("label", metavar="LABEL")
+    p.add_argument("--out", default=None, help="annotated PNG to write (default: IMAGE-segment.png here)")
+    call_options(p)
+
     p = commands.add_parser(
         "tiny-model",
         help="build a tiny random-weight checkpoint for offline tests",
@@ -89,16 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
         "plumbing, never answers.",
     )
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--family", default="gemma4", choices=("gemma4",))
+    p.add_argument("--family", default="gemma4", choices=TINY_FAMILIES, help="blip2 has OPT inside, blip2-t5 Flan-T5")
     p.add_argument("--seed", type=int, default=0)
     return parser
 
 
-def default_out(ref: str) -> Path:
+def default_out(ref: str, what: str = "detections") -> Path:
     name = Path(urlparse(ref).path).stem if "://" in ref else Path(ref).stem
     if ref.startswith("data:") or not name:
         name = "image"
-    return Path.cwd() / f"{name}-detections.png"
+    return Path.cwd() / f"{name}-{what}.png"
 
 
 def stats_line(result: Result) -> str:
@@ -113,7 +129,7 @@ def print_result(result: Result, as_json: bool) -> None:
     if as_json:
         print(result.model_dump_json(indent=2))
         return
-    if isinstance(result, DetectResult):
+    if isinstance(result, BoxesResult):
         table = Table("label", "x1", "y1", "x2", "y2", title=f"{len(result.detections)} detections")
         for d in result.detections:
             table.add_row(d.label, *map(str, d.box))
@@ -134,12 +150,14 @@ def run_call(args: argparse.Namespace) -> Result:
     from tools.vision import Vision, check_labels, check_text
 
     # Everything that can be checked before the slow model load is checked first.
-    options = GenerationOptions(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
+    options = resolve_options(
+        args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
     )
     check_text(getattr(args, "prompt", ""), "The prompt")
     if args.command == "detect":
         check_labels(args.labels)
+    if args.command == "segment":
+        check_labels([args.label])
     local = [ref for ref in args.images if "://" not in ref and not ref.startswith("data:")]
     policy = AccessPolicy.for_files(local, allow_private_urls=args.allow_private_urls)
     loader = ImageLoader(policy)
@@ -151,7 +169,7 @@ def run_call(args: argparse.Namespace) -> Result:
     started = time.perf_counter()
     err.print(f"loading {args.model} …", style="dim", markup=False)
     with err.status("loading model", spinner="dots"):
-        backend = load_backend(args.model, dtype=args.dtype)
+        backend = load_backend(args.model, dtype=args.dtype, quantize=args.quantize)
     err.print(f"loaded on {backend.device} in {time.perf_counter() - started:.1f} s", style="dim")
     vision = Vision(backend, loader)
     with err.status(f"running {args.command}", spinner="dots"):
@@ -159,6 +177,9 @@ def run_call(args: argparse.Namespace) -> Result:
             return vision.describe(ids, args.prompt, budget=args.budget, options=options)
         if args.command == "ocr":
             return vision.ocr(ids[0], budget=args.budget, options=options)
+        if args.command == "segment":
+            out_path = Path(args.out) if args.out else default_out(args.images[0], "segment")
+            return vision.segment(ids[0], args.label, budget=args.budget, options=options, annotated_path=out_path)
         out_path = Path(args.out) if args.out else default_out(args.images[0])
         return vision.detect(ids[0], args.labels, budget=args.budget, options=options, annotated_path=out_path)
 

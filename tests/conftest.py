@@ -22,6 +22,24 @@ def sample_image(width: int = 64, height: int = 48) -> Image.Image:
     return image
 
 
+def record_prompts(monkeypatch: pytest.MonkeyPatch, backend) -> list[str]:
+    """The text prompts a processor-prompt backend (PaliGemma, BLIP-2) sends, in order."""
+    sent: list[str] = []
+    original = backend.run_prompt
+
+    def spy(images, text, options, **kwargs):
+        sent.append(text)
+        return original(images, text, options, **kwargs)
+
+    monkeypatch.setattr(backend, "run_prompt", spy)
+    return sent
+
+
+def model_says(monkeypatch: pytest.MonkeyPatch, backend, text: str) -> None:
+    """Make the whole pipeline run, with ``text`` as what the model's tokens decode to."""
+    monkeypatch.setattr(backend.processor, "decode", lambda *args, **kwargs: text)
+
+
 @pytest.fixture(scope="session")
 def tiny_gemma4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tools.tiny import build_tiny
@@ -34,6 +52,34 @@ def gemma4_backend(tiny_gemma4: Path):
     from tools.backends import load_backend
 
     return load_backend(str(tiny_gemma4))
+
+
+@pytest.fixture(scope="session")
+def tiny_paligemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("ckpt") / "paligemma", "paligemma")
+
+
+@pytest.fixture(scope="session")
+def paligemma_backend(tiny_paligemma: Path):
+    from tools.backends import load_backend
+
+    return load_backend(str(tiny_paligemma))
+
+
+@pytest.fixture(scope="session")
+def tiny_blip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tools.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("ckpt") / "blip2", "blip2")
+
+
+@pytest.fixture(scope="session")
+def blip2_backend(tiny_blip2: Path):
+    from tools.backends import load_backend
+
+    return load_backend(str(tiny_blip2))
 
 
 @pytest.fixture

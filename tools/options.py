@@ -45,3 +45,30 @@ class GenerationOptions:
         if self.min_new_tokens is not None:
             kwargs["min_new_tokens"] = self.min_new_tokens
         return kwargs
+
+
+#: The decoding choices of PaliGemma's demo, usable with every family.
+PRESETS: dict[str, GenerationOptions] = {
+    "greedy": GenerationOptions(),
+    "nucleus-0.1": GenerationOptions(temperature=1.0, top_p=0.1),
+    "nucleus-0.3": GenerationOptions(temperature=1.0, top_p=0.3),
+    "temperature-0.5": GenerationOptions(temperature=0.5),
+}
+
+
+def resolve_options(
+    preset: str | None = None,
+    *,
+    max_new_tokens: int = 512,
+    temperature: float | None = None,
+    top_p: float | None = None,
+) -> GenerationOptions:
+    """Options from a named preset, with any explicitly given value taking precedence over it."""
+    if preset is not None and preset not in PRESETS:
+        raise InvalidRequest(f"Unknown preset '{preset}'; use one of {', '.join(PRESETS)}.")
+    base = PRESETS[preset or "greedy"]
+    return GenerationOptions(
+        max_new_tokens=max_new_tokens,
+        temperature=base.temperature if temperature is None else temperature,
+        top_p=base.top_p if top_p is None else top_p,
+    )

@@ -43,11 +43,24 @@ class DetectionOut(BaseModel):
     box: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the original image, origin top left")
     box_normalized: list[float] = Field(description="the same box as fractions of width and height")
     raw: str = Field(description="the model text this box came from")
+    seg_codes: list[int] = Field(
+        default_factory=list, description="PaliGemma's 16 mask codes, when the model gave them (segment)"
+    )
 
 
-class DetectResult(Result):
-    task: Literal["detect"] = "detect"
+class BoxesResult(Result):
+    """What detect and segment share: labelled boxes on one image."""
+
     labels: list[str]
     image_size: list[int] = Field(description="[width, height] of the original image")
     detections: list[DetectionOut]
     annotated_path: str | None = Field(None, description="full-size annotated PNG, when one was written")
+
+
+class DetectResult(BoxesResult):
+    task: Literal["detect"] = "detect"
+
+
+class SegmentResult(BoxesResult):
+    task: Literal["segment"] = "segment"
+

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .errors import InvalidRequest
 
-FAMILIES = ("gemma4",)
+#: what ``build_tiny`` builds; blip2 is the OPT variant, blip2-t5 the Flan-T5 one
+FAMILIES = ("gemma4", "paligemma", "blip2", "blip2-t5")
 
 # Byte-fallback vocab: every string is encodable, so prompts never hit <unk>.
 _CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-()[]{}_/*#@\n "
@@ -41,12 +43,49 @@ def byte_fallback_vocab(specials: list[str]) -> tuple[dict[str, int], list[tuple
     return vocab, list(_MERGES)
 
 
+def byte_level_vocab(specials: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A GPT-2-style vocab: specials, then the 256 byte symbols, so every string is encodable."""
+    from tokenizers import pre_tokenizers
+
+    vocab: dict[str, int] = {}
+    for token in specials:
+        vocab.setdefault(token, len(vocab))
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(symbol, len(vocab))
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("o", "n"), ("e", "r")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return vocab, merges
+
+
+def unigram_vocab(specials: list[str]) -> list[tuple[str, float]]:
+    """A SentencePiece-unigram vocab (Flan-T5's kind): specials, then characters, then a few words."""
+    pieces = [(token, 0.0) for token in specials]
+    pieces += [(ch, -3.0) for ch in ["▁", *_CHARS.replace(" ", "")]]
+    pieces += [("▁" + a + b, -1.0) for a, b in _MERGES if a == "▁"]
+    return pieces
+
+
+def _start(out_dir: str | Path, seed: int) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _save(model: Any, processor: Any, out: Path) -> Path:
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def gemma4_chat_template() -> str:
     return resources.files("tools").joinpath("templates/gemma4.jinja").read_text(encoding="utf-8")
 
 
 def build_gemma4(out_dir: str | Path, *, seed: int = 0) -> Path:
-    import torch
     from transformers import (
         Gemma4AudioFeatureExtractor,
         Gemma4Config,
@@ -60,10 +99,7 @@ def build_gemma4(out_dir: str | Path, *, seed: int = 0) -> Path:
         GenerationConfig,
     )
 
-    torch.manual_seed(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
+    out = _start(out_dir, seed)
     vocab, merges = byte_fallback_vocab(GEMMA4_SPECIALS)
     named = {
         "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
@@ -110,12 +146,135 @@ def build_gemma4(out_dir: str | Path, *, seed: int = 0) -> Path:
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"], pad_token_id=ids["<pad>"], eos_token_id=stop, do_sample=False,
     )
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return _save(model, processor, out)
 
 
-_BUILDERS = {"gemma4": build_gemma4}
+# The real checkpoints' input geometry (224 px, 14 px patches), so image-token counts match
+# mix-224 and blip2-*: only the widths and depths are tiny.
+_IMAGE_SIZE = 224
+_PATCH = 14
+
+
+def build_paligemma(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """A PaliGemma like mix-224: 256 image tokens, the processor's <loc>/<seg> tokens, a Gemma tokenizer."""
+    from transformers import (
+        GemmaConfig,
+        GemmaTokenizer,
+        GenerationConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+    )
+
+    out = _start(out_dir, seed)
+    vocab, merges = byte_fallback_vocab(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
+    pad, eos, bos = 0, 1, 2
+    tokens = (_IMAGE_SIZE // _PATCH) ** 2
+    image_processor = SiglipImageProcessor(
+        size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE}, image_seq_length=tokens,
+        image_mean=[0.5] * 3, image_std=[0.5] * 3, resample=3,
+    )
+    # The processor adds <image>, the 1024 <locNNNN> and the 128 <segNNN> tokens to the tokenizer.
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    vocab_size = len(processor.tokenizer)
+    text = GemmaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=8192,
+        pad_token_id=pad, eos_token_id=eos, bos_token_id=bos,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=_IMAGE_SIZE, patch_size=_PATCH, vision_use_head=False,
+    )
+    config = PaliGemmaConfig(
+        vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
+        vocab_size=vocab_size, projection_dim=32, hidden_size=32,
+    )
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, do_sample=False)
+    return _save(model, processor, out)
+
+
+def _build_blip2(out: Path, tokenizer: Any, text_config: Any, generation: dict[str, int]) -> Path:
+    """BLIP-2 around a tokenizer and a language-model config: 32 query tokens, as the real ones."""
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        BlipImageProcessor,
+        GenerationConfig,
+    )
+
+    queries = 32
+    processor = Blip2Processor(
+        image_processor=BlipImageProcessor(size={"height": _IMAGE_SIZE, "width": _IMAGE_SIZE}),
+        tokenizer=tokenizer,
+        num_query_tokens=queries,
+    )
+    # Sized after the processor added <image>, so every id has an embedding row.
+    text_config.vocab_size = len(processor.tokenizer)
+    vision = Blip2VisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        image_size=_IMAGE_SIZE, patch_size=_PATCH,
+    )
+    qformer = Blip2QFormerConfig(
+        vocab_size=len(processor.tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, encoder_hidden_size=32, cross_attention_frequency=1, max_position_embeddings=64,
+    )
+    config = Blip2Config(
+        vision_config=vision, qformer_config=qformer, text_config=text_config, num_query_tokens=queries,
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    model = Blip2ForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(do_sample=False, **generation)
+    return _save(model, processor, out)
+
+
+def build_blip2(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """BLIP-2 with an OPT language model (like Salesforce/blip2-opt-2.7b) and a GPT-2-style tokenizer."""
+    from transformers import GPT2Tokenizer, OPTConfig
+
+    out = _start(out_dir, seed)
+    vocab, merges = byte_level_vocab(["<s>", "<pad>", "</s>", "<unk>"])
+    pad, eos = 1, 2
+    # OPT's own convention: </s> starts every prompt and ends every answer.
+    tokenizer = GPT2Tokenizer(
+        vocab=vocab, merges=merges, bos_token="</s>", eos_token="</s>", unk_token="</s>", pad_token="<pad>",
+        add_bos_token=True,
+    )
+    text = OPTConfig(
+        hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=2, word_embed_proj_dim=32,
+        max_position_embeddings=2048, pad_token_id=pad, bos_token_id=eos, eos_token_id=eos,
+    )
+    return _build_blip2(out, tokenizer, text, {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": pad})
+
+
+def build_blip2_t5(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """BLIP-2 with a Flan-T5 (encoder-decoder) language model and a unigram T5 tokenizer."""
+    from transformers import T5Config, T5Tokenizer
+
+    out = _start(out_dir, seed)
+    pad, eos = 0, 1
+    tokenizer = T5Tokenizer(vocab=unigram_vocab(["<pad>", "</s>", "<unk>"]), extra_ids=0)
+    text = T5Config(
+        d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
+    )
+    return _build_blip2(out, tokenizer, text, {"eos_token_id": eos, "pad_token_id": pad, "decoder_start_token_id": pad})
+
+
+_BUILDERS = {
+    "gemma4": build_gemma4,
+    "paligemma": build_paligemma,
+    "blip2": build_blip2,
+    "blip2-t5": build_blip2_t5,
+}
 
 
 def build_tiny(out_dir: str | Path, family: str = "gemma4", *, seed: int = 0) -> Path:

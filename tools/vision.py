@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from .backends.base import Backend, Generation, Turn
-from .detections import Detection
+from .detections import Detection, ParsedDetections
 from .drawing import annotate, save_png
 from .errors import InvalidRequest
 from .images import ImageLoader, LoadedImage
 from .options import GenerationOptions
-from .results import DescribeResult, DetectionOut, DetectResult, OcrResult, Result
+from .results import (
+    BoxesResult,
+    DescribeResult,
+    DetectionOut,
+    DetectResult,
+    OcrResult,
+    Result,
+    SegmentResult,
+)
 
 MAX_PROMPT_CHARS = 32_000
 MAX_IMAGES = 16
@@ -58,6 +68,7 @@ def detection_out(detection: Detection) -> DetectionOut:
         box=list(detection.box),
         box_normalized=list(detection.box_normalized),
         raw=detection.raw,
+        seg_codes=list(detection.seg_codes),
     )
 
 
@@ -137,8 +148,7 @@ class Vision:
         prompt = check_text(prompt, "The prompt").strip()
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0 if turns else 1)
-        if not prompt:
-            prompt = "Describe this image." if len(loaded) == 1 else "Describe these images."
+        # An empty prompt stays empty: each family asks for a caption its own way.
         with self._lock:
             generation = self.backend.describe(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
@@ -161,18 +171,46 @@ class Vision:
         annotated_path: str | Path | None = None,
     ) -> DetectResult:
         """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there."""
-        started = time.perf_counter()
         labels = check_labels(labels)
+        return self._boxes(
+            DetectResult, image, labels, annotated_path,
+            lambda picture: self.backend.detect(picture, labels, budget, options or GenerationOptions()),
+        )
+
+    def segment(
+        self,
+        image: str,
+        label: str,
+        budget: int | None = None,
+        options: GenerationOptions | None = None,
+        annotated_path: str | Path | None = None,
+    ) -> SegmentResult:
+        """The box and mask codes of ``label`` (families that segment); ``annotated_path`` as for detect."""
+        labels = check_labels([label])
+        return self._boxes(
+            SegmentResult, image, labels, annotated_path,
+            lambda picture: self.backend.segment(picture, labels[0], budget, options or GenerationOptions()),
+        )
+
+    def _boxes(
+        self,
+        cls: type[BoxesResult],
+        image: str,
+        labels: list[str],
+        annotated_path: str | Path | None,
+        run: Callable[[Image.Image], tuple[Generation, ParsedDetections]],
+    ) -> Any:
+        started = time.perf_counter()
         loaded = self.load_images([image])
         picture = loaded[0].image
         with self._lock:
-            generation, parsed = self.backend.detect(picture, labels, budget, options or GenerationOptions())
+            generation, parsed = run(picture)
         generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         written = None
         if annotated_path is not None:
             written = str(save_png(annotate(picture, parsed.detections), annotated_path))
         return self._result(
-            DetectResult,
+            cls,
             generation,
             loaded,
             started,

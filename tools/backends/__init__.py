@@ -8,8 +8,10 @@ from pathlib import Path
 
 from ..errors import ModelNotFound, Unsupported
 from .base import Backend, Generation, Timings, Turn
+from .blip2 import Blip2Backend
 from .gemma4 import Gemma4Backend
 from .hf import HFBackend, model_not_found
+from .paligemma import PaliGemmaBackend
 
 log = logging.getLogger("vlm_agent")
 
@@ -18,6 +20,8 @@ DEFAULT_MODEL = "google/gemma-4-E2B-it"
 #: config ``model_type`` -> backend class
 FAMILIES: dict[str, type[HFBackend]] = {
     "gemma4": Gemma4Backend,
+    "paligemma": PaliGemmaBackend,
+    "blip-2": Blip2Backend,
 }
 
 __all__ = ["Backend", "DEFAULT_MODEL", "FAMILIES", "Generation", "Timings", "Turn", "detect_family", "load_backend"]
@@ -44,8 +48,17 @@ def detect_family(model_id: str) -> str:
     return str(config.model_type)
 
 
-def load_backend(model_id: str = DEFAULT_MODEL, *, dtype: str = "auto", device_map: str | None = "auto") -> HFBackend:
-    """Load ``model_id`` (hub id or local directory) once, with the backend of its family."""
+def load_backend(
+    model_id: str = DEFAULT_MODEL,
+    *,
+    dtype: str = "auto",
+    device_map: str | None = "auto",
+    quantize: str | None = None,
+) -> HFBackend:
+    """Load ``model_id`` (hub id or local directory) once, with the backend of its family.
+
+    ``quantize`` ("4bit" or "8bit") loads the weights through bitsandbytes, on a CUDA GPU only.
+    """
     family = detect_family(model_id)
     try:
         backend_cls = FAMILIES[family]
@@ -56,6 +69,6 @@ def load_backend(model_id: str = DEFAULT_MODEL, *, dtype: str = "auto", device_m
         model_id = str(Path(model_id).expanduser())
     log.info("loading %s (%s)", model_id, family)
     started = time.perf_counter()
-    backend = backend_cls.load(model_id, dtype=dtype, device_map=device_map)
+    backend = backend_cls.load(model_id, dtype=dtype, device_map=device_map, quantize=quantize)
     log.info("loaded %s on %s (%s) in %.1f s", model_id, backend.device, backend.dtype, time.perf_counter() - started)
     return backend

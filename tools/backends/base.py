@@ -90,7 +90,7 @@ class Backend(ABC):
         budget: int | None,
         options: GenerationOptions,
     ) -> Generation:
-        """Answer ``prompt`` about ``images`` (a caption when the prompt asks for one)."""
+        """Answer ``prompt`` about ``images``; an empty prompt asks for the family's own caption."""
 
     @abstractmethod
     def ocr(self, image: Image.Image, budget: int | None, options: GenerationOptions) -> Generation:
@@ -101,3 +101,9 @@ class Backend(ABC):
     ) -> tuple[Generation, ParsedDetections]:
         """Find ``labels`` in the image; boxes in pixels of ``image``."""
         raise Unsupported(f"{self.display_name} models cannot detect objects; use a Gemma 4 or PaliGemma model.")
+
+    def segment(
+        self, image: Image.Image, label: str, budget: int | None, options: GenerationOptions
+    ) -> tuple[Generation, ParsedDetections]:
+        """Find ``label`` with its box and the family's mask codes."""
+        raise Unsupported(f"{self.display_name} models cannot segment objects; use a PaliGemma model.")

@@ -66,7 +66,8 @@ class Gemma4Backend(HFBackend):
         budget: int | None,
         options: GenerationOptions,
     ) -> Generation:
-        return self.run(build_messages(images, prompt, history), budget, options, len(history))
+        text = prompts.gemma4_describe(prompt, len(images))
+        return self.run(build_messages(images, text, history), budget, options, len(history))
 
     def ocr(self, image: Image.Image, budget: int | None, options: GenerationOptions) -> Generation:
         return self.run(build_messages([image], prompts.GEMMA4_OCR, ()), budget, options)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from ..errors import InvalidRequest, ModelNotFound, OutOfMemory
+from PIL import Image
+
+from ..errors import InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
 from ..options import GenerationOptions
-from .base import Backend, Generation, Stopwatch
+from .base import Backend, Generation, Stopwatch, Turn
 
 log = logging.getLogger("vlm_agent")
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+QUANTIZE = ("4bit", "8bit")
 
 LOCAL_COPY_HINT = (
     "download it once (for example `hf download {id} --local-dir ./{name}`) and pass that directory "
@@ -37,6 +42,33 @@ def torch_dtype(name: str) -> Any:
     return "auto" if name == "auto" else getattr(torch, name)
 
 
+def quantization_config(quantize: str | None, dtype: str) -> Any:
+    """A bitsandbytes config for ``4bit`` / ``8bit``, None for full weights; checked before any loading."""
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE:
+        raise InvalidRequest(f"Unknown quantization '{quantize}'; use one of {', '.join(QUANTIZE)}.")
+    import torch
+
+    # bitsandbytes' kernels are CUDA ones: on a CPU the load would fail deep inside transformers.
+    if not torch.cuda.is_available():
+        raise Unsupported(f"{quantize} loading needs a CUDA GPU and none is available here; load without quantize.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise Unsupported(
+            f"{quantize} loading needs the bitsandbytes package; install it with `pip install bitsandbytes`."
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if dtype in ("auto", "float32") else torch_dtype(dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+def plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
 class HFBackend(Backend):
     """A backend around a transformers model and processor, resident for the process."""
 
@@ -49,14 +81,19 @@ class HFBackend(Backend):
         self.load_s: float = 0.0
 
     @classmethod
-    def load(cls, model_id: str, *, dtype: str = "auto", device_map: str | None = "auto") -> HFBackend:
+    def load(
+        cls, model_id: str, *, dtype: str = "auto", device_map: str | None = "auto", quantize: str | None = None
+    ) -> HFBackend:
         import transformers
 
         started = time.perf_counter()
         model_cls = getattr(transformers, cls.model_class)
+        precision = torch_dtype(dtype)
+        quantization = quantization_config(quantize, dtype)
+        extra = {} if quantization is None else {"quantization_config": quantization}
         try:
             processor = transformers.AutoProcessor.from_pretrained(model_id)
-            model = model_cls.from_pretrained(model_id, dtype=torch_dtype(dtype), device_map=device_map)
+            model = model_cls.from_pretrained(model_id, dtype=precision, device_map=device_map, **extra)
         except OSError as exc:
             log.debug("loading %s failed: %s", model_id, exc)
             raise model_not_found(model_id) from None
@@ -69,8 +106,14 @@ class HFBackend(Backend):
         return str(self.model.device)
 
     @property
+    def compute_dtype(self) -> Any:
+        """The precision the model computes in. Not ``model.dtype``: that is the first parameter's, and
+        BLIP-2 keeps its Q-Former in float32 under float16 weights."""
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
     def dtype(self) -> str:
-        return str(self.model.dtype).removeprefix("torch.")
+        return str(self.compute_dtype).removeprefix("torch.")
 
     @property
     def image_token_id(self) -> int:
@@ -80,6 +123,58 @@ class HFBackend(Backend):
     def max_positions(self) -> int | None:
         config = self.model.config.get_text_config()
         return getattr(config, "max_position_embeddings", None)
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.model.config.get_text_config(), "is_encoder_decoder", False))
+
+    @property
+    def fixed_image_tokens(self) -> int | None:
+        """Image tokens per image of a fixed-resolution checkpoint; None where a budget applies."""
+        return None
+
+    def check_fixed_budget(self, budget: int | None) -> None:
+        """Fixed-resolution families take no budget, or exactly the checkpoint's own image-token count."""
+        tokens = self.fixed_image_tokens
+        if budget is not None and budget != tokens:
+            raise InvalidRequest(
+                f"{self.display_name} has a fixed resolution ({tokens} image tokens per image for this "
+                "checkpoint); leave budget unset."
+            )
+
+    def prompt_images(
+        self, images: Sequence[Image.Image], history: Sequence[Turn], most: int | None = None
+    ) -> tuple[list[Image.Image], list[str]]:
+        """This call's images; without any, the latest image of the history. With the notes that explain."""
+        if most is not None and len(images) > most:
+            raise Unsupported(
+                f"{self.display_name} takes {plural(most, 'image', 'images')} per prompt and "
+                f"{len(images)} were given; send them in separate calls."
+            )
+        if images:
+            return list(images), []
+        latest = next((image for turn in reversed(history) for image in reversed(turn.images)), None)
+        if latest is None:
+            raise InvalidRequest(f"{self.display_name} needs an image with the prompt; give one.")
+        return [latest], ["no image came with this prompt: used the latest image of the history"]
+
+    def run_prompt(
+        self,
+        images: Sequence[Image.Image],
+        text: str,
+        options: GenerationOptions,
+        *,
+        history_turns: int = 0,
+        notes: Sequence[str] = (),
+    ) -> Generation:
+        """Generate from a plain text prompt and images, for families with no chat template."""
+        watch = Stopwatch()
+        inputs = self.processor(images=list(images), text=text, return_tensors="pt")
+        # PaliGemma's processor adds training labels, which generate() has no use for.
+        inputs.pop("labels", None)
+        generation = self.generate(inputs, options, budget=None, watch=watch, history_turns=history_turns)
+        generation.notes[:0] = notes
+        return generation
 
     def stop_token_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -107,7 +202,7 @@ class HFBackend(Backend):
                 f"{options.max_new_tokens} more were asked for, past this model's {limit}; use fewer "
                 "images, a lower budget, a shorter history or a smaller max_new_tokens."
             )
-        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
         preprocess_ms = watch.lap()
         try:
             with torch.inference_mode():
@@ -120,7 +215,9 @@ class HFBackend(Backend):
                 "or a smaller max_new_tokens."
             ) from None
         generate_ms = watch.lap()
-        new = output[0, prompt_tokens:].tolist()
+        # A decoder-only model returns the prompt too; an encoder-decoder one (Flan-T5) only the
+        # decoder's tokens, after its start token.
+        new = output[0, 1:].tolist() if self.is_encoder_decoder else output[0, prompt_tokens:].tolist()
         stop = self.stop_token_ids()
         finish = "stop" if new and new[-1] in stop else "length"
         text = self.processor.decode(new, skip_special_tokens=True).strip()
