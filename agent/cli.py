@@ -21,7 +21,7 @@ from rich.table import Table
 from tools.backends import DEFAULT_MODEL
 from tools.backends.hf import QUANTIZE
 from tools.budgets import GEMMA4_BUDGETS
-from tools.errors import VlmError
+from tools.errors import InvalidRequest, VlmError
 from tools.options import PRESETS, resolve_options
 from tools.results import BoxesResult, Result
 from tools.tiny import FAMILIES as TINY_FAMILIES
@@ -96,6 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("label", metavar="LABEL")
     p.add_argument("--out", default=None, help="annotated PNG to write (default: IMAGE-segment.png here)")
     call_options(p)
+
+    p = commands.add_parser(
+        "serve",
+        help="run the MCP server (describe, ocr, detect, compare_budgets) for IDE assistants and agents",
+        description="Run the MCP server with one resident model. On stdio, stdout carries only the "
+        "protocol; logs and load progress go to stderr.",
+    )
+    model_option(p)
+    p.add_argument("--transport", choices=("stdio", "http"), default="stdio")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--allow-dir", action="append", default=None, metavar="DIR",
+        help="folder the tools may read images from; repeatable (default: the current folder)",
+    )
+    p.add_argument("--allow-private-urls", action="store_true", help="fetch image URLs on loopback or private networks")
+    p.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="extra Host/Origin name accepted over HTTP (e.g. the machine's name when binding 0.0.0.0)",
+    )
+    p.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on every HTTP request")
+    p.add_argument("--out-dir", default=None, help="where annotated PNGs are written (default: the user data folder)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the model before 'busy'")
 
     p = commands.add_parser(
         "tiny-model",
@@ -184,6 +207,33 @@ def run_call(args: argparse.Namespace) -> Result:
         return vision.detect(ids[0], args.labels, budget=args.budget, options=options, annotated_path=out_path)
 
 
+def serve(args: argparse.Namespace) -> int:
+    from mcp_server.server import Settings, build_server, default_out_dir
+    from mcp_server.transport import serve_http
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise InvalidRequest(f"--token-env names ${args.token_env}, which is not set or empty.")
+    settings = Settings(
+        model=args.model,
+        dtype=args.dtype,
+        allow_dirs=args.allow_dir,
+        allow_private_urls=args.allow_private_urls,
+        out_dir=Path(args.out_dir) if args.out_dir else default_out_dir(),
+        max_queue=args.max_queue,
+    )
+    server = build_server(settings)
+    # Serving logs belong on stderr at INFO: load progress and the endpoint address.
+    logging.getLogger("vlm_agent").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.transport == "stdio":
+        server.run()
+    else:
+        serve_http(server, args.host, args.port, token, args.allow_host)
+    return 0
+
+
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
     if not verbose:
@@ -203,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             err.print(f"built a tiny random-weight {args.family} checkpoint (gibberish outputs) in", style="dim")
             print(path)
             return 0
+        if args.command == "serve":
+            return serve(args)
         print_result(run_call(args), args.json)
         return 0
     except VlmError as exc:

@@ -276,12 +276,12 @@ def test_missing_file(loader: ImageLoader, tmp_path: Path) -> None:
     ("ref", "setup", "kind", "expected"),
     [
         ("sub", "dir", ImageError, "is a folder"),
-        ("../beyond/secret.png", None, AccessDenied, "outside the folders"),
-        ("sub/../../beyond/secret.png", "dir", AccessDenied, "outside the folders"),
-        ("../beyond/nothing.png", None, AccessDenied, "outside the folders"),  # no existence probe
-        ("../allowed2/pic.png", None, AccessDenied, "outside the folders"),
-        ("link.png", "file_link", AccessDenied, "outside the folders"),
-        ("linkdir/secret.png", "dir_link", AccessDenied, "outside the folders"),
+        ("../beyond/secret.png", None, AccessDenied, "outside the allowed folders"),
+        ("sub/../../beyond/secret.png", "dir", AccessDenied, "outside the allowed folders"),
+        ("../beyond/nothing.png", None, AccessDenied, "outside the allowed folders"),  # no existence probe
+        ("../allowed2/pic.png", None, AccessDenied, "outside the allowed folders"),
+        ("link.png", "file_link", AccessDenied, "outside the allowed folders"),
+        ("linkdir/secret.png", "dir_link", AccessDenied, "outside the allowed folders"),
         ("pipe.png", "fifo", ImageError, "not a regular file"),
         ("loop.png", "loop", ImageError, "not a usable file path"),
         ("bad\x00name.png", None, ImageError, "not a usable file path"),
@@ -313,7 +313,7 @@ def test_path_refusals(
 def test_absolute_path_outside_is_refused(loader: ImageLoader, tmp_path: Path) -> None:
     with pytest.raises(AccessDenied) as caught:
         loader.load(str(tmp_path / "beyond" / "secret.png"))
-    assert "outside the folders" in check_message(caught.value)
+    assert "outside the allowed folders" in check_message(caught.value)
 
 
 @pytest.mark.parametrize("policy_kind", ["dir", "file"])

@@ -62,3 +62,9 @@ class OutOfMemory(VlmError):
     """The device ran out of memory during a call."""
 
     code = "out_of_memory"
+
+
+class Busy(VlmError):
+    """Too many requests are already waiting for the model."""
+
+    code = "busy"

@@ -85,7 +85,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """What a session may read: which folders and files, and which URLs."""
+    """What a server or command may read: which folders and files, and which URLs."""
 
     allowed_dirs: tuple[Path, ...] = ()
     allowed_files: tuple[Path, ...] = ()
@@ -365,7 +365,7 @@ def _read_path(ref: str, policy: AccessPolicy) -> bytes:
     # Access before existence, so nobody can probe which files exist outside.
     if not policy.allows_path(resolved):
         raise AccessDenied(
-            f"{_cap(shown)} is outside the folders this session may read; "
+            f"{_cap(shown)} is outside the allowed folders and files; "
             "move it into an allowed folder or send it as a data: URI."
         )
     limits = policy.limits

@@ -64,3 +64,36 @@ class DetectResult(BoxesResult):
 class SegmentResult(BoxesResult):
     task: Literal["segment"] = "segment"
 
+
+class BudgetRun(BaseModel):
+    """One budget's run inside a comparison."""
+
+    budget: int
+    image_tokens: int
+    seen_size: list[int] = Field(description="[width, height] the vision encoder saw at this budget")
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: Literal["stop", "length"]
+    text: str
+    detections: list[DetectionOut] | None = Field(None, description="boxes, for task detect")
+    agreement: float = Field(description="agreement with the highest budget's output, 0..1")
+    timings: Timings
+
+
+class CompareResult(BaseModel):
+    task: Literal["describe", "ocr", "detect"]
+    model: str
+    family: str
+    image_ids: list[str]
+    image_size: list[int] = Field(description="[width, height] of the original image")
+    prompt: str
+    labels: list[str]
+    reference_budget: int = Field(description="the highest budget, which the others are compared with")
+    metric: str
+    metric_description: str
+    threshold: float = Field(description="agreement at or above this counts as the same answer")
+    recommended_budget: int = Field(description="the smallest budget that agrees with the reference")
+    runs: list[BudgetRun]
+    picture_path: str | None = Field(None, description="side-by-side PNG of every budget, when one was written")
+    total_ms: float
+    notes: list[str] = Field(default_factory=list)

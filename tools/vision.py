@@ -16,13 +16,16 @@ from typing import Any
 from PIL import Image
 
 from .backends.base import Backend, Generation, Turn
+from . import compare
 from .detections import Detection, ParsedDetections
-from .drawing import annotate, save_png
-from .errors import InvalidRequest
+from .drawing import annotate, grid, save_png
+from .errors import InvalidRequest, Unsupported
 from .images import ImageLoader, LoadedImage
 from .options import GenerationOptions
 from .results import (
     BoxesResult,
+    BudgetRun,
+    CompareResult,
     DescribeResult,
     DetectionOut,
     DetectResult,
@@ -36,6 +39,12 @@ MAX_IMAGES = 16
 MAX_LABELS = 20
 MAX_LABEL_CHARS = 100
 MAX_HISTORY_TURNS = 64
+
+#: long side of each panel of a comparison picture
+PANEL_SIDE = 768
+
+#: ``(done, total, message)``: called before each step of a slow operation
+Progress = Callable[[int, int, str], None]
 
 
 def check_text(text: str, what: str) -> str:
@@ -219,3 +228,119 @@ class Vision:
             detections=[detection_out(d) for d in parsed.detections],
             annotated_path=written,
         )
+
+    def check_budgets(self, budgets: Sequence[int]) -> list[int]:
+        allowed = self.backend.budgets
+        if not allowed:
+            raise Unsupported(
+                f"{self.backend.display_name} has a fixed resolution, so there are no budgets to compare; "
+                "use a Gemma 4 model."
+            )
+        chosen = sorted(set(budgets))
+        if len(chosen) < 2:
+            raise InvalidRequest("Give at least two different budgets to compare, for example [70, 280, 1120].")
+        bad = [b for b in chosen if b not in allowed]
+        if bad:
+            choices = " / ".join(map(str, allowed))
+            raise InvalidRequest(f"Budget {bad[0]} is not available for {self.backend.display_name}; use {choices}.")
+        return chosen
+
+    def compare_budgets(
+        self,
+        image: str,
+        task: str = "describe",
+        prompt: str = "",
+        labels: Sequence[str] = (),
+        budgets: Sequence[int] = (70, 140, 280, 560, 1120),
+        options: GenerationOptions | None = None,
+        picture_path: str | Path | None = None,
+        progress: Progress | None = None,
+    ) -> CompareResult:
+        """Run one task at several budgets; each run is scored against the highest budget."""
+        started = time.perf_counter()
+        if task not in compare.METRICS:
+            raise InvalidRequest(f"Task {task!r} cannot be compared; use describe, ocr or detect.")
+        chosen = self.check_budgets(budgets)
+        prompt = check_text(prompt, "The prompt").strip()
+        if task == "detect":
+            # A detection prompt may carry its labels: "person, car".
+            labels = check_labels(labels or [part for part in prompt.split(",") if part.strip()])
+        loaded = self.load_images([image])[0]
+        results: list[Result] = []
+        for n, budget in enumerate(chosen):
+            if progress:
+                progress(n, len(chosen), f"budget {budget}")
+            if task == "detect":
+                results.append(self.detect(loaded.image_id, labels, budget, options))
+            elif task == "ocr":
+                results.append(self.ocr(loaded.image_id, budget, options))
+            else:
+                results.append(self.describe([loaded.image_id], prompt, (), budget, options))
+        if progress:
+            progress(len(chosen), len(chosen), "done")
+        metric = compare.METRICS[task]
+        reference = results[-1]
+        boxes = [parsed_boxes(r) for r in results]
+        runs = [
+            BudgetRun(
+                budget=budget,
+                image_tokens=r.image_tokens,
+                seen_size=list(self.backend.seen_size(loaded.size, budget)),
+                prompt_tokens=r.prompt_tokens,
+                generated_tokens=r.generated_tokens,
+                finish_reason=r.finish_reason,
+                text=r.text,
+                detections=r.detections if isinstance(r, DetectResult) else None,
+                agreement=compare.agreement(task, r.text, reference.text, boxes[i], boxes[-1]),
+                timings=r.timings,
+            )
+            for i, (budget, r) in enumerate(zip(chosen, results))
+        ]
+        written = None
+        if picture_path is not None:
+            panels = [
+                (f"max_soft_tokens = {run.budget}: {run.image_tokens} tokens", self.panel(loaded.image, run, b))
+                for run, b in zip(runs, boxes)
+            ]
+            written = str(save_png(grid(panels), picture_path))
+        return CompareResult(
+            task=task,
+            model=self.backend.model_id,
+            family=self.backend.family,
+            image_ids=[loaded.image_id],
+            image_size=list(loaded.size),
+            prompt=prompt,
+            labels=list(labels),
+            reference_budget=chosen[-1],
+            metric=metric.name,
+            metric_description=metric.description,
+            threshold=metric.threshold,
+            recommended_budget=compare.recommend(chosen, [r.agreement for r in runs], metric.threshold),
+            runs=runs,
+            picture_path=written,
+            total_ms=round((time.perf_counter() - started) * 1000, 2),
+            notes=[f"budget {b}: {note}" for b, r in zip(chosen, results) for note in r.notes],
+        )
+
+    @staticmethod
+    def panel(picture: Image.Image, run: BudgetRun, boxes: list[Detection]) -> Image.Image:
+        """Detections drawn on the original; otherwise the detail the encoder saw, shown at one size."""
+        if run.detections is not None:
+            return annotate(picture, boxes)
+        seen = picture.resize(tuple(run.seen_size), Image.Resampling.BICUBIC)
+        scale = min(1.0, PANEL_SIDE / max(picture.size))
+        shown = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        return seen.resize(shown, Image.Resampling.NEAREST)
+
+
+def parsed_boxes(result: Result) -> list[Detection]:
+    """The result's boxes as Detections again, for matching and drawing."""
+    if not isinstance(result, DetectResult):
+        return []
+    return [
+        Detection(
+            label=d.label, box=tuple(d.box), box_normalized=tuple(d.box_normalized), raw=d.raw,  # type: ignore[arg-type]
+            seg_codes=tuple(d.seg_codes),
+        )
+        for d in result.detections
+    ]

@@ -81,6 +81,10 @@ class Backend(ABC):
     def device(self) -> str:
         return "cpu"
 
+    def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
+        """(width, height) the vision encoder sees an image of ``size`` at ``budget``; fixed-resolution families override."""
+        return size
+
     @abstractmethod
     def describe(
         self,

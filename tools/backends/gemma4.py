@@ -39,6 +39,18 @@ class Gemma4Backend(HFBackend):
     default_budget = DEFAULT_BUDGET
     grid = GEMMA4_GRID
 
+    def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
+        """(width, height) the vision encoder sees an image of ``size`` at ``budget``."""
+        from transformers.models.gemma4.image_processing_gemma4 import get_aspect_ratio_preserving_size
+
+        ip = self.processor.image_processor
+        width, height = size
+        budget = self.default_budget if budget is None else budget
+        h, w = get_aspect_ratio_preserving_size(
+            height, width, ip.patch_size, budget * ip.pooling_kernel_size**2, ip.pooling_kernel_size
+        )
+        return w, h
+
     def run(
         self,
         messages: list[dict[str, Any]],

@@ -1,0 +1,71 @@
+"""How far an output at one visual-token budget agrees with the output at another.
+
+Each task has one metric in 0..1 (1 = same answer) and a threshold above which two
+outputs count as agreeing; the recommendation is the smallest budget that agrees with
+the highest one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
+
+from .detections import Detection, match_f1
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    threshold: float
+    description: str
+
+
+METRICS: dict[str, Metric] = {
+    "detect": Metric("box_f1", 0.8, "F1 of boxes matched one-to-one at IoU >= 0.5 with the same label"),
+    "ocr": Metric("1-cer", 0.95, "1 minus the character error rate (edit distance / reference length)"),
+    "describe": Metric("text_similarity", 0.6, "word-sequence similarity ratio (difflib)"),
+}
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance, two rows at a time."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        current = [i]
+        for j, cb in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def char_agreement(text: str, reference: str) -> float:
+    """1 - CER of ``text`` against ``reference``, floored at 0."""
+    if not reference:
+        return 1.0 if not text else 0.0
+    return max(0.0, 1.0 - edit_distance(text, reference) / len(reference))
+
+
+def text_similarity(text: str, reference: str) -> float:
+    a, b = text.lower().split(), reference.lower().split()
+    if not a and not b:
+        return 1.0
+    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def agreement(task: str, text: str, reference: str, boxes: Sequence[Detection] = (), ref_boxes: Sequence[Detection] = ()) -> float:
+    if task == "detect":
+        return round(match_f1(list(boxes), list(ref_boxes)), 4)
+    if task == "ocr":
+        return round(char_agreement(text, reference), 4)
+    return round(text_similarity(text, reference), 4)
+
+
+def recommend(budgets: Sequence[int], agreements: Sequence[float], threshold: float) -> int:
+    """The smallest budget whose agreement reaches ``threshold`` (the highest always does)."""
+    for budget, score in sorted(zip(budgets, agreements)):
+        if score >= threshold:
+            return budget
+    return max(budgets)
