@@ -41,6 +41,9 @@ def model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="weights precision"
     )
+    parser.add_argument(
+        "--quantize", choices=QUANTIZE, default=None, help="load 4-bit or 8-bit weights (bitsandbytes, CUDA GPU only)"
+    )
 
 
 def call_options(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +54,6 @@ def call_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"Gemma 4 visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280); "
         "PaliGemma and BLIP-2 have a fixed resolution and take none",
-    )
-    parser.add_argument(
-        "--quantize", choices=QUANTIZE, default=None, help="load 4-bit or 8-bit weights (bitsandbytes, CUDA GPU only)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument(
@@ -219,6 +219,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = Settings(
         model=args.model,
         dtype=args.dtype,
+        quantize=args.quantize,
         allow_dirs=args.allow_dir,
         allow_private_urls=args.allow_private_urls,
         out_dir=Path(args.out_dir) if args.out_dir else default_out_dir(),

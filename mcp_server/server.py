@@ -46,6 +46,7 @@ IMAGE_REF = (
 class Settings:
     model: str
     dtype: str = "auto"
+    quantize: str | None = None
     #: folders the tools may read; None means the current directory
     allow_dirs: list[str] | None = None
     allow_private_urls: bool = False
@@ -86,7 +87,9 @@ class Engine:
         from tools.backends import load_backend
 
         try:
-            backend = (self._load or load_backend)(self.settings.model, dtype=self.settings.dtype)
+            backend = (self._load or load_backend)(
+                self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize
+            )
             self.vision = Vision(backend, ImageLoader(self.policy))
         except VlmError as exc:
             log.error("could not load the model: %s", exc)

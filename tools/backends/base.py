@@ -82,7 +82,7 @@ class Backend(ABC):
         return "cpu"
 
     def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
-        """(width, height) the vision encoder sees an image of ``size`` at ``budget``; fixed-resolution families override."""
+        """(width, height) the vision encoder sees an image of ``size`` at ``budget`` (families with budgets)."""
         return size
 
     @abstractmethod
