@@ -156,3 +156,17 @@ def test_model_loads_once_through_from_pretrained(gemma4_backend, tiny_gemma4):
     assert gemma4_backend.family == "gemma4"
     assert gemma4_backend.model_id == str(tiny_gemma4)
     assert gemma4_backend.device == "cpu"
+
+
+@pytest.mark.parametrize("size", [(1, 20000), (20000, 1), (1, 1)])
+def test_extreme_shapes_run_at_every_budget(gemma4_backend, size):
+    from PIL import Image
+
+    for budget in (70, 1120):
+        generation = gemma4_backend.describe([Image.new("RGB", size, "white")], "x", (), budget, SHORT)
+        assert 0 < generation.image_tokens <= budget
+
+
+@pytest.mark.parametrize(("budget", "side"), [(70, 384), (280, 768), (1120, 1584)])
+def test_seen_size_matches_the_processor(gemma4_backend, budget, side):
+    assert gemma4_backend.seen_size((512, 512), budget) == (side, side)
