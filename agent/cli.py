@@ -7,6 +7,7 @@ statistics and errors go to stderr, so ``--json`` output can be piped as is.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -44,6 +45,16 @@ def model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quantize", choices=QUANTIZE, default=None, help="load 4-bit or 8-bit weights (bitsandbytes, CUDA GPU only)"
     )
+
+
+def connect_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--model", default=os.environ.get(MODEL_ENV),
+        help=f"model for the server this command starts (default: ${MODEL_ENV} or {DEFAULT_MODEL})",
+    )
+    where.add_argument("--server", metavar="URL", help="use a running HTTP server, e.g. http://127.0.0.1:8000/mcp")
+    parser.add_argument("--token-env", metavar="VAR", help="send 'Authorization: Bearer $VAR' to --server")
 
 
 def call_options(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("label", metavar="LABEL")
     p.add_argument("--out", default=None, help="annotated PNG to write (default: IMAGE-segment.png here)")
     call_options(p)
+
+    p = commands.add_parser(
+        "chat",
+        help="a multi-turn vision chat in the terminal, over the MCP server",
+        description="Chat about images. Starts `vlm-agent serve` as a child process (or connects to --server) "
+        "and talks to it over MCP; conversations are kept in SQLite and can be resumed.",
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="images to attach at the start")
+    connect_options(p)
+    p.add_argument("--context", choices=("auto", "chat-template", "concat"), default="auto",
+                   help="how earlier turns reach the model (auto: the family's own way)")
+    p.add_argument("--budget", type=int, default=None, help="visual-token budget (Gemma 4)")
+    p.add_argument("--resume", action="store_true", help="continue the last conversation")
+
+    p = commands.add_parser(
+        "run",
+        help="run a scripted conversation (YAML or JSON lines) and write its transcript",
+        description="Run the turns of SCRIPT through the MCP server like a chat would. Exit status 1 when any "
+        "turn failed.",
+    )
+    p.add_argument("script", metavar="SCRIPT")
+    p.add_argument("--out", default=None, help="write the transcript JSON here (default: stdout)")
+    connect_options(p)
+    p.add_argument("--context", choices=("auto", "chat-template", "concat"), default="auto")
+    p.add_argument("--budget", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=512)
 
     p = commands.add_parser(
         "serve",
@@ -207,6 +244,36 @@ def run_call(args: argparse.Namespace) -> Result:
         return vision.detect(ids[0], args.labels, budget=args.budget, options=options, annotated_path=out_path)
 
 
+async def run_script_command(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.chat import connect, data_home
+    from agent.script import RecordingView, load_script, run_script
+    from agent.session import ChatError, ChatSession
+
+    script = Path(args.script)
+    try:
+        turns = load_script(script)
+        async with connect(args.model, args.server, args.token_env, data_home() / "server.log") as client:
+            session = ChatSession(
+                client, RecordingView(lambda line: err.print(line, markup=False, highlight=False)),
+                strategy=args.context, budget=args.budget, max_new_tokens=args.max_new_tokens,
+            )
+            await session.start()
+            transcript = await run_script(session, turns, script.parent)
+    except ChatError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return 1
+    text = json.dumps(transcript, indent=2, ensure_ascii=False)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        err.print(f"transcript: {args.out}", markup=False)
+    else:
+        print(text)
+    err.print(f"{len(transcript['turns']) - transcript['failed']} turns ok, {transcript['failed']} failed", markup=False)
+    return 1 if transcript["failed"] else 0
+
+
 def serve(args: argparse.Namespace) -> int:
     from mcp_server.server import Settings, build_server, default_out_dir
     from mcp_server.transport import serve_http
@@ -256,6 +323,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "serve":
             return serve(args)
+        if args.command == "chat":
+            from agent.chat import run_chat
+
+            return asyncio.run(
+                run_chat(
+                    args.images, model=args.model, server=args.server, token_env=args.token_env,
+                    strategy=args.context, budget=args.budget, resume=args.resume,
+                )
+            )
+        if args.command == "run":
+            return asyncio.run(run_script_command(args))
         print_result(run_call(args), args.json)
         return 0
     except VlmError as exc:

@@ -9,6 +9,7 @@ structured content matching the tool's output schema).
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import threading
 import uuid
@@ -29,7 +30,8 @@ from tools.drawing import fit_for_client
 from tools.errors import Busy, VlmError
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
-from tools.results import CompareResult, DescribeResult, DetectResult, OcrResult, Result
+from tools.streaming import TextSink, streaming
+from tools.results import ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.vision import Vision
 
 log = logging.getLogger("vlm_agent.server")
@@ -110,18 +112,37 @@ class Engine:
             raise self.error or VlmError("The model is not loaded.")
         return self.vision
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on a worker thread, queued behind the model lock, bounded."""
+    async def run(self, fn: Callable[..., T], *args: Any, stream_to: Context | None = None, total: int = 0) -> T:
+        """Run ``fn`` on a worker thread, queued behind the model lock, bounded.
+
+        With ``stream_to``, generated text reaches the caller as progress notifications
+        (progress = tokens so far, total = ``total``, message = the new text), when the
+        caller asked for progress.
+        """
         if self.pending >= self.settings.max_queue:
             raise Busy(f"The server is busy with {self.pending} requests; retry in a few seconds.")
+        sink = None if stream_to is None else text_sink(stream_to, total)
+
+        def call() -> T:
+            with streaming(sink):
+                return fn(*args)
+
         self.pending += 1
         try:
-            return await anyio.to_thread.run_sync(lambda: fn(*args))
+            return await anyio.to_thread.run_sync(call)
         finally:
             self.pending -= 1
 
     def output_path(self, kind: str) -> Path:
         return self.settings.out_dir / f"{kind}-{uuid.uuid4().hex[:12]}.png"
+
+
+def text_sink(ctx: Context, total: int) -> TextSink:
+    # report_progress is a no-op for callers that did not ask for progress.
+    def sink(delta: str, tokens: int) -> None:
+        anyio.from_thread.run(ctx.report_progress, tokens, total, delta)
+
+    return sink
 
 
 class HistoryTurn(BaseModel):
@@ -177,17 +198,24 @@ class VisionServer(MCPServer):
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, VlmError):
-                message = str(cause)
-            elif isinstance(cause, ValidationError):
-                message = validation_message(cause)
-            elif cause is None:
-                message = str(exc)  # e.g. an unknown tool name
-            else:
-                log.error("tool %s crashed", name, exc_info=cause)
-                message = f"The {name} tool failed unexpectedly; the server logged the details and keeps serving."
-            return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+            message, code = explain(name, exc)
+            # The code lets programs (the chat client) react without parsing the sentence.
+            return CallToolResult(
+                content=[TextContent(type="text", text=message)], structured_content={"error": code}, is_error=True
+            )
+
+
+def explain(tool: str, error: ToolError) -> tuple[str, str]:
+    """The caller's sentence and error code for a failed tool call."""
+    cause = error.__cause__
+    if isinstance(cause, VlmError):
+        return str(cause), cause.code
+    if isinstance(cause, ValidationError):
+        return validation_message(cause), "invalid_request"
+    if cause is None:
+        return str(error), "invalid_request"  # e.g. an unknown tool name
+    log.error("tool %s crashed", tool, exc_info=cause)
+    return f"The {tool} tool failed unexpectedly; the server logged the details and keeps serving.", "internal"
 
 
 Budget = Annotated[
@@ -243,7 +271,8 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         vision = await engine.ready(ctx)
         turns = [turn.model_dump() for turn in history or []]
         result = await engine.run(
-            vision.describe, images, prompt, turns, budget, options(max_new_tokens, temperature, top_p)
+            vision.describe, images, prompt, turns, budget, options(max_new_tokens, temperature, top_p),
+            stream_to=ctx, total=max_new_tokens,
         )
         return text_result(result, result.text)
 
@@ -261,7 +290,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         For small or dense text, a higher budget (560 or 1120) reads more accurately.
         """
         vision = await engine.ready(ctx)
-        result = await engine.run(vision.ocr, image, budget, options(max_new_tokens, temperature, top_p))
+        result = await engine.run(
+            vision.ocr, image, budget, options(max_new_tokens, temperature, top_p), stream_to=ctx, total=max_new_tokens
+        )
         return text_result(result, result.text)
 
     @tool
@@ -331,5 +362,38 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
             ]
         )
         return picture_result(text, out, result)
+
+    @tool
+    async def chat(
+        message: Annotated[str, Field(description="the user's message")],
+        ctx: Context,
+        images: Annotated[list[str], Field(description=f"images of this message; each {IMAGE_REF}")] = [],  # noqa: B006
+        history: Annotated[
+            list[HistoryTurn] | None, Field(description="earlier turns, oldest first")
+        ] = None,
+        budget: Budget = None,
+        max_new_tokens: MaxNewTokens = 256,
+    ) -> Annotated[CallToolResult, ChatResult]:
+        """One assistant turn of a vision chat: the model answers in text or picks vision tools to call.
+
+        The model sees the conversation and declarations of describe, ocr, detect and
+        compare_budgets, and answers through its native function calling; `tool_calls`
+        lists the calls it chose (the caller runs them). Gemma 4 only: other families
+        answer with an error, and the caller picks a tool itself.
+        """
+        vision = await engine.ready(ctx)
+        turns = [turn.model_dump() for turn in history or []]
+        result = await engine.run(
+            vision.chat, images, message, turns, budget, GenerationOptions(max_new_tokens=max_new_tokens),
+            stream_to=ctx, total=max_new_tokens,
+        )
+        calls = [f"call {c.name}({json.dumps(c.arguments)})" for c in result.tool_calls]
+        return text_result(result, "\n".join([result.text, *calls]).strip() or "(no text)")
+
+    @server.resource("vlm-agent://model", mime_type="application/json")
+    async def model_info() -> str:
+        """The resident model: id, family, budgets, context window and what it supports."""
+        vision = await engine.ready()
+        return json.dumps(vision.model_info())
 
     return server

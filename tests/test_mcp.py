@@ -17,7 +17,7 @@ from tools.backends import load_backend
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"describe", "ocr", "detect", "compare_budgets"}
+TOOLS = {"describe", "ocr", "detect", "compare_budgets", "chat"}
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ async def test_stdio_round_trip_through_the_console_script(tiny_gemma4, images):
     params = StdioServerParameters(command=VLM_AGENT, args=serve_args(tiny_gemma4, images), env=env())
     async with Client(params) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
-        assert names == {"describe", "ocr", "detect", "compare_budgets"}
+        assert names == {"describe", "ocr", "detect", "compare_budgets", "chat"}
         result = await client.call_tool("describe", {"images": [str(images / "square.png")], "max_new_tokens": 3})
         assert not result.is_error, result.content
         assert result.structured_content["image_tokens"] == 256
@@ -156,7 +156,7 @@ async def test_http_serves_a_client_with_the_token(http_server, images):
 
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     async with http, Client(streamable_http_client(http_server, http_client=http)) as client:
-        assert len((await client.list_tools()).tools) == 4
+        assert len((await client.list_tools()).tools) == 5
         result = await client.call_tool("describe", {"images": [str(images / "square.png")], "max_new_tokens": 2})
         assert not result.is_error, result.content
         assert result.structured_content["image_tokens"] == 256

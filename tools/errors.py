@@ -28,6 +28,12 @@ class InvalidRequest(VlmError):
     code = "invalid_request"
 
 
+class ContextOverflow(InvalidRequest):
+    """The prompt (history, images and answer) does not fit the model's context."""
+
+    code = "context_overflow"
+
+
 class ImageError(VlmError):
     """An image could not be read, or breaks a limit."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -97,3 +97,15 @@ class CompareResult(BaseModel):
     picture_path: str | None = Field(None, description="side-by-side PNG of every budget, when one was written")
     total_ms: float
     notes: list[str] = Field(default_factory=list)
+
+
+class ToolCallOut(BaseModel):
+    name: str = Field(description="describe, ocr, detect or compare_budgets")
+    arguments: dict[str, Any] = Field(description="the arguments the model chose")
+
+
+class ChatResult(Result):
+    task: Literal["chat"] = "chat"
+    tool_calls: list[ToolCallOut] = Field(
+        default_factory=list, description="vision tools the model chose to call, in order; empty for a text answer"
+    )

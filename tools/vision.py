@@ -25,6 +25,7 @@ from .options import GenerationOptions
 from .results import (
     BoxesResult,
     BudgetRun,
+    ChatResult,
     CompareResult,
     DescribeResult,
     DetectionOut,
@@ -32,6 +33,7 @@ from .results import (
     OcrResult,
     Result,
     SegmentResult,
+    ToolCallOut,
 )
 
 MAX_PROMPT_CHARS = 32_000
@@ -164,6 +166,30 @@ class Vision:
             )
         return self._result(DescribeResult, generation, loaded, started)
 
+    def chat(
+        self,
+        images: Sequence[str],
+        prompt: str,
+        history: Sequence[Mapping[str, Any] | Turn] = (),
+        budget: int | None = None,
+        options: GenerationOptions | None = None,
+    ) -> ChatResult:
+        """One assistant turn that answers in text or picks vision tools to call (Gemma 4)."""
+        started = time.perf_counter()
+        prompt = check_text(prompt, "The message").strip()
+        if not prompt:
+            raise InvalidRequest("The message is empty; say what you want to know about the images.")
+        turns = self.parse_history(history)
+        loaded = self.load_images(images, at_least=0)
+        with self._lock:
+            generation, reply = self.backend.chat(
+                [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
+            )
+        generation.text = reply.text
+        generation.notes.extend(f"ignored {reason}" for reason in reply.invalid)
+        calls = [ToolCallOut(name=call.name, arguments=call.arguments) for call in reply.calls]
+        return self._result(ChatResult, generation, loaded, started, tool_calls=calls)
+
     def ocr(self, image: str, budget: int | None = None, options: GenerationOptions | None = None) -> OcrResult:
         started = time.perf_counter()
         loaded = self.load_images([image])
@@ -228,6 +254,22 @@ class Vision:
             detections=[detection_out(d) for d in parsed.detections],
             annotated_path=written,
         )
+
+    def model_info(self) -> dict[str, Any]:
+        """What a client needs to know of the resident model to plan its requests."""
+        backend = self.backend
+        return {
+            "model": backend.model_id,
+            "family": backend.family,
+            "display_name": backend.display_name,
+            "budgets": list(backend.budgets),
+            "default_budget": backend.default_budget,
+            "context_window": getattr(backend, "max_positions", None),
+            "chat": type(backend).chat is not Backend.chat,
+            "detect": type(backend).detect is not Backend.detect,
+            "max_images": MAX_IMAGES,
+            "max_history_turns": MAX_HISTORY_TURNS,
+        }
 
     def check_budgets(self, budgets: Sequence[int]) -> list[int]:
         allowed = self.backend.budgets

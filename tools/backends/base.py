@@ -20,6 +20,7 @@ from ..detections import ParsedDetections
 from ..errors import Unsupported
 from ..options import GenerationOptions
 from ..results import Timings
+from ..toolcalls import ParsedReply
 
 Role = Literal["user", "assistant"]
 
@@ -44,6 +45,8 @@ class Generation:
     finish_reason: Literal["stop", "length"]
     budget: int | None
     timings: Timings = field(default_factory=Timings)
+    #: the generated tokens with their special tokens, for parsers that need them (tool calls)
+    raw_text: str = ""
     #: prior turns actually sent to the model (a family may send fewer than given)
     history_turns: int = 0
     notes: list[str] = field(default_factory=list)
@@ -99,6 +102,19 @@ class Backend(ABC):
     @abstractmethod
     def ocr(self, image: Image.Image, budget: int | None, options: GenerationOptions) -> Generation:
         """Read all text in the image, in reading order."""
+
+    def chat(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        history: Sequence[Turn],
+        budget: int | None,
+        options: GenerationOptions,
+    ) -> tuple[Generation, ParsedReply]:
+        """One assistant turn that may answer with calls to the vision tools (native function calling)."""
+        raise Unsupported(
+            f"{self.display_name} models have no function calling; pick a tool yourself (describe, ocr, detect)."
+        )
 
     def detect(
         self, image: Image.Image, labels: Sequence[str], budget: int | None, options: GenerationOptions

@@ -11,6 +11,7 @@ from .. import prompts
 from ..budgets import DEFAULT_BUDGET, GEMMA4_BUDGETS, check_budget
 from ..detections import GEMMA4_GRID, ParsedDetections, from_box_2d_json
 from ..options import GenerationOptions
+from ..toolcalls import ParsedReply, parse_reply
 from .base import Generation, Stopwatch, Turn
 from .hf import HFBackend
 
@@ -57,11 +58,13 @@ class Gemma4Backend(HFBackend):
         budget: int | None,
         options: GenerationOptions,
         history_turns: int = 0,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Generation:
         budget = check_budget(self.default_budget if budget is None else budget, self.budgets, self.display_name)
         watch = Stopwatch()
         inputs = self.processor.apply_chat_template(
             messages,
+            tools=tools,
             add_generation_prompt=True,
             tokenize=True,
             return_dict=True,
@@ -89,3 +92,16 @@ class Gemma4Backend(HFBackend):
     ) -> tuple[Generation, ParsedDetections]:
         generation = self.run(build_messages([image], prompts.gemma4_detect(labels), ()), budget, options)
         return generation, from_box_2d_json(generation.text, image.size, grid=self.grid)
+
+    def chat(
+        self,
+        images: Sequence[Image.Image],
+        prompt: str,
+        history: Sequence[Turn],
+        budget: int | None,
+        options: GenerationOptions,
+    ) -> tuple[Generation, ParsedReply]:
+        messages = [{"role": "system", "content": prompts.CHAT_SYSTEM}, *build_messages(images, prompt, history)]
+        generation = self.run(messages, budget, options, len(history), tools=prompts.CHAT_TOOLS)
+        known = {tool["function"]["name"] for tool in prompts.CHAT_TOOLS}
+        return generation, parse_reply(generation.raw_text, known)

@@ -10,8 +10,9 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from ..errors import InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
+from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
 from ..options import GenerationOptions
+from ..streaming import DeltaStreamer, current_sink
 from .base import Backend, Generation, Stopwatch, Turn
 
 log = logging.getLogger("vlm_agent")
@@ -197,16 +198,24 @@ class HFBackend(Backend):
         image_tokens = int((input_ids == self.image_token_id).sum())
         limit = self.max_positions
         if limit is not None and prompt_tokens + options.max_new_tokens > limit:
-            raise InvalidRequest(
+            raise ContextOverflow(
                 f"The prompt is {prompt_tokens} tokens ({image_tokens} of them image tokens) and "
                 f"{options.max_new_tokens} more were asked for, past this model's {limit}; use fewer "
                 "images, a lower budget, a shorter history or a smaller max_new_tokens."
             )
         inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
         preprocess_ms = watch.lap()
+        kwargs = options.generate_kwargs()
+        sink = current_sink()
+        if sink is not None:
+            # Encoder-decoder models hand the streamer no prompt, only decoder tokens.
+            kwargs["streamer"] = DeltaStreamer(
+                lambda ids: self.processor.decode(ids, skip_special_tokens=True), sink,
+                skip_prompt=not self.is_encoder_decoder,
+            )
         try:
             with torch.inference_mode():
-                output = self.model.generate(**inputs, **options.generate_kwargs())
+                output = self.model.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -223,6 +232,7 @@ class HFBackend(Backend):
         text = self.processor.decode(new, skip_special_tokens=True).strip()
         generation = Generation(
             text=text,
+            raw_text=self.processor.decode(new, skip_special_tokens=False),
             image_tokens=image_tokens,
             prompt_tokens=prompt_tokens,
             generated_tokens=len(new),

@@ -1,0 +1,443 @@
+"""`vlm-agent chat`: the terminal conversation (prompt-toolkit input, rich output) over MCP.
+
+The client starts `vlm-agent serve` as a child process over stdio (or connects to a
+running HTTP server) and never imports the model. Everything it decides lives in
+``agent.session``; this module reads keys, runs commands and draws results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from mcp import Client, StdioServerParameters
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer, Completion, PathCompleter
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import ANSI
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings
+from rich.console import Console
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.table import Table
+
+from . import render
+from .session import STRATEGIES, ChatError, ChatSession, TurnRecord
+from .store import Store
+
+COMMANDS: dict[str, str] = {
+    "/help": "this list",
+    "/image": "PATH|URL: attach an image (it gets a handle @1, @2, ...)",
+    "/images": "the attached images and their handles",
+    "/forget": "[@n]: drop one image, or all",
+    "/describe": "[prompt]: describe the current image(s) or ask about them",
+    "/ocr": "read the text of the current image",
+    "/detect": "LABEL...: find objects and draw their boxes",
+    "/budgets": "[prompt]: compare visual-token budgets on the current image",
+    "/history": "the turns so far",
+    "/reset": "start a new conversation",
+    "/save": "NAME: name this conversation",
+    "/load": "NAME: continue a named conversation",
+    "/sessions": "recent conversations",
+    "/model": "the model and what it can do",
+    "/context": "[auto|chat-template|concat]: show or set how history reaches the model",
+    "/budget": "N: visual-token budget for the next calls (Gemma 4)",
+    "/quit": "leave (Ctrl-D too)",
+}
+
+HELP_FOOTER = (
+    "Plain messages go to the model, which picks a tool (Gemma 4) or are routed by keywords. "
+    "@1 or @file.png or @path/to/new.png in a message refers to an image. "
+    "Esc then Enter adds a line; Ctrl-C stops a running answer."
+)
+
+
+def data_home() -> Path:
+    """The folder for the chat's database, input history and server log."""
+    override = os.environ.get("VLM_AGENT_HOME")
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return platformdirs.user_data_path("vlm-agent")
+
+
+class TerminalView:
+    """Draws what the session does: tool calls, streamed answers, tables and pictures."""
+
+    def __init__(self, console: Console, out_dir: Path) -> None:
+        self.console = console
+        self.out_dir = out_dir
+        self.live: Live | None = None
+        self.streamed = ""
+        self.protocol = render.image_protocol(os.environ, console.is_terminal)
+
+    def notice(self, text: str) -> None:
+        self.console.print(f"[yellow]![/] {text}", highlight=False)
+
+    def status(self, message: str) -> None:
+        if self.live is not None and not self.streamed:
+            self.live.update(f"[dim]{message} …[/]")
+
+    def tool_call(self, name: str, arguments: Mapping[str, Any], routed_by: str) -> None:
+        args = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+        how = {"model": "chosen by the model", "router": "routed by keywords", "command": "by command"}.get(routed_by, "")
+        self.console.print(f"[cyan]→ {name}[/]({args}) [dim]{how}[/]", highlight=False)
+        self.streamed = ""
+        self.live = Live("[dim]working …[/]", console=self.console, refresh_per_second=12, transient=True)
+        self.live.start()
+
+    def text_delta(self, delta: str) -> None:
+        self.streamed += delta
+        if self.live is not None:
+            self.live.update(Markdown(self.streamed))
+
+    def stop_live(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def result(self, record: TurnRecord, images: list[bytes]) -> None:
+        self.stop_live()
+        if not record.ok:
+            self.console.print(f"[red]error:[/] {record.error}", highlight=False)
+            return
+        result = record.result or {}
+        if record.tool == "detect":
+            self.console.print(render.detections_table(result))
+        elif record.tool == "compare_budgets":
+            self.console.print(render.budgets_table(result))
+        else:
+            self.console.print(Markdown(record.answer or "(no text)"))
+        for note in result.get("notes", []):
+            self.console.print(f"[dim]note: {note}[/]", highlight=False)
+        for n, png in enumerate(images):
+            self.show_picture(record, png, n)
+        if "prompt_tokens" in result:
+            self.console.print(render.stats_line(result), style="dim", markup=False, highlight=False)
+        elif "total_ms" in result:
+            self.console.print(f"{result['total_ms'] / 1000:.2f} s in all", style="dim", highlight=False)
+
+    def show_picture(self, record: TurnRecord, png: bytes, n: int) -> None:
+        from PIL import Image
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        image_id = ((record.result or {}).get("image_ids") or ["image"])[0]
+        path = self.out_dir / f"{record.tool}-{image_id}-{n}.png"
+        path.write_bytes(png)
+        render.preview(self.console, Image.open(io.BytesIO(png)), self.protocol)
+        self.console.print(f"[dim]picture: {path}[/]", highlight=False)
+
+
+class ChatCompleter(Completer):
+    """Commands after '/', file paths after '/image ' and after '@'."""
+
+    def __init__(self, session: ChatSession) -> None:
+        self.session = session
+        self.paths = PathCompleter(expanduser=True)
+
+    def get_completions(self, document: Document, complete_event: Any):  # type: ignore[override]
+        text = document.text_before_cursor
+        if text.startswith("/") and " " not in text:
+            for command, help_text in COMMANDS.items():
+                if command.startswith(text):
+                    yield Completion(command, -len(text), display_meta=help_text)
+            return
+        word = text.split(" ")[-1]
+        if text.startswith("/image ") and word:
+            yield from self.paths.get_completions(Document(word), complete_event)
+        elif word.startswith("@"):
+            for handle in self.session.conversation.images:
+                if handle.startswith(word):
+                    yield Completion(handle, -len(word))
+            yield from self.paths.get_completions(Document(word[1:]), complete_event)
+
+
+class ChatApp:
+    def __init__(self, session: ChatSession, console: Console, store: Store | None) -> None:
+        self.session = session
+        self.console = console
+        self.store = store
+        self.running = True
+
+    # -- commands ---------------------------------------------------------------
+
+    async def handle(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        if not line.startswith("/"):
+            await self.turn(line)
+            return
+        command, _, rest = line.partition(" ")
+        rest = rest.strip()
+        handler = getattr(self, "cmd_" + command[1:].replace("-", "_"), None)
+        if command not in COMMANDS or handler is None:
+            raise ChatError(f"Unknown command {command}; /help lists them.")
+        await handler(rest)
+
+    async def turn(self, message: str, tool: str | None = None, arguments: dict[str, Any] | None = None) -> None:
+        task = asyncio.ensure_future(self.session.send(message, tool, arguments))
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signals here: Ctrl-C ends the chat instead
+        try:
+            record = await task
+        except asyncio.CancelledError:
+            self.session.view.stop_live()  # type: ignore[attr-defined]
+            self.console.print("[yellow]cancelled[/]")
+            return
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+        if record.dropped_turns:
+            self.console.print(self.status_text())
+
+    async def cmd_help(self, _: str) -> None:
+        table = Table.grid(padding=(0, 2))
+        for command, text in COMMANDS.items():
+            table.add_row(f"[cyan]{command}[/]", text)
+        self.console.print(table)
+        self.console.print(f"[dim]{HELP_FOOTER}[/]")
+
+    async def cmd_image(self, rest: str) -> None:
+        if not rest:
+            raise ChatError("Give a path or URL: /image photo.png")
+        attached = self.session.attach(rest)
+        self.console.print(f"attached [bold]{attached.handle}[/] {Path(attached.source).name}", highlight=False)
+
+    async def cmd_images(self, _: str) -> None:
+        images = self.session.conversation.images
+        if not images:
+            self.console.print("no images attached; /image PATH attaches one")
+            return
+        table = Table("handle", "image", "image_id")
+        for image in images.values():
+            table.add_row(image.handle, image.source, image.image_id or "(not sent yet)")
+        self.console.print(table)
+
+    async def cmd_forget(self, rest: str) -> None:
+        forgotten = self.session.forget(rest or None)
+        self.console.print(f"forgot {', '.join(forgotten) or 'nothing'}")
+
+    async def cmd_describe(self, rest: str) -> None:
+        await self.turn(rest or "Describe this image.", "describe", {"prompt": rest} if rest else {})
+
+    async def cmd_ocr(self, rest: str) -> None:
+        await self.turn(rest or "Read the text.", "ocr", {})
+
+    async def cmd_detect(self, rest: str) -> None:
+        labels = [label.strip() for label in rest.replace(",", " ").split() if label.strip()]
+        if not labels:
+            raise ChatError("Say what to find: /detect person car")
+        await self.turn(f"detect {', '.join(labels)}", "detect", {"labels": labels})
+
+    async def cmd_budgets(self, rest: str) -> None:
+        await self.turn(rest or "Compare budgets.", "compare_budgets", {"prompt": rest})
+
+    async def cmd_history(self, _: str) -> None:
+        records = self.session.conversation.records
+        if not records:
+            self.console.print("no turns yet")
+        for n, record in enumerate(records, start=1):
+            outcome = record.error or record.answer
+            self.console.print(
+                f"[bold]{n}[/] {record.user} [dim]{' '.join(record.images)} → {record.tool}[/]\n   {outcome[:200]}",
+                highlight=False,
+            )
+
+    async def cmd_reset(self, _: str) -> None:
+        self.session.reset()
+        self.console.print("new conversation")
+
+    def need_store(self) -> Store:
+        if self.store is None:
+            raise ChatError("Conversations are not being saved in this chat.")
+        return self.store
+
+    async def cmd_save(self, rest: str) -> None:
+        store = self.need_store()
+        if not rest:
+            raise ChatError("Give a name: /save trip-photos")
+        conversation = self.session.ensure_conversation()
+        assert conversation is not None
+        store.name(conversation, rest)
+        self.console.print(f"saved as '{rest}'", highlight=False)
+
+    async def cmd_load(self, rest: str) -> None:
+        store = self.need_store()
+        conversation = store.find(rest)
+        if conversation is None:
+            raise ChatError(f"No conversation named '{rest}'; /sessions lists them.")
+        self.session.load(conversation)
+        self.console.print(f"loaded '{rest}': {len(self.session.conversation.records)} turns", highlight=False)
+
+    async def cmd_sessions(self, _: str) -> None:
+        table = Table("name", "turns", "model", "updated")
+        import datetime as dt
+
+        for info in self.need_store().conversations():
+            when = dt.datetime.fromtimestamp(info.updated).strftime("%Y-%m-%d %H:%M")
+            table.add_row(info.name or f"#{info.id}", str(info.turns), info.model, when)
+        self.console.print(table)
+
+    async def cmd_model(self, _: str) -> None:
+        info = self.session.info
+        budgets = " / ".join(map(str, info.get("budgets", []))) or "fixed resolution"
+        self.console.print(
+            f"[bold]{info.get('model')}[/] ({info.get('display_name')}); budgets: {budgets}; "
+            f"context window: {info.get('context_window') or 'unknown'}; tool choice by the model: "
+            f"{'yes' if info.get('chat') else 'no (keyword routing)'}. Start the chat with --model to change it.",
+            highlight=False,
+        )
+
+    async def cmd_context(self, rest: str) -> None:
+        if rest:
+            if rest not in STRATEGIES:
+                raise ChatError(f"Use one of {', '.join(STRATEGIES)}.")
+            self.session.strategy = rest
+        self.console.print(self.status_text())
+
+    async def cmd_budget(self, rest: str) -> None:
+        allowed = self.session.info.get("budgets") or []
+        if not allowed:
+            raise ChatError(f"{self.session.info.get('display_name')} has a fixed resolution; there is no budget.")
+        if not rest.isdigit() or int(rest) not in allowed:
+            raise ChatError(f"Use one of {' / '.join(map(str, allowed))}.")
+        self.session.budget = int(rest)
+        self.console.print(f"budget {rest}")
+
+    async def cmd_quit(self, _: str) -> None:
+        self.running = False
+
+    # -- the loop ---------------------------------------------------------------
+
+    def status_text(self) -> Any:
+        text, images = self.session.context_usage()
+        info = self.session.info
+        return render.status_line(
+            info.get("model", "?"), info.get("family", "?"), self.session.effective_strategy, text, images,
+            info.get("context_window"), self.session.dropped_total,
+        )
+
+    def toolbar(self) -> ANSI:
+        # prompt-toolkit draws the toolbar; rich renders the same status line to ANSI for it.
+        buffer = io.StringIO()
+        Console(file=buffer, force_terminal=True, color_system="truecolor", width=400).print(
+            self.status_text(), end=""
+        )
+        return ANSI(buffer.getvalue())
+
+    async def loop(self, prompt: PromptSession) -> None:
+        while self.running:
+            try:
+                line = await prompt.prompt_async("you> ", bottom_toolbar=self.toolbar)
+            except KeyboardInterrupt:
+                continue  # Ctrl-C at the prompt clears the line
+            except EOFError:
+                break
+            try:
+                await self.handle(line)
+            except ChatError as exc:
+                self.console.print(f"[red]error:[/] {exc}", highlight=False)
+
+
+def key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _(event: Any) -> None:
+        event.current_buffer.insert_text("\n")
+
+    return bindings
+
+
+@asynccontextmanager
+async def connect(model: str | None, server: str | None, token_env: str | None, log_path: Path) -> AsyncIterator[Client]:
+    """A client of the given HTTP server, or of a `vlm-agent serve` child over stdio."""
+    if server:
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        headers = {}
+        if token_env:
+            token = os.environ.get(token_env)
+            if not token:
+                raise ChatError(f"--token-env names ${token_env}, which is not set.")
+            headers["Authorization"] = f"Bearer {token}"
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None)) as http:
+            async with Client(streamable_http_client(server, http_client=http)) as client:
+                yield client
+        return
+    from mcp.client.stdio import stdio_client
+
+    args = ["-m", "agent.cli", "serve"] + (["--model", model] if model else [])
+    params = StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    # The server's own logs go to a file: the chat owns this terminal.
+    with open(log_path, "a", encoding="utf-8") as log:
+        async with Client(stdio_client(params, errlog=log)) as client:
+            yield client
+
+
+async def run_chat(
+    images: list[str],
+    *,
+    model: str | None,
+    server: str | None = None,
+    token_env: str | None = None,
+    strategy: str = "auto",
+    budget: int | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+    prompt: PromptSession | None = None,
+    client: Client | None = None,
+) -> int:
+    """The interactive chat; ``prompt``, ``console`` and ``client`` are injectable for tests."""
+    console = console or Console(highlight=False)
+    home = data_home()
+    store = Store(home / "chat.sqlite3")
+    history: History = FileHistory(str(home / "input_history")) if prompt is None else InMemoryHistory()
+    view = TerminalView(console, home / "pictures")
+    try:
+        async with (contextless(client) if client is not None else connect(model, server, token_env, home / "server.log")) as live_client:
+            session = ChatSession(live_client, view, store, strategy=strategy, budget=budget)
+            with console.status("starting the server and loading the model", spinner="dots"):
+                info = await session.start()
+            console.print(f"[bold]{info['model']}[/] ready · /help for commands", highlight=False)
+            if resume:
+                latest = store.latest()
+                if latest is None:
+                    console.print("nothing to resume; starting a new conversation")
+                else:
+                    session.load(latest)
+                    console.print(f"resumed: {len(session.conversation.records)} earlier turns")
+            for ref in images:
+                attached = session.attach(ref)
+                console.print(f"attached [bold]{attached.handle}[/] {Path(attached.source).name}", highlight=False)
+            app = ChatApp(session, console, store)
+            prompt = prompt or PromptSession(history=history, completer=ChatCompleter(session), key_bindings=key_bindings())
+            await app.loop(prompt)
+    except ChatError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+@asynccontextmanager
+async def contextless(client: Client) -> AsyncIterator[Client]:
+    yield client

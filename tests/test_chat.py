@@ -1,0 +1,295 @@
+"""The chat client driven through its real input (prompt-toolkit pipe) and output (rich), over MCP."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from prompt_toolkit import PromptSession
+from prompt_toolkit.document import Document
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from rich.console import Console
+
+from agent.chat import ChatCompleter, run_chat
+from agent.cli import main
+from agent.session import ChatSession, TurnRecord, concat_prompt, fit_history
+from agent.store import Store
+from mcp_server.server import Settings, build_server
+from tests.conftest import sample_image
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("VLM_AGENT_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    sample_image(512, 512).save(path)
+    return path
+
+
+class Recorder:
+    """Forwards to a real MCP client and keeps every tool call's name and arguments."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.calls: list[tuple[str, dict]] = []
+
+    async def call_tool(self, name, arguments, **kwargs):
+        self.calls.append((name, json.loads(json.dumps(arguments))))
+        return await self.client.call_tool(name, arguments, **kwargs)
+
+    async def read_resource(self, uri):
+        return await self.client.read_resource(uri)
+
+
+async def chat(tiny_gemma4, tmp_path, lines: list[str], images=(), **kwargs) -> tuple[str, Recorder]:
+    server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"))
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    async with Client(server) as client:
+        recorder = Recorder(client)
+        with create_pipe_input() as pipe:
+            pipe.send_text("".join(line + "\n" for line in lines))
+            prompt = PromptSession(input=pipe, output=DummyOutput())
+            code = await run_chat(
+                [str(p) for p in images], model=None, console=console, prompt=prompt, client=recorder, **kwargs
+            )
+    assert code == 0
+    return console.file.getvalue(), recorder
+
+
+async def test_three_questions_detect_budgets_then_resume(tiny_gemma4, tmp_path, home, photo):
+    lines = [
+        "What is in this picture?",
+        "What colour is the square?",
+        "What does the sign say?",
+        "/detect person car",
+        "/budgets",
+        "/quit",
+    ]
+    transcript, recorder = await chat(tiny_gemma4, tmp_path, lines, images=[photo], strategy="auto")
+    assert "attached @1 photo.png" in transcript
+    assert transcript.count("→ describe(") == 2 and "→ ocr(" in transcript
+    assert "→ detect(labels=['person', 'car']) by command" in transcript
+    assert "visual-token budgets" in transcript and "→ compare_budgets(" in transcript
+    assert "detection" in transcript  # the detections table title
+
+    tools = [name for name, _ in recorder.calls]
+    assert tools.count("chat") == 3  # Gemma 4 chooses first; the tiny model never calls a tool
+    # the first call sends the bytes; every later call refers to the image by id
+    first, *later = recorder.calls
+    assert first[0] == "chat" and first[1]["images"][0].startswith("data:image/png;base64,")
+    sent = [ref for _, args in later for ref in args.get("images", []) + [args.get("image", "img_")]]
+    assert sent and all(ref.startswith("img_") for ref in sent)
+    describes = [args for name, args in recorder.calls if name == "describe"]
+    assert [turn["role"] for turn in describes[1]["history"]] == ["user", "assistant"]
+    assert describes[1]["history"][0]["content"] == "What is in this picture?"
+    assert describes[1]["history"][0]["images"][0].startswith("img_")
+
+    rows = sqlite3.connect(home / "chat.sqlite3").execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+    assert rows == 5
+
+    resumed, _ = await chat(tiny_gemma4, tmp_path, ["/history", "/images", "/quit"], resume=True)
+    assert "resumed: 5 earlier turns" in resumed
+    for line in ("What is in this picture?", "What colour is the square?", "detect person, car"):
+        assert line in resumed
+    assert "@1" in resumed and "photo.png" in resumed
+
+
+async def test_commands_and_errors_stay_in_the_chat(tiny_gemma4, tmp_path, home, photo):
+    lines = [
+        "/help",
+        "/ocr",  # no image yet
+        f"/image {photo}",
+        "/images",
+        "/budget 99",
+        "/budget 70",
+        "/context concat",
+        "/model",
+        "/nonsense",
+        "/save trip",
+        "/sessions",
+        "/forget @1",
+        "/reset",
+        "/quit",
+    ]
+    transcript, _ = await chat(tiny_gemma4, tmp_path, lines)
+    assert "/describe" in transcript and "Esc then Enter" in transcript
+    assert "error: ocr needs an image" in transcript
+    assert "attached @1 photo.png" in transcript
+    assert "error: Use one of 70 / 140 / 280 / 560 / 1120." in transcript
+    assert "budget 70" in transcript
+    assert "concat" in transcript
+    assert "Unknown command /nonsense" in transcript
+    assert "saved as 'trip'" in transcript and "trip" in transcript.split("saved as 'trip'")[1]
+    assert "forgot @1" in transcript and "new conversation" in transcript
+
+
+async def test_trimming_is_announced(tiny_gemma4, tmp_path, home, photo, monkeypatch):
+    real_start = ChatSession.start
+
+    async def small_window(self):
+        info = await real_start(self)
+        info["max_history_turns"] = 2  # one earlier exchange fits
+        return info
+
+    monkeypatch.setattr(ChatSession, "start", small_window)
+    transcript, recorder = await chat(
+        tiny_gemma4, tmp_path, ["/describe one", "/describe two", "/describe three", "/quit"], images=[photo]
+    )
+    assert "dropped 1 older exchanges to fit the model's context" in transcript
+    assert "older turn" in transcript  # the status line says so too
+    last = [args for name, args in recorder.calls if name == "describe"][-1]
+    assert [turn["content"] for turn in last["history"]][0] == "two"
+
+
+async def test_concat_strategy_sends_the_blip2_form(tiny_gemma4, tmp_path, home, photo):
+    _, recorder = await chat(
+        tiny_gemma4, tmp_path, ["/describe What is it?", "/describe Which colour?", "/quit"], images=[photo],
+        strategy="concat",
+    )
+    last = [args for name, args in recorder.calls if name == "describe"][-1]
+    assert last["history"] == []
+    assert last["prompt"].startswith("Question: What is it? Answer: ")
+    assert last["prompt"].endswith(" Question: Which colour? Answer:")
+
+
+def record(user: str, images: int = 0) -> TurnRecord:
+    return TurnRecord(user=user, images=[f"@{n}" for n in range(images)], tool="describe", arguments={},
+                      routed_by="router", answer=f"answer to {user}")
+
+
+@pytest.mark.parametrize(
+    ("images", "max_turns", "max_images", "current", "kept", "dropped"),
+    [
+        ([0, 0, 0], 64, 16, 1, ["q0", "q1", "q2"], 0),
+        ([0, 0, 0], 4, 16, 1, ["q1", "q2"], 1),
+        ([5, 5, 5], 64, 15, 1, ["q1", "q2"], 1),
+        ([5, 5, 5], 64, 16, 1, ["q0", "q1", "q2"], 0),
+        ([5, 5, 5], 64, 16, 7, ["q2"], 2),
+        ([0], 1, 16, 1, [], 1),
+        ([], 64, 16, 1, [], 0),
+    ],
+)
+def test_fit_history_keeps_the_newest(images, max_turns, max_images, current, kept, dropped):
+    records = [record(f"q{n}", count) for n, count in enumerate(images)]
+    got, dropped_count = fit_history(records, max_turns, max_images, current)
+    assert [r.user for r in got] == kept and dropped_count == dropped
+
+
+@pytest.mark.parametrize(
+    ("answers", "message", "expected"),
+    [
+        ([], "Where?", "Question: Where? Answer:"),
+        ([("What is it?", "A dinosaur")], "What colour?", "Question: What is it? Answer: A dinosaur. Question: What colour? Answer:"),
+        ([("a", "b."), ("c", "d")], "e", "Question: a Answer: b. Question: c Answer: d. Question: e Answer:"),
+    ],
+)
+def test_concat_prompt(answers, message, expected):
+    records = [TurnRecord(user=q, images=[], tool="describe", arguments={}, routed_by="", answer=a) for q, a in answers]
+    assert concat_prompt(records, message) == expected
+
+
+def test_completer_offers_commands_handles_and_paths(tmp_path):
+    session = ChatSession.__new__(ChatSession)
+    session.conversation = type("C", (), {"images": {"@1": None, "@2": None}})()
+    completer = ChatCompleter(session)
+
+    def complete(text: str) -> list[str]:
+        return [c.text for c in completer.get_completions(Document(text), None)]
+
+    assert complete("/he") == ["/help"]
+    assert "/budget" in complete("/bu") and "/budgets" in complete("/bu")
+    assert complete("look at @")[:2] == ["@1", "@2"]
+    (tmp_path / "holiday.png").write_bytes(b"x")
+    assert complete(f"/image {tmp_path}/hol") == ["iday.png"]
+
+
+def test_store_survives_a_restart(tmp_path):
+    path = tmp_path / "chat.sqlite3"
+    store = Store(path)
+    conversation = store.new_conversation("tiny")
+    store.put_image(conversation, "@1", "/x/photo.png", "img_0123456789abcdef")
+    store.add_turn(conversation, 1, {"user": "hello"})
+    store.name(conversation, "trip")
+    store.close()  # as if the process ended here
+
+    again = Store(path)
+    assert again.latest() == conversation == again.find("trip")
+    assert again.turns(conversation) == [{"user": "hello"}]
+    assert again.images(conversation) == [("@1", "/x/photo.png", "img_0123456789abcdef")]
+    assert [(c.name, c.turns) for c in again.conversations()] == [("trip", 1)]
+
+
+def test_scripted_run_writes_a_transcript(tiny_gemma4, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VLM_AGENT_HOME", str(tmp_path / "home"))
+    sample_image(512, 512).save(tmp_path / "photo.png")
+    script = tmp_path / "talk.yaml"
+    script.write_text(
+        "turns:\n"
+        "  - user: What is this?\n    images: [photo.png]\n"
+        "  - user: And the colour?\n"
+        "  - user: read it\n    tool: ocr\n"
+        "  - user: find the cars\n"
+    )
+    out = tmp_path / "transcript.json"
+    code = main(["run", str(script), "--model", str(tiny_gemma4), "--max-new-tokens", "4", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    transcript = json.loads(out.read_text())
+    assert transcript["failed"] == 0 and transcript["family"] == "gemma4"
+    assert [t["tool"] for t in transcript["turns"]] == ["describe", "describe", "ocr", "detect"]
+    assert transcript["turns"][1]["result"]["history_turns"] == 2
+    assert transcript["turns"][3]["arguments"] == {"labels": ["car"]}
+    assert all(t["ms"] > 0 and t["result"]["timings"]["total_ms"] > 0 for t in transcript["turns"])
+
+
+def test_scripted_run_fails_when_a_turn_fails(tiny_gemma4, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VLM_AGENT_HOME", str(tmp_path / "home"))
+    script = tmp_path / "talk.jsonl"
+    script.write_text(json.dumps({"user": "read", "tool": "ocr", "images": ["missing.png"]}) + "\n")
+    code = main(["run", str(script), "--model", str(tiny_gemma4)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert json.loads(captured.out)["turns"][0]["error"].startswith("No image file at")
+    assert "0 turns ok, 1 failed" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "holds no turns"), ("- user: 3\n", "must be an object"), ("- {user: x, tool: paint}\n", "tool 'paint'"),
+     (": [", "not valid YAML")],
+)
+def test_bad_scripts_are_refused_in_one_line(tmp_path, capsys, text, message):
+    script = tmp_path / "bad.yaml"
+    script.write_text(text)
+    assert main(["run", str(script), "--model", "unused"]) == 1
+    assert message in capsys.readouterr().err
+
+
+async def test_chat_over_a_real_stdio_server(tiny_gemma4, tmp_path, home, photo):
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    with create_pipe_input() as pipe:
+        pipe.send_text("What is it?\n/quit\n")
+        prompt = PromptSession(input=pipe, output=DummyOutput())
+        code = await run_chat([str(photo)], model=str(tiny_gemma4), console=console, prompt=prompt)
+    transcript = console.file.getvalue()
+    assert code == 0, transcript
+    assert "ready" in transcript and "→ describe(" in transcript
+    assert "loading" in (home / "server.log").read_text()  # the child's logs stay out of the chat
+    assert sys.executable  # the child ran under this interpreter
