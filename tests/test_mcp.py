@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import io
 import threading
 from pathlib import Path
@@ -290,3 +291,59 @@ async def test_out_of_memory_is_reported_and_the_next_call_works(workdir, tiny_g
         assert first.is_error and "ran out of device memory" in first.content[0].text
         assert "GiB" not in first.content[0].text
         assert not (await client.call_tool("describe", call)).is_error
+
+
+async def test_answers_stream_as_progress_with_token_totals(server, workdir):
+    deltas: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(done, total, message):
+        deltas.append((done, total, message))
+
+    async with Client(server) as client:
+        result = await client.call_tool(
+            "describe",
+            {"images": [img(workdir, "square.png")], "max_new_tokens": 12},
+            progress_callback=on_progress,
+        )
+    assert not result.is_error
+    streamed = [d for d in deltas if d[1] == 12]
+    assert streamed, deltas
+    assert [d[0] for d in streamed] == sorted(d[0] for d in streamed)  # tokens so far only grow
+    assert streamed[-1][0] <= result.structured_content["generated_tokens"]
+
+
+async def test_chat_tool_returns_text_or_tool_calls(server, workdir):
+    async with Client(server) as client:
+        result = await client.call_tool(
+            "chat",
+            {
+                "message": "How many cars?",
+                "images": [img(workdir, "street.jpg")],
+                "history": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+                "max_new_tokens": 6,
+            },
+        )
+        assert not result.is_error, result.content
+        data = result.structured_content
+        assert data["task"] == "chat" and isinstance(data["tool_calls"], list)
+        assert data["history_turns"] == 2 and data["image_tokens"] == 266
+        empty = await client.call_tool("chat", {"message": "  ", "images": []})
+        assert empty.is_error and "message is empty" in empty.content[0].text
+
+
+async def test_model_resource_describes_the_resident_model(server, tiny_gemma4):
+    async with Client(server) as client:
+        info = json.loads((await client.read_resource("vlm-agent://model")).contents[0].text)
+    assert info["model"] == str(tiny_gemma4) and info["family"] == "gemma4"
+    assert info["budgets"] == [70, 140, 280, 560, 1120] and info["default_budget"] == 280
+    assert info["chat"] is True and info["detect"] is True and info["context_window"] > 0
+
+
+async def test_tool_errors_carry_a_machine_readable_code(server, workdir):
+    async with Client(server) as client:
+        missing = await client.call_tool("ocr", {"image": img(workdir, "nothing.png")})
+        unknown = await client.call_tool("ocr", {"image": "img_00000000000000ff"})
+        bad = await client.call_tool("ocr", {"image": 5})
+    assert missing.structured_content == {"error": "bad_image"}
+    assert unknown.structured_content == {"error": "unknown_image"}
+    assert bad.structured_content == {"error": "invalid_request"}
