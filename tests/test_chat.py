@@ -293,3 +293,17 @@ async def test_chat_over_a_real_stdio_server(tiny_gemma4, tmp_path, home, photo)
     assert "ready" in transcript and "→ describe(" in transcript
     assert "loading" in (home / "server.log").read_text()  # the child's logs stay out of the chat
     assert sys.executable  # the child ran under this interpreter
+
+
+async def test_images_named_inside_messages(tiny_gemma4, tmp_path, home, photo):
+    other = tmp_path / "other.png"
+    sample_image(64, 48).save(other)
+    transcript, recorder = await chat(
+        tiny_gemma4, tmp_path,
+        [f"/describe what differs between @photo.png and @{other}?", "/describe and @1 alone?", "/images", "/quit"],
+        images=[photo],
+    )
+    describes = [args for name, args in recorder.calls if name == "describe"]
+    assert len(describes[0]["images"]) == 2  # @photo.png by name, the other by path (attached as @2)
+    assert len(describes[1]["images"]) == 1
+    assert "@2" in transcript and "other.png" in transcript
