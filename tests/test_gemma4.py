@@ -156,3 +156,11 @@ def test_model_loads_once_through_from_pretrained(gemma4_backend, tiny_gemma4):
     assert gemma4_backend.family == "gemma4"
     assert gemma4_backend.model_id == str(tiny_gemma4)
     assert gemma4_backend.device == "cpu"
+
+
+def test_on_text_streams_the_answer_as_it_is_generated(gemma4_backend):
+    pieces: list[str] = []
+    options = GenerationOptions(max_new_tokens=12, min_new_tokens=12, on_text=pieces.append)
+    generation = gemma4_backend.describe([sample_image()], "Describe.", (), 70, options)
+    assert pieces and "".join(pieces).strip() == generation.text
+    assert options == GenerationOptions(max_new_tokens=12, min_new_tokens=12)  # the sink is no decoding choice

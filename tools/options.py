@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .errors import InvalidRequest
+
+#: receives each piece of generated text as it is produced
+TextSink = Callable[[str], None]
 
 MAX_NEW_TOKENS_LIMIT = 8192
 
@@ -17,6 +21,9 @@ class GenerationOptions:
     top_p: float = 1.0
     #: forces a length: benchmarks time a fixed number of tokens
     min_new_tokens: int | None = None
+    #: streamed text, for a caller that shows the answer while it is written; the result still
+    #: holds the whole text. Not a decoding choice, so two options differing only here are equal.
+    on_text: TextSink | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:

@@ -11,8 +11,8 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from ..errors import InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
-from ..options import GenerationOptions
-from .base import Backend, Generation, Stopwatch, Turn
+from ..options import GenerationOptions, TextSink
+from .base import Backend, Generation, Stopwatch, Turn, cut_note
 
 log = logging.getLogger("vlm_agent")
 
@@ -63,6 +63,20 @@ def quantization_config(quantize: str | None, dtype: str) -> Any:
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if dtype in ("auto", "float32") else torch_dtype(dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+def text_streamer(processor: Any, sink: TextSink) -> Any:
+    """A ``generate`` streamer that hands each finished piece of text to ``sink``."""
+    from transformers import TextStreamer
+
+    class Sink(TextStreamer):
+        # TextStreamer holds text back until a word or character is complete, so the
+        # pieces never split a multi-byte character.
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                sink(text)
+
+    return Sink(processor, skip_prompt=True, skip_special_tokens=True)
 
 
 def plural(count: int, one: str, many: str) -> str:
@@ -205,8 +219,11 @@ class HFBackend(Backend):
         inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
         preprocess_ms = watch.lap()
         try:
+            kwargs = options.generate_kwargs()
+            if options.on_text is not None:
+                kwargs["streamer"] = text_streamer(self.processor, options.on_text)
             with torch.inference_mode():
-                output = self.model.generate(**inputs, **options.generate_kwargs())
+                output = self.model.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -234,5 +251,5 @@ class HFBackend(Backend):
         generation.timings.generate_ms = generate_ms
         generation.timings.total_ms = watch.total()
         if finish == "length":
-            generation.notes.append(f"stopped at max_new_tokens={options.max_new_tokens}; the answer may be cut")
+            generation.notes.append(cut_note(options.max_new_tokens))
         return generation
