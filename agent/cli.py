@@ -19,10 +19,12 @@ from urllib.parse import urlparse
 from rich.console import Console
 from rich.table import Table
 
-from tools.backends import DEFAULT_MODEL
+from tools.backends import DEFAULT_MODEL, NO_MODEL
 from tools.backends.hf import QUANTIZE
+from tools.backends.openai import DEFAULT_KEY_ENV, ApiSettings
 from tools.budgets import GEMMA4_BUDGETS
 from tools.errors import InvalidRequest, VlmError
+from tools.ocr_engines import ENGINES
 from tools.options import PRESETS, resolve_options
 from tools.results import BoxesResult, Result
 from tools.tiny import FAMILIES as TINY_FAMILIES
@@ -37,13 +39,64 @@ def model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=os.environ.get(MODEL_ENV, DEFAULT_MODEL),
-        help=f"hub id or local directory (default: ${MODEL_ENV} or {DEFAULT_MODEL})",
+        help=f"hub id or local directory (default: ${MODEL_ENV} or {DEFAULT_MODEL}); "
+        f"'{NO_MODEL}' loads none (serve: only ocr with --engine rapidocr works)",
     )
     parser.add_argument(
         "--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"), help="weights precision"
     )
     parser.add_argument(
         "--quantize", choices=QUANTIZE, default=None, help="load 4-bit or 8-bit weights (bitsandbytes, CUDA GPU only)"
+    )
+    engine = parser.add_argument_group(
+        "serving engine", "run on an OpenAI-compatible server (vLLM, SGLang, Ollama) instead of loading the model here"
+    )
+    engine.add_argument(
+        "--backend", choices=("local", "openai"), default="local",
+        help="local: load the model in this process (default); openai: send requests to --base-url",
+    )
+    engine.add_argument("--base-url", help="the engine's API root, e.g. http://127.0.0.1:8000/v1")
+    engine.add_argument("--api-model", help="the model name the engine serves (default: --model)")
+    engine.add_argument(
+        "--api-key-env", metavar="VAR",
+        help=f"environment variable holding the engine's API key (default: ${DEFAULT_KEY_ENV}, if set)",
+    )
+    engine.add_argument(
+        "--budgets-supported", action="store_true",
+        help="the engine takes Gemma 4 budgets per request (vLLM: mm_processor_kwargs); without it, "
+        "--budget and compare_budgets are refused",
+    )
+    engine.add_argument(
+        "--max-concurrency", type=int, default=4, help="requests in flight to the engine at once (default 4)"
+    )
+    engine.add_argument(
+        "--api-timeout", type=float, default=300.0, metavar="SECONDS",
+        help="how long to wait for the engine's next bytes (default 300)",
+    )
+    engine.add_argument(
+        "--api-send-urls", action="store_true",
+        help="pass http(s) image URLs on for the engine to fetch, instead of the image bytes",
+    )
+
+
+def api_settings(args: argparse.Namespace) -> ApiSettings | None:
+    """The engine to use, or None for a model loaded here; mixed-up flags fail before anything runs."""
+    if args.backend == "local":
+        if args.base_url:
+            raise InvalidRequest("--base-url needs --backend openai.")
+        return None
+    if not args.base_url:
+        raise InvalidRequest("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1.")
+    if args.quantize or args.dtype != "auto":
+        raise InvalidRequest("--dtype and --quantize apply to a model loaded here; the engine chooses its own weights.")
+    return ApiSettings(
+        base_url=args.base_url,
+        model=args.api_model or args.model,
+        key_env=args.api_key_env,
+        budgets=args.budgets_supported,
+        max_concurrency=args.max_concurrency,
+        timeout_s=args.api_timeout,
+        send_urls=args.api_send_urls,
     )
 
 
@@ -94,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("ocr", help="read all text in an image")
     p.add_argument("images", nargs=1, metavar="IMAGE")
+    p.add_argument(
+        "--engine", choices=ENGINES, default="vlm",
+        help="vlm: the model (default); rapidocr: offline PP-OCR with line boxes, no model loaded "
+        "(needs pip install 'vlm-agent[ocr]')",
+    )
     call_options(p)
 
     p = commands.add_parser("detect", help="find labelled objects and draw their boxes")
@@ -179,8 +237,9 @@ def default_out(ref: str, what: str = "detections") -> Path:
 
 def stats_line(result: Result) -> str:
     budget = f"budget {result.budget} · " if result.budget is not None else ""
+    image = f"{result.image_tokens} image tokens · " if result.image_tokens is not None else ""
     return (
-        f"{result.family} · {budget}{result.image_tokens} image tokens · {result.prompt_tokens} prompt + "
+        f"{result.family} · {budget}{image}{result.prompt_tokens} prompt + "
         f"{result.generated_tokens} generated tokens · {result.timings.total_ms / 1000:.2f} s"
     )
 
@@ -218,19 +277,26 @@ def run_call(args: argparse.Namespace) -> Result:
         check_labels(args.labels)
     if args.command == "segment":
         check_labels([args.label])
+    api = api_settings(args)
     local = [ref for ref in args.images if "://" not in ref and not ref.startswith("data:")]
     policy = AccessPolicy.for_files(local, allow_private_urls=args.allow_private_urls)
     loader = ImageLoader(policy)
     # Bad images fail before the slow model load; later steps refer to them by id.
     ids = [loader.load(ref).image_id for ref in args.images]
-    family = FAMILIES.get(detect_family(args.model))
-    if family is not None and args.budget is not None and family.budgets:
-        check_budget(args.budget, family.budgets, family.display_name)
+    if getattr(args, "engine", "vlm") == "rapidocr":
+        with err.status("reading with rapidocr", spinner="dots"):
+            return Vision(None, loader).ocr(ids[0], budget=args.budget, engine="rapidocr")
+    if api is None and args.model != NO_MODEL:
+        family = FAMILIES.get(detect_family(args.model))
+        if family is not None and args.budget is not None and family.budgets:
+            check_budget(args.budget, family.budgets, family.display_name)
     started = time.perf_counter()
-    err.print(f"loading {args.model} …", style="dim", markup=False)
+    what = args.model if api is None else f"{api.model} at {api.root}"
+    err.print(f"{'loading' if api is None else 'connecting to'} {what} …", style="dim", markup=False)
     with err.status("loading model", spinner="dots"):
-        backend = load_backend(args.model, dtype=args.dtype, quantize=args.quantize)
-    err.print(f"loaded on {backend.device} in {time.perf_counter() - started:.1f} s", style="dim")
+        backend = load_backend(args.model, dtype=args.dtype, quantize=args.quantize, api=api)
+    if api is None:
+        err.print(f"loaded on {backend.device} in {time.perf_counter() - started:.1f} s", style="dim", markup=False)
     vision = Vision(backend, loader)
     with err.status(f"running {args.command}", spinner="dots"):
         if args.command == "describe":
@@ -287,6 +353,7 @@ def serve(args: argparse.Namespace) -> int:
         model=args.model,
         dtype=args.dtype,
         quantize=args.quantize,
+        api=api_settings(args),
         allow_dirs=args.allow_dir,
         allow_private_urls=args.allow_private_urls,
         out_dir=Path(args.out_dir) if args.out_dir else default_out_dir(),

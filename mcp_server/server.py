@@ -25,6 +25,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
+from tools.backends.openai import ApiSettings
 from tools.budgets import GEMMA4_BUDGETS
 from tools.drawing import fit_for_client
 from tools.errors import Busy, VlmError
@@ -46,9 +47,12 @@ IMAGE_REF = (
 
 @dataclass
 class Settings:
+    #: hub id or local directory; "none" serves only the offline OCR engine
     model: str
     dtype: str = "auto"
     quantize: str | None = None
+    #: run on this OpenAI-compatible engine instead of loading ``model`` here
+    api: ApiSettings | None = None
     #: folders the tools may read; None means the current directory
     allow_dirs: list[str] | None = None
     allow_private_urls: bool = False
@@ -69,6 +73,10 @@ class Engine:
     def __init__(self, settings: Settings, load: Callable[..., Any] | None = None) -> None:
         self.settings = settings
         self.policy = AccessPolicy.for_server(settings.allow_dirs, allow_private_urls=settings.allow_private_urls)
+        # One image store for the model and the offline OCR, so image_ids work across both.
+        self.loader = ImageLoader(self.policy)
+        #: what works with no model: ocr with engine "rapidocr", even while the model loads or if it failed
+        self.offline = Vision(None, self.loader)
         self._load = load
         self._loaded = threading.Event()
         self._started = False
@@ -85,20 +93,29 @@ class Engine:
             self._started = True
         threading.Thread(target=self._load_model, name="vlm-model-load", daemon=True).start()
 
+    @property
+    def what(self) -> str:
+        """The model, as progress and log lines name it."""
+        api = self.settings.api
+        return self.settings.model if api is None else f"{api.model} at {api.root}"
+
     def _load_model(self) -> None:
-        from tools.backends import load_backend
+        from tools.backends import NO_MODEL, load_backend
 
         try:
             backend = (self._load or load_backend)(
-                self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize
+                self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize, api=self.settings.api
             )
-            self.vision = Vision(backend, ImageLoader(self.policy))
+            self.vision = Vision(backend, self.loader)
         except VlmError as exc:
-            log.error("could not load the model: %s", exc)
+            if self.settings.model == NO_MODEL and self.settings.api is None:
+                log.info("no model loaded (--model none): only ocr with engine 'rapidocr' works")
+            else:
+                log.error("could not load the model: %s", exc)
             self.error = exc
         except Exception:  # a crash in loading must still answer every call
-            log.exception("loading %s failed", self.settings.model)
-            self.error = VlmError(f"The model '{self.settings.model}' failed to load; see the server log.")
+            log.exception("loading %s failed", self.what)
+            self.error = VlmError(f"The model '{self.what}' failed to load; see the server log.")
         finally:
             self._loaded.set()
 
@@ -106,7 +123,7 @@ class Engine:
         self.start()
         if not self._loaded.is_set():
             if ctx is not None:
-                await ctx.report_progress(0, None, f"loading {self.settings.model}")
+                await ctx.report_progress(0, None, f"loading {self.what}")
             await anyio.to_thread.run_sync(self._loaded.wait)
         if self.vision is None:
             raise self.error or VlmError("The model is not loaded.")
@@ -159,9 +176,10 @@ def options(max_new_tokens: int, temperature: float, top_p: float) -> Generation
 
 def stats(result: Result) -> str:
     budget = f"budget {result.budget}, " if result.budget is not None else ""
+    image = f"{result.image_tokens} image tokens, " if result.image_tokens is not None else ""
     cut = " (cut at max_new_tokens)" if result.finish_reason == "length" else ""
     return (
-        f"[{result.family}, {budget}{result.image_tokens} image tokens, {result.generated_tokens} tokens"
+        f"[{result.family}, {budget}{image}{result.generated_tokens} tokens"
         f"{cut}, {result.timings.total_ms:.0f} ms; image_ids: {', '.join(result.image_ids)}]"
     )
 
@@ -229,12 +247,13 @@ TopP = Annotated[float, Field(description="nucleus sampling mass, used when temp
 
 def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> VisionServer:
     """The MCP server over one resident model; ``load`` replaces ``load_backend`` (tests)."""
-    engine = Engine(settings, load)
+    # not `engine`: that name is the ocr tool's argument
+    resident = Engine(settings, load)
 
     @asynccontextmanager
     async def lifespan(_: MCPServer) -> AsyncIterator[Engine]:
-        engine.start()
-        yield engine
+        resident.start()
+        yield resident
 
     server = VisionServer(
         "vlm-agent",
@@ -268,9 +287,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         Pass several images to compare them; pass `history` to continue a conversation
         (earlier turns and their images are shown to the model in order).
         """
-        vision = await engine.ready(ctx)
+        vision = await resident.ready(ctx)
         turns = [turn.model_dump() for turn in history or []]
-        result = await engine.run(
+        result = await resident.run(
             vision.describe, images, prompt, turns, budget, options(max_new_tokens, temperature, top_p),
             stream_to=ctx, total=max_new_tokens,
         )
@@ -284,14 +303,23 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         max_new_tokens: MaxNewTokens = 512,
         temperature: Temperature = 0.0,
         top_p: TopP = 1.0,
+        engine: Annotated[
+            Literal["vlm", "rapidocr"],
+            Field(
+                description="vlm: the loaded vision-language model; rapidocr: offline PP-OCR, no model needed, "
+                "adds one box per text line (no budget)"
+            ),
+        ] = "vlm",
     ) -> Annotated[CallToolResult, OcrResult]:
         """Read all text in an image, in reading order and in its original language and script.
 
         For small or dense text, a higher budget (560 or 1120) reads more accurately.
+        engine 'rapidocr' reads printed text offline without the model and returns line boxes.
         """
-        vision = await engine.ready(ctx)
-        result = await engine.run(
-            vision.ocr, image, budget, options(max_new_tokens, temperature, top_p), stream_to=ctx, total=max_new_tokens
+        vision = await resident.ready(ctx) if engine == "vlm" else resident.offline
+        result = await resident.run(
+            vision.ocr, image, budget, options(max_new_tokens, temperature, top_p), engine,
+            stream_to=ctx, total=max_new_tokens,
         )
         return text_result(result, result.text)
 
@@ -310,9 +338,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         The full-size annotated PNG is saved on the server (annotated_path); the picture
         in the result is a downscaled copy.
         """
-        vision = await engine.ready(ctx)
-        out = engine.output_path("detect")
-        detected = await engine.run(
+        vision = await resident.ready(ctx)
+        out = resident.output_path("detect")
+        detected = await resident.run(
             vision.detect, image, labels, budget, options(max_new_tokens, temperature, top_p), out
         )
         lines = [f"{d.label}: {d.box}" for d in detected.detections] or ["nothing found"]
@@ -339,19 +367,19 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         highest budget, recommends the smallest budget that agrees, and returns one
         picture with every budget's result. Gemma 4 only.
         """
-        vision = await engine.ready(ctx)
-        out = engine.output_path("budgets")
+        vision = await resident.ready(ctx)
+        out = resident.output_path("budgets")
 
         def progress(done: int, total: int, message: str) -> None:
             anyio.from_thread.run(ctx.report_progress, done, total, message)
 
-        result = await engine.run(
+        result = await resident.run(
             vision.compare_budgets, image, task, prompt, (), budgets,
             GenerationOptions(max_new_tokens=max_new_tokens), out, progress,
         )
         rows = [
-            f"{run.budget:>5}  {run.image_tokens:>5} tokens  {run.timings.total_ms:>8.0f} ms  "
-            f"agreement {run.agreement:.2f}"
+            f"{run.budget:>5}  {'?' if run.image_tokens is None else run.image_tokens:>5} tokens  "
+            f"{run.timings.total_ms:>8.0f} ms  agreement {run.agreement:.2f}"
             for run in result.runs
         ]
         text = "\n".join(
@@ -381,9 +409,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         lists the calls it chose (the caller runs them). Gemma 4 only: other families
         answer with an error, and the caller picks a tool itself.
         """
-        vision = await engine.ready(ctx)
+        vision = await resident.ready(ctx)
         turns = [turn.model_dump() for turn in history or []]
-        result = await engine.run(
+        result = await resident.run(
             vision.chat, images, message, turns, budget, GenerationOptions(max_new_tokens=max_new_tokens),
             stream_to=ctx, total=max_new_tokens,
         )
@@ -393,7 +421,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
     @server.resource("vlm-agent://model", mime_type="application/json")
     async def model_info() -> str:
         """The resident model: id, family, budgets, context window and what it supports."""
-        vision = await engine.ready()
+        vision = await resident.ready()
         return json.dumps(vision.model_info())
 
     return server

@@ -170,3 +170,15 @@ def test_extreme_shapes_run_at_every_budget(gemma4_backend, size):
 @pytest.mark.parametrize(("budget", "side"), [(70, 384), (280, 768), (1120, 1584)])
 def test_seen_size_matches_the_processor(gemma4_backend, budget, side):
     assert gemma4_backend.seen_size((512, 512), budget) == (side, side)
+
+
+def test_streaming_hands_out_the_answer_as_it_is_generated(gemma4_backend):
+    from tools.streaming import streaming
+
+    pieces: list[tuple[str, int]] = []
+    options = GenerationOptions(max_new_tokens=12, min_new_tokens=12)
+    with streaming(lambda delta, tokens: pieces.append((delta, tokens))):
+        generation = gemma4_backend.describe([sample_image()], "Describe.", (), 70, options)
+    assert pieces and "".join(d for d, _ in pieces).strip() == generation.text
+    counts = [tokens for _, tokens in pieces]
+    assert counts == sorted(counts) and counts[-1] <= generation.generated_tokens

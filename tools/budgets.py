@@ -14,6 +14,9 @@ from .errors import InvalidRequest
 
 GEMMA4_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
 DEFAULT_BUDGET = 280
+#: Gemma 4's image processor: 16-px patches, pooled 3x3 into one soft token
+GEMMA4_PATCH = 16
+GEMMA4_POOLING = 3
 
 
 def square_image_tokens(budget: int) -> int:
@@ -26,3 +29,14 @@ def check_budget(budget: int, allowed: Sequence[int], family: str) -> int:
         choices = " / ".join(str(b) for b in allowed)
         raise InvalidRequest(f"Budget {budget} is not available for {family}; use one of {choices}.")
     return budget
+
+
+def gemma4_seen_size(
+    size: tuple[int, int], budget: int, patch_size: int = GEMMA4_PATCH, pooling: int = GEMMA4_POOLING
+) -> tuple[int, int]:
+    """(width, height) Gemma 4's vision encoder sees an image of ``size`` at ``budget``."""
+    from transformers.models.gemma4.image_processing_gemma4 import get_aspect_ratio_preserving_size
+
+    width, height = size
+    h, w = get_aspect_ratio_preserving_size(height, width, patch_size, budget * pooling**2, pooling)
+    return w, h

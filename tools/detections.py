@@ -144,6 +144,17 @@ def _label(value: Any) -> str:
     return text or DEFAULT_LABEL
 
 
+def from_pixel_box(label: str, box: Sequence[float], image_size: tuple[int, int], raw: str) -> Detection:
+    """A detection from a box already in pixels (x1, y1, x2, y2): ordered, clamped to the image, rounded."""
+    width, height = image_size
+    xs = sorted(min(max(float(v), 0.0), float(width)) for v in (box[0], box[2]))
+    ys = sorted(min(max(float(v), 0.0), float(height)) for v in (box[1], box[3]))
+    x1, x2 = (math.floor(v + 0.5) for v in xs)
+    y1, y2 = (math.floor(v + 0.5) for v in ys)
+    normalized = (round(x1 / width, 4), round(y1 / height, 4), round(x2 / width, 4), round(y2 / height, 4))
+    return Detection(label=label, box=(x1, y1, x2, y2), box_normalized=normalized, raw=raw)
+
+
 # ---------------------------------------------------------------- Gemma 4 JSON
 
 

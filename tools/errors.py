@@ -74,3 +74,15 @@ class Busy(VlmError):
     """Too many requests are already waiting for the model."""
 
     code = "busy"
+
+
+class EngineUnavailable(VlmError):
+    """A serving engine could not be reached, timed out, or failed on its side (5xx)."""
+
+    code = "engine_unavailable"
+
+
+class EngineError(VlmError):
+    """A serving engine refused a request (4xx other than an unknown model)."""
+
+    code = "engine_error"

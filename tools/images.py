@@ -43,11 +43,15 @@ __all__ = [
     "ImageStore",
     "Limits",
     "LoadedImage",
+    "SOURCE_URL",
     "decode_image",
     "image_id",
+    "source_url",
 ]
 
 IMAGE_ID_RE = re.compile(r"^img_[0-9a-f]{16}$")
+#: key in a decoded image's ``info`` holding the URL it was fetched from
+SOURCE_URL = "vlm_agent_source_url"
 
 Source = Literal["path", "url", "data", "id"]
 
@@ -225,6 +229,12 @@ class ImageStore:
             return len(self._items)
 
 
+def source_url(image: Image.Image) -> str | None:
+    """The http(s) URL whose bytes decoded to ``image``, when it came from one."""
+    url = image.info.get(SOURCE_URL)
+    return url if isinstance(url, str) else None
+
+
 def image_id(data: bytes) -> str:
     """Stable id of an image's original bytes."""
     return "img_" + hashlib.sha256(data).hexdigest()[:16]
@@ -318,7 +328,10 @@ class ImageLoader:
                     "Fetching URLs is turned off here; pass a local file or a data: URI instead."
                 )
             data = _fetch_url(ref, self.policy)
-            return self._finish(data, "url", _show_url(ref))
+            loaded = self._finish(data, "url", _show_url(ref))
+            # A serving engine may fetch the picture itself rather than receive its bytes.
+            loaded.image.info[SOURCE_URL] = ref
+            return loaded
         scheme = _SCHEME_RE.match(ref)
         if scheme:
             raise InvalidRequest(

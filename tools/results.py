@@ -18,10 +18,14 @@ class Timings(BaseModel):
 class Result(BaseModel):
     text: str = Field(description="the model's answer")
     model: str = Field(description="hub id or local path of the model")
-    family: str = Field(description="model family: gemma4, paligemma or blip2")
+    family: str = Field(
+        description="model family: gemma4, paligemma or blip2; openai for a serving engine, rapidocr for the offline OCR"
+    )
     budget: int | None = Field(description="visual-token budget used; null for fixed-resolution families")
     image_ids: list[str] = Field(description="ids of this call's images, usable in later calls instead of the bytes")
-    image_tokens: int = Field(description="image tokens actually in the prompt")
+    image_tokens: int | None = Field(
+        description="image tokens actually in the prompt; null when unknown (a serving engine does not say)"
+    )
     prompt_tokens: int
     generated_tokens: int
     finish_reason: Literal["stop", "length"] = Field(description="length: cut at max_new_tokens")
@@ -34,10 +38,6 @@ class DescribeResult(Result):
     task: Literal["describe"] = "describe"
 
 
-class OcrResult(Result):
-    task: Literal["ocr"] = "ocr"
-
-
 class DetectionOut(BaseModel):
     label: str
     box: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the original image, origin top left")
@@ -45,6 +45,14 @@ class DetectionOut(BaseModel):
     raw: str = Field(description="the model text this box came from")
     seg_codes: list[int] = Field(
         default_factory=list, description="PaliGemma's 16 mask codes, when the model gave them (segment)"
+    )
+
+
+class OcrResult(Result):
+    task: Literal["ocr"] = "ocr"
+    engine: Literal["vlm", "rapidocr"] = Field("vlm", description="who read the text: the model, or the offline OCR")
+    lines: list[DetectionOut] | None = Field(
+        None, description="one box per text line, label = its text, in reading order (engine rapidocr)"
     )
 
 
@@ -69,7 +77,7 @@ class BudgetRun(BaseModel):
     """One budget's run inside a comparison."""
 
     budget: int
-    image_tokens: int
+    image_tokens: int | None = Field(description="null when unknown (a serving engine does not say)")
     seen_size: list[int] = Field(description="[width, height] the vision encoder saw at this budget")
     prompt_tokens: int
     generated_tokens: int

@@ -2,7 +2,8 @@
 
 A caller (the MCP server, the CLI) opens ``streaming(sink)`` around a core call; the
 backend that generates finds the sink in a context variable and feeds it text as tokens
-are decoded. Context variables follow the call into the worker thread that runs it
+are decoded (through transformers' own ``TextStreamer``, which holds text back until a
+word or character is complete). Context variables follow the call into the worker thread that runs it
 (anyio copies the context), and two concurrent requests never see each other's sink.
 """
 
@@ -32,34 +33,22 @@ def current_sink() -> TextSink | None:
     return _sink.get()
 
 
-class DeltaStreamer:
-    """A transformers streamer that hands each newly decoded piece of text to a sink.
+def text_streamer(processor: Any, sink: TextSink) -> Any:
+    """A transformers ``TextStreamer`` that hands finished pieces of text (whole words, whole
+    characters) to ``sink`` with the count of tokens generated so far."""
+    from transformers import TextStreamer
 
-    Decodes everything generated so far on each step and sends the new suffix, holding
-    back while the tail is an incomplete multi-byte character.
-    """
+    class SinkStreamer(TextStreamer):
+        tokens = 0
 
-    def __init__(self, decode: Callable[[list[int]], str], sink: TextSink, skip_prompt: bool = True) -> None:
-        self.decode = decode
-        self.sink = sink
-        self.skip_prompt = skip_prompt
-        self.ids: list[int] = []
-        self.sent = ""
+        def put(self, value: Any) -> None:
+            if not (self.skip_prompt and self.next_tokens_are_prompt):
+                self.tokens += int(value.numel())
+            super().put(value)
 
-    def put(self, value: Any) -> None:
-        if self.skip_prompt:
-            self.skip_prompt = False  # generate() first hands over the prompt
-            return
-        self.ids.extend(int(v) for v in value.reshape(-1).tolist())
-        text = self.decode(self.ids)
-        if text.endswith("\ufffd") or not text.startswith(self.sent):
-            return
-        delta, self.sent = text[len(self.sent):], text
-        if delta:
-            self.sink(delta, len(self.ids))
+        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+            if text:
+                sink(text, self.tokens)
 
-    def end(self) -> None:
-        text = self.decode(self.ids)
-        if text.startswith(self.sent) and len(text) > len(self.sent):
-            self.sink(text[len(self.sent):], len(self.ids))
-            self.sent = text
+    # skip_prompt also skips an encoder-decoder's decoder start token, which comes first.
+    return SinkStreamer(processor, skip_prompt=True, skip_special_tokens=True)

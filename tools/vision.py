@@ -1,15 +1,19 @@
 """The vision core's front door: image references and plain values in, structured results out.
 
 ``Vision`` resolves image references through the access policy, validates every
-parameter, runs the backend one request at a time, and builds the results that the
-CLI prints and the MCP server returns. Adapters stay thin: they only translate.
+parameter, runs the backend (one request at a time on a local model, concurrently on a
+serving engine), and builds the results that the CLI prints and the MCP server returns.
+Adapters stay thin: they only translate.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,9 @@ from .detections import Detection, ParsedDetections
 from .drawing import annotate, grid, save_png
 from .errors import InvalidRequest, Unsupported
 from .images import ImageLoader, LoadedImage
+from .ocr_engines import ENGINES, rapidocr
 from .options import GenerationOptions
+from .streaming import streaming
 from .results import (
     BoxesResult,
     BudgetRun,
@@ -83,14 +89,35 @@ def detection_out(detection: Detection) -> DetectionOut:
     )
 
 
-class Vision:
-    """One resident backend behind validated, one-at-a-time operations."""
+NO_MODEL_MESSAGE = (
+    "No vision-language model is loaded here; only ocr with engine 'rapidocr' works without one."
+)
 
-    def __init__(self, backend: Backend, loader: ImageLoader) -> None:
+
+class Vision:
+    """One backend behind validated operations: one at a time on a local model, concurrent on an engine.
+
+    ``backend`` may be None where no model is loaded: then only the offline OCR engine works.
+    """
+
+    def __init__(self, backend: Backend | None, loader: ImageLoader) -> None:
         self.backend = backend
         self.loader = loader
-        # One request on the model at a time: generate() is not re-entrant.
+        # One request on a local model at a time: generate() is not re-entrant.
         self._lock = threading.Lock()
+
+    @property
+    def model(self) -> Backend:
+        if self.backend is None:
+            raise Unsupported(NO_MODEL_MESSAGE)
+        return self.backend
+
+    @contextmanager
+    def _turn(self) -> Iterator[Backend]:
+        """The backend, held for one call unless it takes concurrent calls."""
+        backend = self.model
+        with nullcontext() if backend.concurrent else self._lock:
+            yield backend
 
     # -- inputs -----------------------------------------------------------------
 
@@ -133,8 +160,8 @@ class Vision:
         timings = generation.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)})
         return cls(
             text=generation.text,
-            model=self.backend.model_id,
-            family=self.backend.family,
+            model=self.model.model_id,
+            family=self.model.family,
             budget=generation.budget,
             image_ids=[loaded.image_id for loaded in images],
             image_tokens=generation.image_tokens,
@@ -160,8 +187,8 @@ class Vision:
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0 if turns else 1)
         # An empty prompt stays empty: each family asks for a caption its own way.
-        with self._lock:
-            generation = self.backend.describe(
+        with self._turn() as backend:
+            generation = backend.describe(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
             )
         return self._result(DescribeResult, generation, loaded, started)
@@ -181,8 +208,8 @@ class Vision:
             raise InvalidRequest("The message is empty; say what you want to know about the images.")
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0)
-        with self._lock:
-            generation, reply = self.backend.chat(
+        with self._turn() as backend:
+            generation, reply = backend.chat(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
             )
         generation.text = reply.text
@@ -190,12 +217,40 @@ class Vision:
         calls = [ToolCallOut(name=call.name, arguments=call.arguments) for call in reply.calls]
         return self._result(ChatResult, generation, loaded, started, tool_calls=calls)
 
-    def ocr(self, image: str, budget: int | None = None, options: GenerationOptions | None = None) -> OcrResult:
+    def ocr(
+        self, image: str, budget: int | None = None, options: GenerationOptions | None = None, engine: str = "vlm"
+    ) -> OcrResult:
+        """Read all text; ``engine="rapidocr"`` reads offline, with no model, and adds line boxes."""
+        if engine not in ENGINES:
+            raise InvalidRequest(f"OCR engine {engine!r} does not exist; use {' or '.join(ENGINES)}.")
         started = time.perf_counter()
+        if engine == "rapidocr":
+            return self._offline_ocr(image, budget, started)
         loaded = self.load_images([image])
-        with self._lock:
-            generation = self.backend.ocr(loaded[0].image, budget, options or GenerationOptions())
+        with self._turn() as backend:
+            generation = backend.ocr(loaded[0].image, budget, options or GenerationOptions())
         return self._result(OcrResult, generation, loaded, started)
+
+    def _offline_ocr(self, image: str, budget: int | None, started: float) -> OcrResult:
+        if budget is not None:
+            raise InvalidRequest("The rapidocr engine has no visual-token budget; leave budget unset.")
+        reader = rapidocr()
+        loaded = self.load_images([image])
+        reading = reader.read(loaded[0].image)
+        return OcrResult(
+            text=reading.text,
+            model=reader.model,
+            family=reader.name,
+            budget=None,
+            image_ids=[loaded[0].image_id],
+            image_tokens=None,
+            prompt_tokens=0,
+            generated_tokens=0,
+            finish_reason="stop",
+            timings=reading.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)}),
+            engine="rapidocr",
+            lines=[detection_out(line) for line in reading.lines],
+        )
 
     def detect(
         self,
@@ -209,7 +264,7 @@ class Vision:
         labels = check_labels(labels)
         return self._boxes(
             DetectResult, image, labels, annotated_path,
-            lambda picture: self.backend.detect(picture, labels, budget, options or GenerationOptions()),
+            lambda backend, picture: backend.detect(picture, labels, budget, options or GenerationOptions()),
         )
 
     def segment(
@@ -224,7 +279,7 @@ class Vision:
         labels = check_labels([label])
         return self._boxes(
             SegmentResult, image, labels, annotated_path,
-            lambda picture: self.backend.segment(picture, labels[0], budget, options or GenerationOptions()),
+            lambda backend, picture: backend.segment(picture, labels[0], budget, options or GenerationOptions()),
         )
 
     def _boxes(
@@ -233,13 +288,13 @@ class Vision:
         image: str,
         labels: list[str],
         annotated_path: str | Path | None,
-        run: Callable[[Image.Image], tuple[Generation, ParsedDetections]],
+        run: Callable[[Backend, Image.Image], tuple[Generation, ParsedDetections]],
     ) -> Any:
         started = time.perf_counter()
         loaded = self.load_images([image])
         picture = loaded[0].image
-        with self._lock:
-            generation, parsed = run(picture)
+        with self._turn() as backend:
+            generation, parsed = run(backend, picture)
         generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         written = None
         if annotated_path is not None:
@@ -257,7 +312,7 @@ class Vision:
 
     def model_info(self) -> dict[str, Any]:
         """What a client needs to know of the resident model to plan its requests."""
-        backend = self.backend
+        backend = self.model
         return {
             "model": backend.model_id,
             "family": backend.family,
@@ -272,19 +327,16 @@ class Vision:
         }
 
     def check_budgets(self, budgets: Sequence[int]) -> list[int]:
-        allowed = self.backend.budgets
+        allowed = self.model.budgets
         if not allowed:
-            raise Unsupported(
-                f"{self.backend.display_name} has a fixed resolution, so there are no budgets to compare; "
-                "use a Gemma 4 model."
-            )
+            raise Unsupported(self.model.no_budgets_reason())
         chosen = sorted(set(budgets))
         if len(chosen) < 2:
             raise InvalidRequest("Give at least two different budgets to compare, for example [70, 280, 1120].")
         bad = [b for b in chosen if b not in allowed]
         if bad:
             choices = " / ".join(map(str, allowed))
-            raise InvalidRequest(f"Budget {bad[0]} is not available for {self.backend.display_name}; use {choices}.")
+            raise InvalidRequest(f"Budget {bad[0]} is not available for {self.model.display_name}; use {choices}.")
         return chosen
 
     def compare_budgets(
@@ -308,18 +360,20 @@ class Vision:
             # A detection prompt may carry its labels: "person, car".
             labels = check_labels(labels or [part for part in prompt.split(",") if part.strip()])
         loaded = self.load_images([image])[0]
-        results: list[Result] = []
-        for n, budget in enumerate(chosen):
-            if progress:
-                progress(n, len(chosen), f"budget {budget}")
+
+        def run(budget: int) -> Result:
             if task == "detect":
-                results.append(self.detect(loaded.image_id, labels, budget, options))
-            elif task == "ocr":
-                results.append(self.ocr(loaded.image_id, budget, options))
-            else:
-                results.append(self.describe([loaded.image_id], prompt, (), budget, options))
+                return self.detect(loaded.image_id, labels, budget, options)
+            if task == "ocr":
+                return self.ocr(loaded.image_id, budget, options)
+            return self.describe([loaded.image_id], prompt, (), budget, options)
+
+        # Several runs' text interleaved in one stream would make no sense to a reader.
+        with streaming(None):
+            results = self._run_budgets(chosen, run, progress)
         if progress:
             progress(len(chosen), len(chosen), "done")
+        self._check_budgets_applied(chosen, results)
         metric = compare.METRICS[task]
         reference = results[-1]
         boxes = [parsed_boxes(r) for r in results]
@@ -327,7 +381,7 @@ class Vision:
             BudgetRun(
                 budget=budget,
                 image_tokens=r.image_tokens,
-                seen_size=list(self.backend.seen_size(loaded.size, budget)),
+                seen_size=list(self.model.seen_size(loaded.size, budget)),
                 prompt_tokens=r.prompt_tokens,
                 generated_tokens=r.generated_tokens,
                 finish_reason=r.finish_reason,
@@ -340,15 +394,12 @@ class Vision:
         ]
         written = None
         if picture_path is not None:
-            panels = [
-                (f"max_soft_tokens = {run.budget}: {run.image_tokens} tokens", self.panel(loaded.image, run, b))
-                for run, b in zip(runs, boxes)
-            ]
+            panels = [(panel_title(run), self.panel(loaded.image, run, b)) for run, b in zip(runs, boxes)]
             written = str(save_png(grid(panels), picture_path))
         return CompareResult(
             task=task,
-            model=self.backend.model_id,
-            family=self.backend.family,
+            model=self.model.model_id,
+            family=self.model.family,
             image_ids=[loaded.image_id],
             image_size=list(loaded.size),
             prompt=prompt,
@@ -364,6 +415,48 @@ class Vision:
             notes=[f"budget {b}: {note}" for b, r in zip(chosen, results) for note in r.notes],
         )
 
+    def _run_budgets(
+        self, budgets: list[int], run: Callable[[int], Result], progress: Progress | None
+    ) -> list[Result]:
+        """One run per budget, in budget order: one after another on a local model; at once,
+        up to the backend's concurrency, on an engine that batches them."""
+        backend = self.model
+        if not backend.concurrent or backend.max_concurrency < 2:
+            results = []
+            for n, budget in enumerate(budgets):
+                if progress:
+                    progress(n, len(budgets), f"budget {budget}")
+                results.append(run(budget))
+            return results
+        if progress:
+            progress(0, len(budgets), f"budgets {', '.join(map(str, budgets))}, sent together")
+        done: dict[int, Result] = {}
+        with ThreadPoolExecutor(max_workers=min(backend.max_concurrency, len(budgets))) as pool:
+            futures = {pool.submit(run, budget): budget for budget in budgets}
+            # Progress is reported from this thread: the MCP server's callback must be called
+            # from the worker thread it gave this call, not from the pool's.
+            for future in as_completed(futures):
+                done[futures[future]] = future.result()
+                if progress and len(done) < len(budgets):
+                    progress(len(done), len(budgets), f"budget {futures[future]} done")
+        return [done[budget] for budget in budgets]
+
+    def _check_budgets_applied(self, budgets: list[int], results: list[Result]) -> None:
+        """Refuse a comparison whose runs all had the same prompt length: the engine ignored the budget.
+
+        Only where image tokens are unknown: a local model's counts are the truth. Gemma 4's image
+        tokens differ at every budget, so equal prompt lengths cannot come from applied budgets.
+        """
+        if any(r.image_tokens is not None for r in results):
+            return
+        counts = {r.prompt_tokens for r in results}
+        if len(counts) == 1 and 0 not in counts:
+            raise Unsupported(
+                f"The engine gave the same prompt length ({counts.pop()} tokens) at budgets "
+                f"{', '.join(map(str, budgets))}, so it ignored the budget and the runs cannot be compared; "
+                "check that it serves Gemma 4 and takes per-request mm_processor_kwargs."
+            )
+
     @staticmethod
     def panel(picture: Image.Image, run: BudgetRun, boxes: list[Detection]) -> Image.Image:
         """Detections drawn on the original; otherwise the detail the encoder saw, shown at one size."""
@@ -373,6 +466,11 @@ class Vision:
         scale = min(1.0, PANEL_SIDE / max(picture.size))
         shown = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
         return seen.resize(shown, Image.Resampling.NEAREST)
+
+
+def panel_title(run: BudgetRun) -> str:
+    tokens = "" if run.image_tokens is None else f": {run.image_tokens} tokens"
+    return f"max_soft_tokens = {run.budget}{tokens}"
 
 
 def parsed_boxes(result: Result) -> list[Detection]:

@@ -11,11 +11,14 @@ from .base import Backend, Generation, Timings, Turn
 from .blip2 import Blip2Backend
 from .gemma4 import Gemma4Backend
 from .hf import HFBackend, model_not_found
+from .openai import ApiSettings, OpenAIBackend
 from .paligemma import PaliGemmaBackend
 
 log = logging.getLogger("vlm_agent")
 
 DEFAULT_MODEL = "google/gemma-4-E2B-it"
+#: ``--model none``: no vision-language model, for a server that only reads text offline
+NO_MODEL = "none"
 
 #: config ``model_type`` -> backend class
 FAMILIES: dict[str, type[HFBackend]] = {
@@ -24,7 +27,10 @@ FAMILIES: dict[str, type[HFBackend]] = {
     "blip-2": Blip2Backend,
 }
 
-__all__ = ["Backend", "DEFAULT_MODEL", "FAMILIES", "Generation", "Timings", "Turn", "detect_family", "load_backend"]
+__all__ = [
+    "ApiSettings", "Backend", "DEFAULT_MODEL", "FAMILIES", "Generation", "NO_MODEL", "OpenAIBackend", "Timings",
+    "Turn", "detect_family", "load_backend",
+]
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -54,11 +60,21 @@ def load_backend(
     dtype: str = "auto",
     device_map: str | None = "auto",
     quantize: str | None = None,
-) -> HFBackend:
+    api: ApiSettings | None = None,
+) -> Backend:
     """Load ``model_id`` (hub id or local directory) once, with the backend of its family.
 
     ``quantize`` ("4bit" or "8bit") loads the weights through bitsandbytes, on a CUDA GPU only.
+    With ``api``, nothing is loaded here: the model runs on that OpenAI-compatible engine, and
+    ``model_id``, ``dtype`` and ``quantize`` are the engine's business.
     """
+    if api is not None:
+        return OpenAIBackend.connect(api)
+    if model_id == NO_MODEL:
+        raise Unsupported(
+            "No vision-language model is loaded (--model none); only ocr with engine 'rapidocr' works "
+            "here: start with a model to describe, detect or read with one."
+        )
     family = detect_family(model_id)
     try:
         backend_cls = FAMILIES[family]

@@ -39,7 +39,8 @@ class Generation:
     """What one model call produced, with the counts that explain it."""
 
     text: str
-    image_tokens: int
+    #: None where the model runs elsewhere and its server does not say
+    image_tokens: int | None
     prompt_tokens: int
     generated_tokens: int
     finish_reason: Literal["stop", "length"]
@@ -50,6 +51,11 @@ class Generation:
     #: prior turns actually sent to the model (a family may send fewer than given)
     history_turns: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def cut_note(max_new_tokens: int) -> str:
+    """The note of a generation stopped by its token cap rather than by the model."""
+    return f"stopped at max_new_tokens={max_new_tokens}; the answer may be cut"
 
 
 class Stopwatch:
@@ -76,9 +82,21 @@ class Backend(ABC):
     #: visual-token budgets the family accepts; empty for fixed-resolution families
     budgets: ClassVar[tuple[int, ...]] = ()
     default_budget: ClassVar[int | None] = None
+    #: whether several calls may run at once: a local model's generate() is not re-entrant,
+    #: a serving engine batches concurrent requests itself
+    concurrent: ClassVar[bool] = False
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
+        #: calls worth running at once (compare_budgets' pool size); 1 for a local model
+        self.max_concurrency = 1
+
+    def no_budgets_reason(self) -> str:
+        """Why there are no budgets to compare, for a backend whose ``budgets`` is empty."""
+        return (
+            f"{self.display_name} has a fixed resolution, so there are no budgets to compare; "
+            "use a Gemma 4 model."
+        )
 
     @property
     def device(self) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
 
 from .. import prompts
-from ..budgets import DEFAULT_BUDGET, GEMMA4_BUDGETS, check_budget
+from ..budgets import DEFAULT_BUDGET, GEMMA4_BUDGETS, check_budget, gemma4_seen_size
 from ..detections import GEMMA4_GRID, ParsedDetections, from_box_2d_json
 from ..options import GenerationOptions
 from ..toolcalls import ParsedReply, parse_reply
@@ -16,20 +16,32 @@ from .base import Generation, Stopwatch, Turn
 from .hf import HFBackend
 
 
-def user_content(images: Sequence[Image.Image], text: str) -> list[dict[str, Any]]:
+#: one image as a message content part
+ImagePart = Callable[[Image.Image], dict[str, Any]]
+
+
+def template_image(image: Image.Image) -> dict[str, Any]:
+    """An image part for the processor's chat template, which takes the decoded image."""
+    return {"type": "image", "image": image}
+
+
+def user_content(images: Sequence[Image.Image], text: str, image_part: ImagePart = template_image) -> list[dict[str, Any]]:
     # Images before the text, as in the Gemma 4 guide's examples.
-    parts: list[dict[str, Any]] = [{"type": "image", "image": image} for image in images]
+    parts: list[dict[str, Any]] = [image_part(image) for image in images]
     if text:
         parts.append({"type": "text", "text": text})
     return parts
 
 
-def build_messages(images: Sequence[Image.Image], prompt: str, history: Sequence[Turn]) -> list[dict[str, Any]]:
-    """Chat messages for the template: prior turns in order (with their images), then this one."""
+def build_messages(
+    images: Sequence[Image.Image], prompt: str, history: Sequence[Turn], image_part: ImagePart = template_image
+) -> list[dict[str, Any]]:
+    """Chat messages: prior turns in order (with their images), then this one. ``image_part``
+    writes an image the way the receiver takes it (the local chat template, or an HTTP API)."""
     messages = [
-        {"role": turn.role, "content": user_content(turn.images, turn.text)} for turn in history
+        {"role": turn.role, "content": user_content(turn.images, turn.text, image_part)} for turn in history
     ]
-    messages.append({"role": "user", "content": user_content(images, prompt)})
+    messages.append({"role": "user", "content": user_content(images, prompt, image_part)})
     return messages
 
 
@@ -42,15 +54,9 @@ class Gemma4Backend(HFBackend):
 
     def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
         """(width, height) the vision encoder sees an image of ``size`` at ``budget``."""
-        from transformers.models.gemma4.image_processing_gemma4 import get_aspect_ratio_preserving_size
-
         ip = self.processor.image_processor
-        width, height = size
         budget = self.default_budget if budget is None else budget
-        h, w = get_aspect_ratio_preserving_size(
-            height, width, ip.patch_size, budget * ip.pooling_kernel_size**2, ip.pooling_kernel_size
-        )
-        return w, h
+        return gemma4_seen_size(size, budget, ip.patch_size, ip.pooling_kernel_size)
 
     def run(
         self,

@@ -12,8 +12,8 @@ from PIL import Image
 
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
 from ..options import GenerationOptions
-from ..streaming import DeltaStreamer, current_sink
-from .base import Backend, Generation, Stopwatch, Turn
+from ..streaming import current_sink, text_streamer
+from .base import Backend, Generation, Stopwatch, Turn, cut_note
 
 log = logging.getLogger("vlm_agent")
 
@@ -208,11 +208,7 @@ class HFBackend(Backend):
         kwargs = options.generate_kwargs()
         sink = current_sink()
         if sink is not None:
-            # Encoder-decoder models hand the streamer no prompt, only decoder tokens.
-            kwargs["streamer"] = DeltaStreamer(
-                lambda ids: self.processor.decode(ids, skip_special_tokens=True), sink,
-                skip_prompt=not self.is_encoder_decoder,
-            )
+            kwargs["streamer"] = text_streamer(self.processor, sink)
         try:
             with torch.inference_mode():
                 output = self.model.generate(**inputs, **kwargs)
@@ -244,5 +240,5 @@ class HFBackend(Backend):
         generation.timings.generate_ms = generate_ms
         generation.timings.total_ms = watch.total()
         if finish == "length":
-            generation.notes.append(f"stopped at max_new_tokens={options.max_new_tokens}; the answer may be cut")
+            generation.notes.append(cut_note(options.max_new_tokens))
         return generation

@@ -1,0 +1,134 @@
+"""The offline OCR engine: reading order, and known rendered text read back exactly, with no model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from PIL import Image, ImageDraw, ImageFont
+
+from agent.cli import main
+from mcp_server.server import Settings, build_server
+from tools.errors import InvalidRequest, Unsupported
+from tools.images import AccessPolicy, ImageLoader
+from tools.ocr_engines import RapidOcr, reading_order
+from tools.vision import Vision
+
+#: what the rendered picture says, in reading order: two columns on the first row
+EXPECTED = "Invoice 2026 Paid\nTotal due 42.50 EUR"
+ROWS = [((30, 30), "Invoice 2026"), ((680, 36), "Paid"), ((30, 140), "Total due 42.50 EUR")]
+FONT_SIZE = 48
+
+needs_rapidocr = pytest.mark.skipif(not RapidOcr.available(), reason="needs the ocr extra (rapidocr-onnxruntime)")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def render(path: Path) -> list[tuple[int, int, int, int]]:
+    """Draw EXPECTED; returns each drawn piece's bounding box. Words are spaced wider than the
+    font's own space, which the recogniser otherwise reads as no space at all at this size."""
+    font = ImageFont.load_default(size=FONT_SIZE)
+    image = Image.new("RGB", (900, 260), "white")
+    draw = ImageDraw.Draw(image)
+    drawn = []
+    for (x, y), text in ROWS:
+        left = x
+        for word in text.split():
+            draw.text((x, y), word, font=font, fill="black")
+            x = draw.textbbox((x, y), word, font=font)[2] + int(0.6 * FONT_SIZE)
+        box = draw.textbbox((left, y), "X", font=font)
+        drawn.append((left, box[1], x, box[3]))
+    image.save(path)
+    return drawn
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[tuple[int, int, int, int]]]:
+    path = tmp_path_factory.mktemp("ocr") / "invoice.png"
+    return path, render(path)
+
+
+def test_reading_order_groups_rows_and_reads_left_to_right():
+    boxes = [
+        (300, 105, 400, 135),  # row 2, right
+        (10, 10, 100, 40),     # row 1, left
+        (10, 100, 200, 130),   # row 2, left
+        (250, 14, 300, 44),    # row 1, right, a little lower
+    ]
+    assert reading_order(boxes) == [[1, 3], [2, 0]]
+
+
+def test_a_tall_box_does_not_chain_rows_together():
+    boxes = [(0, 0, 50, 20), (60, 0, 80, 100), (0, 80, 50, 100)]
+    assert reading_order(boxes) == [[0, 1], [2]]
+    assert reading_order([]) == []
+
+
+@needs_rapidocr
+@pytest.mark.anyio
+async def test_mcp_ocr_reads_rendered_text_back_exactly_with_no_model(page):
+    path, drawn = page
+    settings = Settings(model="none", allow_dirs=[str(path.parent)], out_dir=path.parent / "out")
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr"})
+        assert not result.is_error, result.content
+        data = result.structured_content
+        assert data["text"] == EXPECTED
+        assert (data["engine"], data["family"], data["image_tokens"], data["budget"]) == ("rapidocr", "rapidocr", None, None)
+        assert data["text"] in result.content[0].text
+        # Line boxes, in reading order, each inside the row it was drawn in.
+        assert " ".join(line["label"] for line in data["lines"]) == EXPECTED.replace("\n", " ")
+        for line in data["lines"]:
+            assert any(
+                x1 - 6 <= line["box"][0] < line["box"][2] <= x2 + 6 and y1 - 12 <= line["box"][1] < line["box"][3] <= y2 + 12
+                for x1, y1, x2, y2 in drawn
+            ), line
+            assert line["raw"] == line["label"] and all(0 <= v <= 1 for v in line["box_normalized"])
+        no_model = await client.call_tool("describe", {"images": [str(path)]})
+        assert no_model.is_error and "--model none" in no_model.content[0].text
+
+
+@needs_rapidocr
+@pytest.mark.anyio
+async def test_offline_ocr_works_when_the_model_failed_to_load(page):
+    path, _ = page
+    settings = Settings(model=str(path.parent / "no-such-model"), allow_dirs=[str(path.parent)], out_dir=path.parent)
+    async with Client(build_server(settings)) as client:
+        read = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr"})
+        assert not read.is_error and read.structured_content["text"] == EXPECTED
+        refused = await client.call_tool("ocr", {"image": str(path)})
+        assert refused.is_error and "No model directory" in refused.content[0].text
+        budget = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr", "budget": 280})
+        assert budget.is_error and "no visual-token budget" in budget.content[0].text
+
+
+@needs_rapidocr
+def test_cli_ocr_engine_rapidocr_loads_no_model(page, capsys):
+    path, _ = page
+    code = main(["ocr", str(path), "--engine", "rapidocr", "--model", "/nowhere", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)
+    assert result["text"] == EXPECTED and result["engine"] == "rapidocr" and len(result["lines"]) >= 3
+    assert "loading" not in captured.err
+
+
+def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(RapidOcr, "available", staticmethod(lambda: False))
+    with pytest.raises(Unsupported, match=r"pip install 'vlm-agent\[ocr\]'"):
+        RapidOcr().read(Image.new("RGB", (10, 10)))
+
+
+def test_vision_without_a_model(tmp_path):
+    path = tmp_path / "blank.png"
+    Image.new("RGB", (32, 32), "white").save(path)
+    vision = Vision(None, ImageLoader(AccessPolicy.for_files([str(path)])))
+    with pytest.raises(Unsupported, match="only ocr with engine 'rapidocr'"):
+        vision.describe([str(path)])
+    with pytest.raises(InvalidRequest, match="use vlm or rapidocr"):
+        vision.ocr(str(path), engine="tesseract")
