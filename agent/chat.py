@@ -365,8 +365,8 @@ def key_bindings() -> KeyBindings:
 
 
 @asynccontextmanager
-async def connect(model: str | None, server: str | None, token_env: str | None, log_path: Path) -> AsyncIterator[Client]:
-    """A client of the given HTTP server, or of a `vlm-agent serve` child over stdio."""
+async def connect(serve: list[str], server: str | None, token_env: str | None, log_path: Path) -> AsyncIterator[Client]:
+    """A client of the given HTTP server, or of a `vlm-agent serve SERVE...` child over stdio."""
     if server:
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
@@ -383,7 +383,7 @@ async def connect(model: str | None, server: str | None, token_env: str | None, 
         return
     from mcp.client.stdio import stdio_client
 
-    args = ["-m", "agent.cli", "serve"] + (["--model", model] if model else [])
+    args = ["-m", "agent.cli", "serve", *serve]
     params = StdioServerParameters(command=sys.executable, args=args, env=dict(os.environ))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # The server's own logs go to a file: the chat owns this terminal.
@@ -395,7 +395,7 @@ async def connect(model: str | None, server: str | None, token_env: str | None, 
 async def run_chat(
     images: list[str],
     *,
-    model: str | None,
+    serve: list[str] | None = None,
     server: str | None = None,
     token_env: str | None = None,
     strategy: str = "auto",
@@ -412,7 +412,7 @@ async def run_chat(
     history: History = FileHistory(str(home / "input_history")) if prompt is None else InMemoryHistory()
     view = TerminalView(console, home / "pictures")
     try:
-        async with (contextless(client) if client is not None else connect(model, server, token_env, home / "server.log")) as live_client:
+        async with (contextless(client) if client is not None else connect(serve or [], server, token_env, home / "server.log")) as live_client:
             session = ChatSession(live_client, view, store, strategy=strategy, budget=budget)
             with console.status("starting the server and loading the model", spinner="dots"):
                 info = await session.start()

@@ -101,13 +101,34 @@ def api_settings(args: argparse.Namespace) -> ApiSettings | None:
 
 
 def connect_options(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--model", default=os.environ.get(MODEL_ENV),
-        help=f"model for the server this command starts (default: ${MODEL_ENV} or {DEFAULT_MODEL})",
+    """The chat's and scripts' server: a `vlm-agent serve` child built from the model flags, or --server."""
+    model_option(parser)
+    parser.add_argument(
+        "--server", metavar="URL",
+        help="use a running HTTP server (e.g. http://127.0.0.1:8000/mcp) instead of starting one; "
+        "the model flags then do not apply",
     )
-    where.add_argument("--server", metavar="URL", help="use a running HTTP server, e.g. http://127.0.0.1:8000/mcp")
     parser.add_argument("--token-env", metavar="VAR", help="send 'Authorization: Bearer $VAR' to --server")
+
+
+#: flags a chat or script hands on to the `vlm-agent serve` child it starts
+SERVE_FLAGS = (
+    "model", "dtype", "quantize", "backend", "base_url", "api_model", "api_key_env", "budgets_supported",
+    "max_concurrency", "api_timeout", "api_send_urls",
+)
+
+
+def serve_args(args: argparse.Namespace) -> list[str]:
+    """The model and engine flags given on this command line, as `vlm-agent serve` arguments."""
+    defaults = build_parser().parse_args(["serve"])
+    out: list[str] = []
+    for name in SERVE_FLAGS:
+        value = getattr(args, name)
+        if value == getattr(defaults, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
 
 
 def call_options(parser: argparse.ArgumentParser) -> None:
@@ -320,7 +341,7 @@ async def run_script_command(args: argparse.Namespace) -> int:
     script = Path(args.script)
     try:
         turns = load_script(script)
-        async with connect(args.model, args.server, args.token_env, data_home() / "server.log") as client:
+        async with connect(serve_args(args), args.server, args.token_env, data_home() / "server.log") as client:
             session = ChatSession(
                 client, RecordingView(lambda line: err.print(line, markup=False, highlight=False)),
                 strategy=args.context, budget=args.budget, max_new_tokens=args.max_new_tokens,
@@ -395,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return asyncio.run(
                 run_chat(
-                    args.images, model=args.model, server=args.server, token_env=args.token_env,
+                    args.images, serve=serve_args(args), server=args.server, token_env=args.token_env,
                     strategy=args.context, budget=args.budget, resume=args.resume,
                 )
             )

@@ -68,7 +68,7 @@ async def chat(tiny_gemma4, tmp_path, lines: list[str], images=(), **kwargs) -> 
             pipe.send_text("".join(line + "\n" for line in lines))
             prompt = PromptSession(input=pipe, output=DummyOutput())
             code = await run_chat(
-                [str(p) for p in images], model=None, console=console, prompt=prompt, client=recorder, **kwargs
+                [str(p) for p in images], console=console, prompt=prompt, client=recorder, **kwargs
             )
     assert code == 0
     return console.file.getvalue(), recorder
@@ -287,7 +287,7 @@ async def test_chat_over_a_real_stdio_server(tiny_gemma4, tmp_path, home, photo)
     with create_pipe_input() as pipe:
         pipe.send_text("What is it?\n/quit\n")
         prompt = PromptSession(input=pipe, output=DummyOutput())
-        code = await run_chat([str(photo)], model=str(tiny_gemma4), console=console, prompt=prompt)
+        code = await run_chat([str(photo)], serve=["--model", str(tiny_gemma4)], console=console, prompt=prompt)
     transcript = console.file.getvalue()
     assert code == 0, transcript
     assert "ready" in transcript and "→ describe(" in transcript
@@ -307,3 +307,22 @@ async def test_images_named_inside_messages(tiny_gemma4, tmp_path, home, photo):
     assert len(describes[0]["images"]) == 2  # @photo.png by name, the other by path (attached as @2)
     assert len(describes[1]["images"]) == 1
     assert "@2" in transcript and "other.png" in transcript
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["chat"], []),
+        (["chat", "--model", "./tiny"], ["--model", "./tiny"]),
+        (["run", "s.yaml", "--dtype", "bfloat16"], ["--dtype", "bfloat16"]),
+        (
+            ["chat", "--backend", "openai", "--base-url", "http://gpu:8000/v1", "--budgets-supported"],
+            ["--backend", "openai", "--base-url", "http://gpu:8000/v1", "--budgets-supported"],
+        ),
+    ],
+)
+def test_chat_hands_its_model_flags_to_the_server_it_starts(argv, expected, monkeypatch):
+    from agent.cli import build_parser, serve_args
+
+    monkeypatch.delenv("VLM_AGENT_MODEL", raising=False)
+    assert serve_args(build_parser().parse_args(argv)) == expected
