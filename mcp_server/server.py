@@ -26,8 +26,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tools.budgets import GEMMA4_BUDGETS
 from tools.drawing import fit_for_client
-from tools.errors import Busy, VlmError
-from tools.images import AccessPolicy, ImageLoader
+from tools.errors import Busy, Cancelled, VlmError
+from tools.images import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.results import CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.vision import Vision
@@ -53,6 +53,8 @@ class Settings:
     out_dir: Path = field(default_factory=lambda: default_out_dir())
     #: requests waiting for the model beyond this many get a "busy, retry" error
     max_queue: int = 16
+    #: per-image caps: bytes, pixels, download time, redirects
+    limits: Limits = field(default_factory=Limits)
 
 
 def default_out_dir() -> Path:
@@ -66,7 +68,9 @@ class Engine:
 
     def __init__(self, settings: Settings, load: Callable[..., Any] | None = None) -> None:
         self.settings = settings
-        self.policy = AccessPolicy.for_server(settings.allow_dirs, allow_private_urls=settings.allow_private_urls)
+        self.policy = AccessPolicy.for_server(
+            settings.allow_dirs, allow_private_urls=settings.allow_private_urls, limits=settings.limits
+        )
         self._load = load
         self._loaded = threading.Event()
         self._started = False
@@ -105,23 +109,63 @@ class Engine:
         if not self._loaded.is_set():
             if ctx is not None:
                 await ctx.report_progress(0, None, f"loading {self.settings.model}")
-            await anyio.to_thread.run_sync(self._loaded.wait)
+            await anyio.to_thread.run_sync(self._loaded.wait, abandon_on_cancel=True)
         if self.vision is None:
             raise self.error or VlmError("The model is not loaded.")
         return self.vision
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` on a worker thread, queued behind the model lock, bounded."""
+    async def run(self, call: Callable[[threading.Event], T]) -> T:
+        """Run ``call(cancel)`` on a worker thread, queued behind the model lock, bounded.
+
+        When the caller cancels or hangs up, ``cancel`` is set: a request still waiting for the
+        model gives up, and a generation stops at its next token. The request stays counted
+        in ``pending`` until its thread has let go of the model, so the bound holds and the
+        next request finds the model free.
+        """
         if self.pending >= self.settings.max_queue:
             raise Busy(f"The server is busy with {self.pending} requests; retry in a few seconds.")
         self.pending += 1
+        job = Job(call)
         try:
-            return await anyio.to_thread.run_sync(lambda: fn(*args))
+            return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            if job.stop():
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(job.finished.wait)
+            raise
         finally:
             self.pending -= 1
 
     def output_path(self, kind: str) -> Path:
         return self.settings.out_dir / f"{kind}-{uuid.uuid4().hex[:12]}.png"
+
+
+class Job:
+    """One request's work for a worker thread, which the event loop can stop."""
+
+    def __init__(self, call: Callable[[threading.Event], Any]) -> None:
+        self.call = call
+        self.cancel = threading.Event()
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def run(self) -> Any:
+        with self._lock:
+            # Cancelled before a thread picked it up: it never touches the model.
+            if self.cancel.is_set():
+                raise Cancelled("The request was cancelled before it started.")
+            self._started = True
+        try:
+            return self.call(self.cancel)
+        finally:
+            self.finished.set()
+
+    def stop(self) -> bool:
+        """Ask the work to stop; True when it had started, so there is a thread to wait for."""
+        with self._lock:
+            self.cancel.set()
+            return self._started
 
 
 class HistoryTurn(BaseModel):
@@ -132,7 +176,7 @@ class HistoryTurn(BaseModel):
     images: list[str] = Field(default_factory=list, description=f"the turn's images: each {IMAGE_REF}")
 
 
-def options(max_new_tokens: int, temperature: float, top_p: float) -> GenerationOptions:
+def options(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> GenerationOptions:
     return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
 
@@ -173,7 +217,13 @@ def validation_message(error: ValidationError) -> str:
 class VisionServer(MCPServer):
     """MCPServer whose tool errors are one sentence meant for the caller, never a traceback."""
 
+    engine: Engine
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
+        known = sorted(tool.name for tool in await self.list_tools())
+        if name not in known:
+            # repr keeps a hostile name on one line; the list makes the error actionable.
+            return error_result(f"Unknown tool {name[:40]!r}; use one of {', '.join(known[:-1])} or {known[-1]}.")
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -187,7 +237,11 @@ class VisionServer(MCPServer):
             else:
                 log.error("tool %s crashed", name, exc_info=cause)
                 message = f"The {name} tool failed unexpectedly; the server logged the details and keeps serving."
-            return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+            return error_result(message)
+
+
+def error_result(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
 
 Budget = Annotated[
@@ -216,6 +270,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         ),
         lifespan=lifespan,
     )
+    server.engine = engine
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
         # Docstrings are indented in source; clients show the description verbatim.
@@ -242,8 +297,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         """
         vision = await engine.ready(ctx)
         turns = [turn.model_dump() for turn in history or []]
+        chosen = options(max_new_tokens, temperature, top_p)
         result = await engine.run(
-            vision.describe, images, prompt, turns, budget, options(max_new_tokens, temperature, top_p)
+            lambda cancel: vision.describe(images, prompt, turns, budget, chosen.with_cancel(cancel))
         )
         return text_result(result, result.text)
 
@@ -261,7 +317,8 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         For small or dense text, a higher budget (560 or 1120) reads more accurately.
         """
         vision = await engine.ready(ctx)
-        result = await engine.run(vision.ocr, image, budget, options(max_new_tokens, temperature, top_p))
+        chosen = options(max_new_tokens, temperature, top_p)
+        result = await engine.run(lambda cancel: vision.ocr(image, budget, chosen.with_cancel(cancel)))
         return text_result(result, result.text)
 
     @tool
@@ -281,8 +338,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         """
         vision = await engine.ready(ctx)
         out = engine.output_path("detect")
+        chosen = options(max_new_tokens, temperature, top_p)
         detected = await engine.run(
-            vision.detect, image, labels, budget, options(max_new_tokens, temperature, top_p), out
+            lambda cancel: vision.detect(image, labels, budget, chosen.with_cancel(cancel), out)
         )
         lines = [f"{d.label}: {d.box}" for d in detected.detections] or ["nothing found"]
         notes = [f"note: {n}" for n in detected.notes]
@@ -314,9 +372,11 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         def progress(done: int, total: int, message: str) -> None:
             anyio.from_thread.run(ctx.report_progress, done, total, message)
 
+        chosen = options(max_new_tokens)
         result = await engine.run(
-            vision.compare_budgets, image, task, prompt, (), budgets,
-            GenerationOptions(max_new_tokens=max_new_tokens), out, progress,
+            lambda cancel: vision.compare_budgets(
+                image, task, prompt, (), budgets, chosen.with_cancel(cancel), out, progress
+            )
         )
         rows = [
             f"{run.budget:>5}  {run.image_tokens:>5} tokens  {run.timings.total_ms:>8.0f} ms  "

@@ -68,3 +68,9 @@ class Busy(VlmError):
     """Too many requests are already waiting for the model."""
 
     code = "busy"
+
+
+class Cancelled(VlmError):
+    """The caller cancelled the request or went away before it finished."""
+
+    code = "cancelled"

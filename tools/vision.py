@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ MAX_HISTORY_TURNS = 64
 #: long side of each panel of a comparison picture
 PANEL_SIDE = 768
 
+#: how often a request waiting for the model looks whether it was cancelled
+CANCEL_POLL_S = 0.05
+
 #: ``(done, total, message)``: called before each step of a slow operation
 Progress = Callable[[int, int, str], None]
 
@@ -54,6 +58,11 @@ def check_text(text: str, what: str) -> str:
         raise InvalidRequest(f"{what} contains a NUL byte; remove it and send the text again.")
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"{what} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    try:
+        # Lone surrogates (undecodable bytes in argv, or an in-process caller) crash tokenizers.
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{what} is not valid Unicode text; send it as UTF-8.") from None
     return text
 
 
@@ -89,6 +98,18 @@ class Vision:
         self.loader = loader
         # One request on the model at a time: generate() is not re-entrant.
         self._lock = threading.Lock()
+
+    @contextmanager
+    def _model(self, options: GenerationOptions | None) -> Iterator[None]:
+        """Hold the model for one request; a request cancelled while it waits gives up its turn."""
+        options = options or GenerationOptions()
+        while not self._lock.acquire(timeout=CANCEL_POLL_S):
+            options.check_cancelled()
+        try:
+            options.check_cancelled()
+            yield
+        finally:
+            self._lock.release()
 
     # -- inputs -----------------------------------------------------------------
 
@@ -158,7 +179,7 @@ class Vision:
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0 if turns else 1)
         # An empty prompt stays empty: each family asks for a caption its own way.
-        with self._lock:
+        with self._model(options):
             generation = self.backend.describe(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
             )
@@ -167,7 +188,7 @@ class Vision:
     def ocr(self, image: str, budget: int | None = None, options: GenerationOptions | None = None) -> OcrResult:
         started = time.perf_counter()
         loaded = self.load_images([image])
-        with self._lock:
+        with self._model(options):
             generation = self.backend.ocr(loaded[0].image, budget, options or GenerationOptions())
         return self._result(OcrResult, generation, loaded, started)
 
@@ -182,7 +203,7 @@ class Vision:
         """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there."""
         labels = check_labels(labels)
         return self._boxes(
-            DetectResult, image, labels, annotated_path,
+            DetectResult, image, labels, annotated_path, options,
             lambda picture: self.backend.detect(picture, labels, budget, options or GenerationOptions()),
         )
 
@@ -197,7 +218,7 @@ class Vision:
         """The box and mask codes of ``label`` (families that segment); ``annotated_path`` as for detect."""
         labels = check_labels([label])
         return self._boxes(
-            SegmentResult, image, labels, annotated_path,
+            SegmentResult, image, labels, annotated_path, options,
             lambda picture: self.backend.segment(picture, labels[0], budget, options or GenerationOptions()),
         )
 
@@ -207,12 +228,13 @@ class Vision:
         image: str,
         labels: list[str],
         annotated_path: str | Path | None,
+        options: GenerationOptions | None,
         run: Callable[[Image.Image], tuple[Generation, ParsedDetections]],
     ) -> Any:
         started = time.perf_counter()
         loaded = self.load_images([image])
         picture = loaded[0].image
-        with self._lock:
+        with self._model(options):
             generation, parsed = run(picture)
         generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         written = None
