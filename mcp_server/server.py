@@ -28,8 +28,8 @@ from pydantic import BaseModel, Field, ValidationError
 from tools.backends.openai import ApiSettings
 from tools.budgets import GEMMA4_BUDGETS
 from tools.drawing import fit_for_client
-from tools.errors import Busy, VlmError
-from tools.images import AccessPolicy, ImageLoader
+from tools.errors import Busy, Cancelled, VlmError
+from tools.images import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.streaming import TextSink, streaming
 from tools.results import ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
@@ -59,6 +59,8 @@ class Settings:
     out_dir: Path = field(default_factory=lambda: default_out_dir())
     #: requests waiting for the model beyond this many get a "busy, retry" error
     max_queue: int = 16
+    #: per-image caps: bytes, pixels, download time, redirects
+    limits: Limits = field(default_factory=Limits)
 
 
 def default_out_dir() -> Path:
@@ -72,7 +74,9 @@ class Engine:
 
     def __init__(self, settings: Settings, load: Callable[..., Any] | None = None) -> None:
         self.settings = settings
-        self.policy = AccessPolicy.for_server(settings.allow_dirs, allow_private_urls=settings.allow_private_urls)
+        self.policy = AccessPolicy.for_server(
+            settings.allow_dirs, allow_private_urls=settings.allow_private_urls, limits=settings.limits
+        )
         # One image store for the model and the offline OCR, so image_ids work across both.
         self.loader = ImageLoader(self.policy)
         #: what works with no model: ocr with engine "rapidocr", even while the model loads or if it failed
@@ -124,29 +128,38 @@ class Engine:
         if not self._loaded.is_set():
             if ctx is not None:
                 await ctx.report_progress(0, None, f"loading {self.what}")
-            await anyio.to_thread.run_sync(self._loaded.wait)
+            await anyio.to_thread.run_sync(self._loaded.wait, abandon_on_cancel=True)
         if self.vision is None:
             raise self.error or VlmError("The model is not loaded.")
         return self.vision
 
-    async def run(self, fn: Callable[..., T], *args: Any, stream_to: Context | None = None, total: int = 0) -> T:
-        """Run ``fn`` on a worker thread, queued behind the model lock, bounded.
+    async def run(self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0) -> T:
+        """Run ``call(cancel)`` on a worker thread, queued behind the model lock, bounded.
 
-        With ``stream_to``, generated text reaches the caller as progress notifications
-        (progress = tokens so far, total = ``total``, message = the new text), when the
-        caller asked for progress.
+        When the caller cancels or hangs up, ``cancel`` is set: a request still waiting for the
+        model gives up, and a generation stops at its next token. The request stays counted
+        in ``pending`` until its thread has let go of the model, so the bound holds and the
+        next request finds the model free. With ``stream_to``, generated text reaches the
+        caller as progress notifications (progress = tokens so far, total = ``total``,
+        message = the new text).
         """
         if self.pending >= self.settings.max_queue:
             raise Busy(f"The server is busy with {self.pending} requests; retry in a few seconds.")
         sink = None if stream_to is None else text_sink(stream_to, total)
 
-        def call() -> T:
+        def streamed(cancel: threading.Event) -> T:
             with streaming(sink):
-                return fn(*args)
+                return call(cancel)
 
         self.pending += 1
+        job = Job(streamed)
         try:
-            return await anyio.to_thread.run_sync(call)
+            return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            if job.stop():
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(job.finished.wait)
+            raise
         finally:
             self.pending -= 1
 
@@ -162,6 +175,34 @@ def text_sink(ctx: Context, total: int) -> TextSink:
     return sink
 
 
+class Job:
+    """One request's work for a worker thread, which the event loop can stop."""
+
+    def __init__(self, call: Callable[[threading.Event], Any]) -> None:
+        self.call = call
+        self.cancel = threading.Event()
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._started = False
+
+    def run(self) -> Any:
+        with self._lock:
+            # Cancelled before a thread picked it up: it never touches the model.
+            if self.cancel.is_set():
+                raise Cancelled("The request was cancelled before it started.")
+            self._started = True
+        try:
+            return self.call(self.cancel)
+        finally:
+            self.finished.set()
+
+    def stop(self) -> bool:
+        """Ask the work to stop; True when it had started, so there is a thread to wait for."""
+        with self._lock:
+            self.cancel.set()
+            return self._started
+
+
 class HistoryTurn(BaseModel):
     """One earlier turn of the conversation."""
 
@@ -170,7 +211,7 @@ class HistoryTurn(BaseModel):
     images: list[str] = Field(default_factory=list, description=f"the turn's images: each {IMAGE_REF}")
 
 
-def options(max_new_tokens: int, temperature: float, top_p: float) -> GenerationOptions:
+def options(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> GenerationOptions:
     return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
 
 
@@ -212,15 +253,24 @@ def validation_message(error: ValidationError) -> str:
 class VisionServer(MCPServer):
     """MCPServer whose tool errors are one sentence meant for the caller, never a traceback."""
 
+    engine: Engine
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
+        known = sorted(tool.name for tool in await self.list_tools())
+        if name not in known:
+            # repr keeps a hostile name on one line; the list makes the error actionable.
+            return error_result(f"Unknown tool {name[:40]!r}; use one of {', '.join(known[:-1])} or {known[-1]}.")
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
-            message, code = explain(name, exc)
-            # The code lets programs (the chat client) react without parsing the sentence.
-            return CallToolResult(
-                content=[TextContent(type="text", text=message)], structured_content={"error": code}, is_error=True
-            )
+            return error_result(*explain(name, exc))
+
+
+def error_result(message: str, code: str = "invalid_request") -> CallToolResult:
+    # The code lets programs (the chat client) react without parsing the sentence.
+    return CallToolResult(
+        content=[TextContent(type="text", text=message)], structured_content={"error": code}, is_error=True
+    )
 
 
 def explain(tool: str, error: ToolError) -> tuple[str, str]:
@@ -263,6 +313,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         ),
         lifespan=lifespan,
     )
+    server.engine = resident
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
         # Docstrings are indented in source; clients show the description verbatim.
@@ -289,8 +340,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         """
         vision = await resident.ready(ctx)
         turns = [turn.model_dump() for turn in history or []]
+        chosen = options(max_new_tokens, temperature, top_p)
         result = await resident.run(
-            vision.describe, images, prompt, turns, budget, options(max_new_tokens, temperature, top_p),
+            lambda cancel: vision.describe(images, prompt, turns, budget, chosen.with_cancel(cancel)),
             stream_to=ctx, total=max_new_tokens,
         )
         return text_result(result, result.text)
@@ -317,8 +369,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         engine 'rapidocr' reads printed text offline without the model and returns line boxes.
         """
         vision = await resident.ready(ctx) if engine == "vlm" else resident.offline
+        chosen = options(max_new_tokens, temperature, top_p)
         result = await resident.run(
-            vision.ocr, image, budget, options(max_new_tokens, temperature, top_p), engine,
+            lambda cancel: vision.ocr(image, budget, chosen.with_cancel(cancel), engine),
             stream_to=ctx, total=max_new_tokens,
         )
         return text_result(result, result.text)
@@ -340,8 +393,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         """
         vision = await resident.ready(ctx)
         out = resident.output_path("detect")
+        chosen = options(max_new_tokens, temperature, top_p)
         detected = await resident.run(
-            vision.detect, image, labels, budget, options(max_new_tokens, temperature, top_p), out
+            lambda cancel: vision.detect(image, labels, budget, chosen.with_cancel(cancel), out)
         )
         lines = [f"{d.label}: {d.box}" for d in detected.detections] or ["nothing found"]
         notes = [f"note: {n}" for n in detected.notes]
@@ -373,9 +427,11 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         def progress(done: int, total: int, message: str) -> None:
             anyio.from_thread.run(ctx.report_progress, done, total, message)
 
+        chosen = options(max_new_tokens)
         result = await resident.run(
-            vision.compare_budgets, image, task, prompt, (), budgets,
-            GenerationOptions(max_new_tokens=max_new_tokens), out, progress,
+            lambda cancel: vision.compare_budgets(
+                image, task, prompt, (), budgets, chosen.with_cancel(cancel), out, progress
+            )
         )
         rows = [
             f"{run.budget:>5}  {'?' if run.image_tokens is None else run.image_tokens:>5} tokens  "
@@ -411,8 +467,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         """
         vision = await resident.ready(ctx)
         turns = [turn.model_dump() for turn in history or []]
+        chosen = options(max_new_tokens)
         result = await resident.run(
-            vision.chat, images, message, turns, budget, GenerationOptions(max_new_tokens=max_new_tokens),
+            lambda cancel: vision.chat(images, message, turns, budget, chosen.with_cancel(cancel)),
             stream_to=ctx, total=max_new_tokens,
         )
         calls = [f"call {c.name}({json.dumps(c.arguments)})" for c in result.tool_calls]

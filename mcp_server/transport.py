@@ -43,10 +43,15 @@ class BearerToken:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        # Every connection, not only plain requests: installing a WebSocket library into the
+        # environment would otherwise open an unguarded door.
+        if scope["type"] in ("http", "websocket"):
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
-                await self.refuse(send)
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                else:
+                    await self.refuse(send)
                 return
         await self.app(scope, receive, send)
 

@@ -40,6 +40,11 @@ def model_says(monkeypatch: pytest.MonkeyPatch, backend, text: str) -> None:
     monkeypatch.setattr(backend.processor, "decode", lambda *args, **kwargs: text)
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def tiny_gemma4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tools.tiny import build_tiny
@@ -87,3 +92,36 @@ def square_png(tmp_path: Path) -> Path:
     path = tmp_path / "square.png"
     sample_image(512, 512).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory):
+    """The bad-input corpus's files, generated once per run (tests/corpus/make_corpus.py)."""
+    from tests.corpus.make_corpus import make
+
+    return make(tmp_path_factory.mktemp("corpus") / "c")
+
+
+#: the bearer token of the shared HTTP server
+HTTP_TOKEN = "hardening-s3cret-9f2c"
+
+
+@pytest.fixture(scope="session")
+def served(tiny_gemma4: Path, corpus, tmp_path_factory: pytest.TempPathFactory):
+    """One real `vlm-agent serve --transport http` with a token, reading the corpus: its /mcp URL."""
+    from tests.hardening import serve_http
+
+    out = tmp_path_factory.mktemp("served-out")
+    args = ["--model", str(tiny_gemma4), "--allow-dir", str(corpus.allowed), "--out-dir", str(out),
+            "--token-env", "VLM_HARDENING_TOKEN", "--max-queue", "16"]
+    with serve_http(args, {"VLM_HARDENING_TOKEN": HTTP_TOKEN}) as server:
+        yield server.url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.hardening import summary_line
+
+    line = summary_line()
+    if line:
+        terminalreporter.write_sep("-", "hardening campaign")
+        terminalreporter.write_line(line)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from tests.conftest import sample_image
+from tests.hardening import serve_http
 
 pytestmark = pytest.mark.anyio
 
@@ -96,33 +96,11 @@ def test_stdio_stdout_carries_only_protocol(tiny_gemma4, images):
     assert "loading" in stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def http_server(tiny_gemma4, images):
-    port = free_port()
-    proc = subprocess.Popen(
-        [VLM_AGENT, *serve_args(tiny_gemma4, images, "--transport", "http", "--port", str(port),
-                                "--token-env", "VLM_TEST_TOKEN")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(VLM_TEST_TOKEN=TOKEN),
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                pytest.fail(proc.stderr.read().decode())
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(10)
+    args = serve_args(tiny_gemma4, images, "--token-env", "VLM_TEST_TOKEN")[1:]  # serve_http says "serve"
+    with serve_http(args, {"VLM_TEST_TOKEN": TOKEN}) as server:
+        yield server.url
 
 
 INIT = {

@@ -188,9 +188,10 @@ def _json_items(text: str) -> tuple[list[tuple[str, Any]], bool]:
     object is a wrapper, and the scan goes on inside it.
     """
     items: list[tuple[str, Any]] = []
+    ends: dict[int, int | None] = {}
     start = text.find("{")
     while start != -1:
-        end = _closing_brace(text, start)
+        end = _closing_brace(text, start, ends)
         if end is None:
             # an open wrapper may still hold complete items; an open innermost object is the cut-off one
             start = text.find("{", start + 1)
@@ -198,8 +199,11 @@ def _json_items(text: str) -> tuple[list[tuple[str, Any]], bool]:
                 return items, True
             continue
         chunk = text[start:end]
-        decoded = _loads(chunk)
-        if (isinstance(decoded, dict) and "box_2d" in decoded) or "{" not in chunk[1:]:
+        innermost = "{" not in chunk[1:]
+        # Decoding every wrapper of deeply nested output would be quadratic; one without the
+        # word cannot hold a box itself.
+        decoded = _loads(chunk) if innermost or "box_2d" in chunk else None
+        if innermost or (isinstance(decoded, dict) and "box_2d" in decoded):
             items.append((chunk, decoded))
             start = text.find("{", end)
         else:
@@ -207,11 +211,20 @@ def _json_items(text: str) -> tuple[list[tuple[str, Any]], bool]:
     return items, False
 
 
-def _closing_brace(text: str, start: int) -> int | None:
-    """Index just past the brace closing the one at ``start``; None when the text ends first."""
-    depth = 0
+def _closing_brace(text: str, start: int, ends: dict[int, int | None]) -> int | None:
+    """Index just past the brace closing the one at ``start``; None when the text ends first.
+
+    ``ends`` remembers, by start index, the end of every object a scan went through, and a
+    later scan skips those. Without it, output of thousands of nested or unclosed braces
+    costs a full rescan per brace, quadratic time while the model is held. A nested object
+    that never closes means that none around it closes either.
+    """
+    if start in ends:
+        return ends[start]
+    opened: list[int] = []
     in_string = escaped = False
-    for i in range(start, len(text)):
+    i = start
+    while i < len(text):
         char = text[i]
         if in_string:
             if escaped:
@@ -223,23 +236,33 @@ def _closing_brace(text: str, start: int) -> int | None:
         elif char == '"':
             in_string = True
         elif char == "{":
-            depth += 1
+            if opened and i in ends:
+                end = ends[i]
+                if end is None:
+                    break
+                i = end
+                continue
+            opened.append(i)
         elif char == "}":
-            depth -= 1
-            if depth == 0:
+            ends[opened.pop()] = i + 1
+            if not opened:
                 return i + 1
+        i += 1
+    for index in opened:
+        ends[index] = None
     return None
 
 
 def _loads(chunk: str) -> Any:
+    # RecursionError: nesting deeper than the decoder's stack, which no box item needs
     try:
         return json.loads(chunk)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     # language models often leave a comma before a closing bracket
     try:
         return json.loads(_TRAILING_COMMA.sub(r"\1", chunk))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -258,16 +281,17 @@ def _box_2d(item: Any) -> list[float]:
 
 def _number(value: Any) -> float:
     number = math.nan
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
             number = float(value.strip())
-        except ValueError:
-            pass
+    except (ValueError, OverflowError):
+        pass  # OverflowError: an integer of hundreds of digits, as far off any grid as Infinity
     # json.loads accepts NaN and Infinity, which have no place on a grid
     if not math.isfinite(number):
-        raise _Drop(f"box has a non-numeric value {value!r}")
+        shown = repr(value)
+        raise _Drop(f"box has a non-numeric value {shown if len(shown) <= 40 else shown[:39] + '…'}")
     return number
 
 

@@ -86,3 +86,9 @@ class EngineError(VlmError):
     """A serving engine refused a request (4xx other than an unknown model)."""
 
     code = "engine_error"
+
+
+class Cancelled(VlmError):
+    """The caller cancelled the request or went away before it finished."""
+
+    code = "cancelled"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field, replace
 
-from .errors import InvalidRequest
+from .errors import Cancelled, InvalidRequest
 
 MAX_NEW_TOKENS_LIMIT = 8192
 
@@ -17,6 +18,9 @@ class GenerationOptions:
     top_p: float = 1.0
     #: forces a length: benchmarks time a fixed number of tokens
     min_new_tokens: int | None = None
+    #: set by whoever runs the request (the MCP server, when its caller cancels or hangs up) to
+    #: stop it: a request waiting for the model gives up, and a generation stops at its next step
+    cancel: threading.Event | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
@@ -29,6 +33,13 @@ class GenerationOptions:
             raise InvalidRequest(f"top_p must be above 0 and at most 1, got {self.top_p}.")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise InvalidRequest("min_new_tokens must be between 0 and max_new_tokens.")
+
+    def with_cancel(self, cancel: threading.Event | None) -> GenerationOptions:
+        return replace(self, cancel=cancel)
+
+    def check_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("The request was cancelled before it finished; send it again if it is still wanted.")
 
     @property
     def greedy(self) -> bool:

@@ -12,8 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,9 @@ MAX_HISTORY_TURNS = 64
 #: long side of each panel of a comparison picture
 PANEL_SIDE = 768
 
+#: how often a request waiting for the model looks whether it was cancelled
+CANCEL_POLL_S = 0.05
+
 #: ``(done, total, message)``: called before each step of a slow operation
 Progress = Callable[[int, int, str], None]
 
@@ -62,6 +64,11 @@ def check_text(text: str, what: str) -> str:
         raise InvalidRequest(f"{what} contains a NUL byte; remove it and send the text again.")
     if len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"{what} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    try:
+        # Lone surrogates (undecodable bytes in argv, or an in-process caller) crash tokenizers.
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{what} is not valid Unicode text; send it as UTF-8.") from None
     return text
 
 
@@ -113,11 +120,22 @@ class Vision:
         return self.backend
 
     @contextmanager
-    def _turn(self) -> Iterator[Backend]:
-        """The backend, held for one call unless it takes concurrent calls."""
+    def _turn(self, options: GenerationOptions | None) -> Iterator[Backend]:
+        """The backend, held for one call unless it takes concurrent calls; a request cancelled
+        while it waits for its turn gives the turn up."""
         backend = self.model
-        with nullcontext() if backend.concurrent else self._lock:
+        options = options or GenerationOptions()
+        if backend.concurrent:
+            options.check_cancelled()
             yield backend
+            return
+        while not self._lock.acquire(timeout=CANCEL_POLL_S):
+            options.check_cancelled()
+        try:
+            options.check_cancelled()
+            yield backend
+        finally:
+            self._lock.release()
 
     # -- inputs -----------------------------------------------------------------
 
@@ -187,7 +205,7 @@ class Vision:
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0 if turns else 1)
         # An empty prompt stays empty: each family asks for a caption its own way.
-        with self._turn() as backend:
+        with self._turn(options) as backend:
             generation = backend.describe(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
             )
@@ -208,7 +226,7 @@ class Vision:
             raise InvalidRequest("The message is empty; say what you want to know about the images.")
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0)
-        with self._turn() as backend:
+        with self._turn(options) as backend:
             generation, reply = backend.chat(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
             )
@@ -227,7 +245,7 @@ class Vision:
         if engine == "rapidocr":
             return self._offline_ocr(image, budget, started)
         loaded = self.load_images([image])
-        with self._turn() as backend:
+        with self._turn(options) as backend:
             generation = backend.ocr(loaded[0].image, budget, options or GenerationOptions())
         return self._result(OcrResult, generation, loaded, started)
 
@@ -263,7 +281,7 @@ class Vision:
         """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there."""
         labels = check_labels(labels)
         return self._boxes(
-            DetectResult, image, labels, annotated_path,
+            DetectResult, image, labels, annotated_path, options,
             lambda backend, picture: backend.detect(picture, labels, budget, options or GenerationOptions()),
         )
 
@@ -278,7 +296,7 @@ class Vision:
         """The box and mask codes of ``label`` (families that segment); ``annotated_path`` as for detect."""
         labels = check_labels([label])
         return self._boxes(
-            SegmentResult, image, labels, annotated_path,
+            SegmentResult, image, labels, annotated_path, options,
             lambda backend, picture: backend.segment(picture, labels[0], budget, options or GenerationOptions()),
         )
 
@@ -288,12 +306,13 @@ class Vision:
         image: str,
         labels: list[str],
         annotated_path: str | Path | None,
+        options: GenerationOptions | None,
         run: Callable[[Backend, Image.Image], tuple[Generation, ParsedDetections]],
     ) -> Any:
         started = time.perf_counter()
         loaded = self.load_images([image])
         picture = loaded[0].image
-        with self._turn() as backend:
+        with self._turn(options) as backend:
             generation, parsed = run(backend, picture)
         generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         written = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -64,6 +65,18 @@ def quantization_config(quantize: str | None, dtype: str) -> Any:
         return BitsAndBytesConfig(load_in_8bit=True)
     compute = torch.bfloat16 if dtype in ("auto", "float32") else torch_dtype(dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+class StopOnCancel:
+    """A stopping criterion, asked after every decoding step: stop once the request is cancelled."""
+
+    def __init__(self, cancel: threading.Event) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def plural(count: int, one: str, many: str) -> str:
@@ -209,6 +222,11 @@ class HFBackend(Backend):
         sink = current_sink()
         if sink is not None:
             kwargs["streamer"] = text_streamer(self.processor, sink)
+        if options.cancel is not None:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnCancel(options.cancel)])
+        options.check_cancelled()
         try:
             with torch.inference_mode():
                 output = self.model.generate(**inputs, **kwargs)
@@ -220,6 +238,8 @@ class HFBackend(Backend):
                 "or a smaller max_new_tokens."
             ) from None
         generate_ms = watch.lap()
+        # Cut short by the cancel: its text would pass for a complete answer.
+        options.check_cancelled()
         # A decoder-only model returns the prompt too; an encoder-decoder one (Flan-T5) only the
         # decoder's tokens, after its start token.
         new = output[0, 1:].tolist() if self.is_encoder_decoder else output[0, prompt_tokens:].tolist()
