@@ -59,7 +59,11 @@ def summary_line() -> str | None:
         parts.append(f"{t['busy']} calls told busy past the queue bound")
     if t["faults"]:
         parts.append(f"{t['faults']} faults survived")
-    parts.append(f"{t['load_lost']} data lost (chat-history kill: not yet testable)")
+    kill = (
+        f"chat killed mid-turn: {t['chat_turns_kept']} completed turns kept" if t["chat_turns_kept"]
+        else "chat-history kill: not run"
+    )
+    parts.append(f"{t['load_lost'] + t['chat_turns_lost']} data lost ({kill})")
     return "hardening: " + ", ".join(parts)
 
 

@@ -4,8 +4,7 @@ After each, the server must answer the next call promptly and correctly, with it
 counter and model lock back at rest. The generation of a cancelled call must really stop:
 a long generation that ran on would hold the model for seconds after its caller left.
 
-Not here yet: killing the chat client mid-turn (no turn lost from its SQLite history)
-waits for `vlm-agent chat`.
+And the chat client killed mid-turn keeps every completed turn in its SQLite history.
 """
 
 from __future__ import annotations
@@ -236,3 +235,48 @@ async def test_a_crashing_backend_leaks_nothing_and_the_server_keeps_serving(rig
         await answered_promptly(client, short)
     assert at_rest(server)
     record(faults=1)
+
+
+def test_killing_the_chat_mid_turn_loses_no_completed_turn(tiny_gemma4, tmp_path):
+    """SIGKILL while the third answer is being generated: the first two turns are on disk, intact."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    image = tmp_path / "photo.png"
+    sample_image(512, 512).save(image)
+    lines = ["/describe first", "/describe second", "/describe third, a long one", "/quit"]
+    env = {**os.environ, "VLM_AGENT_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.chat_driver", str(tiny_gemma4), str(image), *lines],
+        env=env, cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+    )
+    database = home / "chat.sqlite3"
+
+    def completed() -> int:
+        try:
+            with sqlite3.connect(database) as db:
+                return db.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+    deadline = time.monotonic() + 120
+    while completed() < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert completed() == 2, "the chat did not complete its first two turns"
+    # The third turn has just been sent: 512 tokens of it take seconds on this model.
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)  # the chat and the server it started
+    proc.wait(10)
+
+    with sqlite3.connect(database) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        records = [row[0] for row in db.execute("SELECT record FROM turns ORDER BY seq")]
+    import json
+
+    users = [json.loads(r)["user"] for r in records]
+    assert users[:2] == ["first", "second"] and len(users) in (2, 3)  # a finished third turn may be there too
+    record(faults=1, chat_turns_kept=2, chat_turns_lost=2 - min(len(users), 2))
