@@ -45,46 +45,36 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
-def tiny_gemma4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tools.tiny import build_tiny
+def tiny_checkpoint(family: str):
+    """A session fixture: a tiny random-weight checkpoint of ``family``, built once."""
 
-    return build_tiny(tmp_path_factory.mktemp("ckpt") / "gemma4", "gemma4")
+    @pytest.fixture(scope="session")
+    def build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        from tools.tiny import build_tiny
 
+        return build_tiny(tmp_path_factory.mktemp("ckpt") / family, family)
 
-@pytest.fixture(scope="session")
-def gemma4_backend(tiny_gemma4: Path):
-    from tools.backends import load_backend
-
-    return load_backend(str(tiny_gemma4))
+    return build
 
 
-@pytest.fixture(scope="session")
-def tiny_paligemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tools.tiny import build_tiny
+def resident_backend(checkpoint: str):
+    """A session fixture: the named checkpoint fixture loaded through the production loader."""
 
-    return build_tiny(tmp_path_factory.mktemp("ckpt") / "paligemma", "paligemma")
+    @pytest.fixture(scope="session")
+    def load(request: pytest.FixtureRequest):
+        from tools.backends import load_backend
 
+        return load_backend(str(request.getfixturevalue(checkpoint)))
 
-@pytest.fixture(scope="session")
-def paligemma_backend(tiny_paligemma: Path):
-    from tools.backends import load_backend
-
-    return load_backend(str(tiny_paligemma))
+    return load
 
 
-@pytest.fixture(scope="session")
-def tiny_blip2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tools.tiny import build_tiny
-
-    return build_tiny(tmp_path_factory.mktemp("ckpt") / "blip2", "blip2")
-
-
-@pytest.fixture(scope="session")
-def blip2_backend(tiny_blip2: Path):
-    from tools.backends import load_backend
-
-    return load_backend(str(tiny_blip2))
+tiny_gemma4 = tiny_checkpoint("gemma4")
+tiny_paligemma = tiny_checkpoint("paligemma")
+tiny_blip2 = tiny_checkpoint("blip2")
+gemma4_backend = resident_backend("tiny_gemma4")
+paligemma_backend = resident_backend("tiny_paligemma")
+blip2_backend = resident_backend("tiny_blip2")
 
 
 @pytest.fixture

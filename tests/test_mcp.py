@@ -21,11 +21,6 @@ pytestmark = pytest.mark.anyio
 TOOLS = {"describe", "ocr", "detect", "compare_budgets", "chat"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mcp")

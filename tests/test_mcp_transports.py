@@ -22,11 +22,6 @@ VLM_AGENT = str(Path(sys.executable).parent / "vlm-agent")
 TOKEN = "s3cret-token-for-tests"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("served")

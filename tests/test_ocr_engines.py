@@ -24,11 +24,6 @@ FONT_SIZE = 48
 needs_rapidocr = pytest.mark.skipif(not RapidOcr.available(), reason="needs the ocr extra (rapidocr-onnxruntime)")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def render(path: Path) -> list[tuple[int, int, int, int]]:
     """Draw EXPECTED; returns each drawn piece's bounding box. Words are spaced wider than the
     font's own space, which the recogniser otherwise reads as no space at all at this size."""

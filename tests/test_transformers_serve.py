@@ -42,11 +42,6 @@ READY_S = 90
 LETTERS = re.compile(r"[a-z ]+")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
