@@ -17,7 +17,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from rich.console import Console
-from rich.table import Table
 
 from tools.backends import DEFAULT_MODEL, NO_MODEL
 from tools.backends.hf import QUANTIZE
@@ -256,31 +255,22 @@ def default_out(ref: str, what: str = "detections") -> Path:
     return Path.cwd() / f"{name}-{what}.png"
 
 
-def stats_line(result: Result) -> str:
-    budget = f"budget {result.budget} · " if result.budget is not None else ""
-    image = f"{result.image_tokens} image tokens · " if result.image_tokens is not None else ""
-    return (
-        f"{result.family} · {budget}{image}{result.prompt_tokens} prompt + "
-        f"{result.generated_tokens} generated tokens · {result.timings.total_ms / 1000:.2f} s"
-    )
-
-
 def print_result(result: Result, as_json: bool) -> None:
+    from agent import render
+
     if as_json:
         print(result.model_dump_json(indent=2))
         return
+    data = result.model_dump(mode="json")
     if isinstance(result, BoxesResult):
-        table = Table("label", "x1", "y1", "x2", "y2", title=f"{len(result.detections)} detections")
-        for d in result.detections:
-            table.add_row(d.label, *map(str, d.box))
-        out.print(table)
+        out.print(render.detections_table(data))
         if result.annotated_path:
-            err.print(f"annotated image: {result.annotated_path}")
+            err.print(f"annotated image: {result.annotated_path}", markup=False)
     else:
         out.print(result.text, markup=False)
     for note in result.notes:
         err.print(f"note: {note}", markup=False)
-    err.print(stats_line(result), style="dim", markup=False)
+    err.print(render.stats_line(data), style="dim", markup=False)
 
 
 def run_call(args: argparse.Namespace) -> Result:

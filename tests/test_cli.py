@@ -72,7 +72,7 @@ def test_describe_several_images_and_plain_output(tiny_gemma4, tmp_path, capsys)
     assert code == 0, err
     stats = err.strip().splitlines()[-1]
     assert stats.startswith("gemma4 · budget 70 · 127 image tokens · ")  # 64 + 63
-    assert stats.endswith(" s")
+    assert stats.endswith(" s · cut at the token limit")  # 4 tokens asked, 4 generated
 
 
 def test_ocr_json(tiny_gemma4, square_png, capsys):
