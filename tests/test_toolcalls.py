@@ -13,7 +13,7 @@ Q = '<|"|>'
 @pytest.mark.parametrize(
     ("raw", "text", "calls", "invalid"),
     [
-        (f"<|tool_call>call:ocr{{}}<tool_call|>", "", [ToolCall("ocr", {})], []),
+        ("<|tool_call>call:ocr{}<tool_call|>", "", [ToolCall("ocr", {})], []),
         (
             f"Sure.<|tool_call>call:detect{{labels:[{Q}cat{Q},{Q}dog, big{Q}]}}<tool_call|><turn|>",
             "Sure.",
