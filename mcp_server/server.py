@@ -49,6 +49,8 @@ class Settings:
     model: str
     dtype: str = "auto"
     quantize: str | None = None
+    #: static KV cache and compiled decoding (Gemma 4, CUDA)
+    compile: bool = False
     #: folders the tools may read; None means the current directory
     allow_dirs: list[str] | None = None
     allow_private_urls: bool = False
@@ -89,8 +91,10 @@ class Engine:
         from tools.backends import load_backend
 
         try:
+            # Only when asked: loaders passed in by tests need not know the flag.
+            fast = {"compile": True} if self.settings.compile else {}
             backend = (self._load or load_backend)(
-                self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize
+                self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize, **fast
             )
             self.vision = Vision(backend, ImageLoader(self.policy))
         except VlmError as exc:

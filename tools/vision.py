@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from .backends.base import Backend, Generation, Turn
+from .backends.base import Backend, Generation, Progress, Turn
 from . import compare
 from .detections import Detection, ParsedDetections
 from .drawing import annotate, grid, save_png
@@ -44,9 +44,6 @@ MAX_HISTORY_TURNS = 64
 
 #: long side of each panel of a comparison picture
 PANEL_SIDE = 768
-
-#: ``(done, total, message)``: called before each step of a slow operation
-Progress = Callable[[int, int, str], None]
 
 
 def check_text(text: str, what: str) -> str:
@@ -129,8 +126,13 @@ class Vision:
 
     # -- operations -------------------------------------------------------------
 
-    def _result(self, cls: type[Result], generation: Generation, images: list[LoadedImage], started: float, **extra: Any) -> Any:
-        timings = generation.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)})
+    def _result(
+        self, cls: type[Result], generation: Generation, images: list[LoadedImage], started: float | None, **extra: Any
+    ) -> Any:
+        """The result of one generation; ``started`` (the call's start) makes ``total_ms`` count image loading too."""
+        timings = generation.timings
+        if started is not None:
+            timings = timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)})
         return cls(
             text=generation.text,
             model=self.backend.model_id,
@@ -144,6 +146,7 @@ class Vision:
             history_turns=generation.history_turns,
             timings=timings,
             notes=generation.notes,
+            cache=generation.cache,
             **extra,
         )
 
@@ -240,19 +243,31 @@ class Vision:
         picture = loaded[0].image
         with self._lock:
             generation, parsed = run(picture)
-        generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         written = None
         if annotated_path is not None:
             written = str(save_png(annotate(picture, parsed.detections), annotated_path))
+        return self._boxes_result(cls, generation, parsed, loaded, started, labels, written)
+
+    def _boxes_result(
+        self,
+        cls: type[BoxesResult],
+        generation: Generation,
+        parsed: ParsedDetections,
+        loaded: list[LoadedImage],
+        started: float | None,
+        labels: list[str],
+        annotated_path: str | None = None,
+    ) -> Any:
+        generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         return self._result(
             cls,
             generation,
             loaded,
             started,
             labels=labels,
-            image_size=list(picture.size),
+            image_size=list(loaded[0].size),
             detections=[detection_out(d) for d in parsed.detections],
-            annotated_path=written,
+            annotated_path=annotated_path,
         )
 
     def model_info(self) -> dict[str, Any]:
@@ -298,7 +313,10 @@ class Vision:
         picture_path: str | Path | None = None,
         progress: Progress | None = None,
     ) -> CompareResult:
-        """Run one task at several budgets; each run is scored against the highest budget."""
+        """Run one task at several budgets; each run is scored against the highest budget.
+
+        The backend may run the budgets as one batch (Gemma 4 does): each run then reports the batch's timings.
+        """
         started = time.perf_counter()
         if task not in compare.METRICS:
             raise InvalidRequest(f"Task {task!r} cannot be compared; use describe, ocr or detect.")
@@ -308,16 +326,16 @@ class Vision:
             # A detection prompt may carry its labels: "person, car".
             labels = check_labels(labels or [part for part in prompt.split(",") if part.strip()])
         loaded = self.load_images([image])[0]
-        results: list[Result] = []
-        for n, budget in enumerate(chosen):
-            if progress:
-                progress(n, len(chosen), f"budget {budget}")
-            if task == "detect":
-                results.append(self.detect(loaded.image_id, labels, budget, options))
-            elif task == "ocr":
-                results.append(self.ocr(loaded.image_id, budget, options))
-            else:
-                results.append(self.describe([loaded.image_id], prompt, (), budget, options))
+        with self._lock:
+            runs_at = self.backend.at_budgets(
+                task, loaded.image, prompt, labels, chosen, options or GenerationOptions(), progress
+            )
+        results: list[Result] = [
+            self._result(OcrResult if task == "ocr" else DescribeResult, generation, [loaded], None)
+            if parsed is None
+            else self._boxes_result(DetectResult, generation, parsed, [loaded], None, list(labels))
+            for generation, parsed in runs_at
+        ]
         if progress:
             progress(len(chosen), len(chosen), "done")
         metric = compare.METRICS[task]
@@ -335,6 +353,7 @@ class Vision:
                 detections=r.detections if isinstance(r, DetectResult) else None,
                 agreement=compare.agreement(task, r.text, reference.text, boxes[i], boxes[-1]),
                 timings=r.timings,
+                cache=r.cache,
             )
             for i, (budget, r) in enumerate(zip(chosen, results))
         ]
