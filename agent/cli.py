@@ -76,6 +76,11 @@ def model_option(parser: argparse.ArgumentParser) -> None:
         "--api-send-urls", action="store_true",
         help="pass http(s) image URLs on for the engine to fetch, instead of the image bytes",
     )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="decode on a static KV cache with torch.compile and CUDA graphs (Gemma 4, CUDA GPU only): "
+        "faster tokens after a slower first load",
+    )
 
 
 def api_settings(args: argparse.Namespace) -> ApiSettings | None:
@@ -113,7 +118,7 @@ def connect_options(parser: argparse.ArgumentParser) -> None:
 #: flags a chat or script hands on to the `vlm-agent serve` child it starts
 SERVE_FLAGS = (
     "model", "dtype", "quantize", "backend", "base_url", "api_model", "api_key_env", "budgets_supported",
-    "max_concurrency", "api_timeout", "api_send_urls",
+    "max_concurrency", "api_timeout", "api_send_urls", "compile",
 )
 
 
@@ -305,7 +310,7 @@ def run_call(args: argparse.Namespace) -> Result:
     what = args.model if api is None else f"{api.model} at {api.root}"
     err.print(f"{'loading' if api is None else 'connecting to'} {what} …", style="dim", markup=False)
     with err.status("loading model", spinner="dots"):
-        backend = load_backend(args.model, dtype=args.dtype, quantize=args.quantize, api=api)
+        backend = load_backend(args.model, dtype=args.dtype, quantize=args.quantize, api=api, compile=args.compile)
     if api is None:
         err.print(f"loaded on {backend.device} in {time.perf_counter() - started:.1f} s", style="dim", markup=False)
     vision = Vision(backend, loader)
@@ -365,6 +370,7 @@ def serve(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         quantize=args.quantize,
         api=api_settings(args),
+        compile=args.compile,
         allow_dirs=args.allow_dir,
         allow_private_urls=args.allow_private_urls,
         out_dir=Path(args.out_dir) if args.out_dir else default_out_dir(),

@@ -53,6 +53,8 @@ class Settings:
     quantize: str | None = None
     #: run on this OpenAI-compatible engine instead of loading ``model`` here
     api: ApiSettings | None = None
+    #: static KV cache and compiled decoding (Gemma 4, CUDA)
+    compile: bool = False
     #: folders the tools may read; None means the current directory
     allow_dirs: list[str] | None = None
     allow_private_urls: bool = False
@@ -107,8 +109,11 @@ class Engine:
         from tools.backends import NO_MODEL, load_backend
 
         try:
+            # Only when asked: loaders passed in by tests need not know the flag.
+            fast = {"compile": True} if self.settings.compile else {}
             backend = (self._load or load_backend)(
-                self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize, api=self.settings.api
+                self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize,
+                api=self.settings.api, **fast,
             )
             self.vision = Vision(backend, self.loader)
         except VlmError as exc:

@@ -179,6 +179,13 @@ def test_quantize_without_cuda_is_refused_in_one_line(family, checkpoint, image,
     assert "CUDA" in one_error_line(err)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_compile_is_refused_in_one_line_without_cuda_or_outside_gemma4(family, checkpoint, image, capsys):
+    code, out, err = run(capsys, "ocr", str(image), "--model", str(checkpoint), "--compile")
+    assert (code, out) == (1, "")
+    assert ("CUDA" if family == "gemma4" else "Gemma 4 only") in one_error_line(err)
+
+
 def test_quantize_without_bitsandbytes_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *args: None)

@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from tools.cache import remember_image_key
 from tools.errors import AccessDenied, ImageError, InvalidRequest, UnknownImage
 
 __all__ = [
@@ -352,6 +353,8 @@ class ImageLoader:
         if cached is not None and cached.width * cached.height <= limits.max_pixels:
             return replace(cached, source=source)
         rgb, fmt = decode_image(data, limits, what=what)
+        # The model's caches then know the picture by its id instead of hashing its pixels.
+        remember_image_key(rgb, key)
         loaded = LoadedImage(image=rgb, image_id=key, source=source, format=fmt)
         self.store.put(loaded)
         return loaded

@@ -10,9 +10,23 @@ from pydantic import BaseModel, Field
 class Timings(BaseModel):
     """Wall-clock milliseconds of one call."""
 
-    preprocess_ms: float = Field(0.0, description="chat template, image resizing and patching")
+    preprocess_ms: float = Field(
+        0.0, description="chat template, image resizing and patching, and encoding the images that were not cached"
+    )
     generate_ms: float = Field(0.0, description="prefill and decoding")
     total_ms: float = Field(0.0, description="the whole call, image loading included")
+
+
+class CacheReport(BaseModel):
+    """What a call took from the backend's caches instead of computing it."""
+
+    vision: Literal["hit", "miss", "partial", "none"] = Field(
+        description="hit: no image went through the vision tower; miss: every image did; "
+        "partial: some did; none: the prompt has no image"
+    )
+    reused_prompt_tokens: int = Field(
+        0, description="leading prompt tokens whose KV cache came from an earlier call instead of being prefilled"
+    )
 
 
 class Result(BaseModel):
@@ -32,6 +46,7 @@ class Result(BaseModel):
     history_turns: int = Field(0, description="prior turns sent to the model")
     timings: Timings
     notes: list[str] = Field(default_factory=list, description="anything cut, dropped or ignored")
+    cache: CacheReport | None = Field(None, description="reuse of earlier work; null where the family keeps none")
 
 
 class DescribeResult(Result):
@@ -86,6 +101,7 @@ class BudgetRun(BaseModel):
     detections: list[DetectionOut] | None = Field(None, description="boxes, for task detect")
     agreement: float = Field(description="agreement with the highest budget's output, 0..1")
     timings: Timings
+    cache: CacheReport | None = None
 
 
 class CompareResult(BaseModel):

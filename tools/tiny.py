@@ -85,21 +85,16 @@ def gemma4_chat_template() -> str:
     return resources.files("tools").joinpath("templates/gemma4.jinja").read_text(encoding="utf-8")
 
 
-def build_gemma4(out_dir: str | Path, *, seed: int = 0) -> Path:
+def gemma4_processor() -> tuple[Any, dict[str, int]]:
+    """A Gemma 4 processor around a small byte-fallback tokenizer, with the ids of its special tokens."""
     from transformers import (
         Gemma4AudioFeatureExtractor,
-        Gemma4Config,
-        Gemma4ForConditionalGeneration,
         Gemma4ImageProcessor,
         Gemma4Processor,
-        Gemma4TextConfig,
         Gemma4VideoProcessor,
-        Gemma4VisionConfig,
         GemmaTokenizer,
-        GenerationConfig,
     )
 
-    out = _start(out_dir, seed)
     vocab, merges = byte_fallback_vocab(GEMMA4_SPECIALS)
     named = {
         "image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
@@ -110,34 +105,39 @@ def build_gemma4(out_dir: str | Path, *, seed: int = 0) -> Path:
     others = [t for t in GEMMA4_SPECIALS[5:] if t not in named.values()]
     tok.add_special_tokens({"additional_special_tokens": others}, replace_extra_special_tokens=False)
     ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA4_SPECIALS}
-
-    pool = 3
     processor = Gemma4Processor(
         feature_extractor=Gemma4AudioFeatureExtractor(),
-        image_processor=Gemma4ImageProcessor(max_soft_tokens=280, pooling_kernel_size=pool, patch_size=16),
-        video_processor=Gemma4VideoProcessor(max_soft_tokens=70, pooling_kernel_size=pool),
+        image_processor=Gemma4ImageProcessor(max_soft_tokens=280, pooling_kernel_size=_POOL, patch_size=16),
+        video_processor=Gemma4VideoProcessor(max_soft_tokens=70, pooling_kernel_size=_POOL),
         tokenizer=tok,
         chat_template=gemma4_chat_template(),
         image_seq_length=280,
     )
+    return processor, ids
+
+
+def gemma4_model(
+    processor: Any, ids: dict[str, int], text: dict[str, Any], vision: dict[str, Any], vocab_size: int | None = None
+) -> Any:
+    """A random-weight Gemma 4 of the given text and vision dimensions around ``processor``'s token ids.
+
+    ``vocab_size`` defaults to the tokenizer's; a larger one (the real 262144) only makes the
+    embedding and output layers real-sized: ids past the tokenizer decode to nothing.
+    """
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
+    from transformers import GenerationConfig
+
     # Sized after the processor added its tokens, so every id has an embedding row.
-    vocab_size = len(tok)
+    vocab_size = vocab_size or len(processor.tokenizer)
     stop = [ids["<eos>"], ids["<turn|>"]]
-    text = Gemma4TextConfig(
-        vocab_size=vocab_size, vocab_size_per_layer_input=vocab_size, hidden_size=32,
-        intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-        head_dim=16, global_head_dim=16, hidden_size_per_layer_input=8, sliding_window=32,
-        max_position_embeddings=8192, layer_types=["sliding_attention", "full_attention"],
-        pad_token_id=ids["<pad>"], eos_token_id=stop, bos_token_id=ids["<bos>"],
-        final_logit_softcapping=30.0,
-    )
-    vision = Gemma4VisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        # The real position table (10240): long thin images at budget 1120 need it.
-        num_key_value_heads=2, head_dim=16, patch_size=16, pooling_kernel_size=pool,
+    text_config = Gemma4TextConfig(
+        vocab_size=vocab_size, vocab_size_per_layer_input=vocab_size,
+        pad_token_id=ids["<pad>"], eos_token_id=stop, bos_token_id=ids["<bos>"], final_logit_softcapping=30.0,
+        **text,
     )
     config = Gemma4Config(
-        text_config=text, vision_config=vision, audio_config=None,
+        text_config=text_config, vision_config=Gemma4VisionConfig(pooling_kernel_size=_POOL, **vision),
+        audio_config=None,
         boi_token_id=ids["<|image>"], eoi_token_id=ids["<image|>"], image_token_id=ids["<|image|>"],
         video_token_id=ids["<|video|>"], boa_token_id=ids["<|audio>"], eoa_token_index=ids["<audio|>"],
         audio_token_id=ids["<|audio|>"],
@@ -146,6 +146,26 @@ def build_gemma4(out_dir: str | Path, *, seed: int = 0) -> Path:
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"], pad_token_id=ids["<pad>"], eos_token_id=stop, do_sample=False,
     )
+    return model
+
+
+_POOL = 3
+TINY_GEMMA4_TEXT = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "num_key_value_heads": 1, "head_dim": 16, "global_head_dim": 16, "hidden_size_per_layer_input": 8,
+    "sliding_window": 32, "max_position_embeddings": 8192, "layer_types": ["sliding_attention", "full_attention"],
+}
+# The real position table (10240, the default): long thin images at budget 1120 need it.
+TINY_GEMMA4_VISION = {
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+    "num_key_value_heads": 2, "head_dim": 16, "patch_size": 16,
+}
+
+
+def build_gemma4(out_dir: str | Path, *, seed: int = 0) -> Path:
+    out = _start(out_dir, seed)
+    processor, ids = gemma4_processor()
+    model = gemma4_model(processor, ids, TINY_GEMMA4_TEXT, TINY_GEMMA4_VISION)
     return _save(model, processor, out)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from .backends.base import Backend, Generation, Turn
+from .backends.base import Backend, Generation, Progress, Turn
 from . import compare
 from .detections import Detection, ParsedDetections
 from .drawing import annotate, grid, save_png
@@ -52,9 +52,6 @@ PANEL_SIDE = 768
 
 #: how often a request waiting for the model looks whether it was cancelled
 CANCEL_POLL_S = 0.05
-
-#: ``(done, total, message)``: called before each step of a slow operation
-Progress = Callable[[int, int, str], None]
 
 
 def check_text(text: str, what: str) -> str:
@@ -174,8 +171,13 @@ class Vision:
 
     # -- operations -------------------------------------------------------------
 
-    def _result(self, cls: type[Result], generation: Generation, images: list[LoadedImage], started: float, **extra: Any) -> Any:
-        timings = generation.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)})
+    def _result(
+        self, cls: type[Result], generation: Generation, images: list[LoadedImage], started: float | None, **extra: Any
+    ) -> Any:
+        """The result of one generation; ``started`` (the call's start) makes ``total_ms`` count image loading too."""
+        timings = generation.timings
+        if started is not None:
+            timings = timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)})
         return cls(
             text=generation.text,
             model=self.model.model_id,
@@ -189,6 +191,7 @@ class Vision:
             history_turns=generation.history_turns,
             timings=timings,
             notes=generation.notes,
+            cache=generation.cache,
             **extra,
         )
 
@@ -314,19 +317,31 @@ class Vision:
         picture = loaded[0].image
         with self._turn(options) as backend:
             generation, parsed = run(backend, picture)
-        generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         written = None
         if annotated_path is not None:
             written = str(save_png(annotate(picture, parsed.detections), annotated_path))
+        return self._boxes_result(cls, generation, parsed, loaded, started, labels, written)
+
+    def _boxes_result(
+        self,
+        cls: type[BoxesResult],
+        generation: Generation,
+        parsed: ParsedDetections,
+        loaded: list[LoadedImage],
+        started: float | None,
+        labels: list[str],
+        annotated_path: str | None = None,
+    ) -> Any:
+        generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         return self._result(
             cls,
             generation,
             loaded,
             started,
             labels=labels,
-            image_size=list(picture.size),
+            image_size=list(loaded[0].size),
             detections=[detection_out(d) for d in parsed.detections],
-            annotated_path=written,
+            annotated_path=annotated_path,
         )
 
     def model_info(self) -> dict[str, Any]:
@@ -369,7 +384,10 @@ class Vision:
         picture_path: str | Path | None = None,
         progress: Progress | None = None,
     ) -> CompareResult:
-        """Run one task at several budgets; each run is scored against the highest budget."""
+        """Run one task at several budgets; each run is scored against the highest budget.
+
+        The backend may run the budgets as one batch (Gemma 4 does): each run then reports the batch's timings.
+        """
         started = time.perf_counter()
         if task not in compare.METRICS:
             raise InvalidRequest(f"Task {task!r} cannot be compared; use describe, ocr or detect.")
@@ -379,17 +397,20 @@ class Vision:
             # A detection prompt may carry its labels: "person, car".
             labels = check_labels(labels or [part for part in prompt.split(",") if part.strip()])
         loaded = self.load_images([image])[0]
-
-        def run(budget: int) -> Result:
-            if task == "detect":
-                return self.detect(loaded.image_id, labels, budget, options)
-            if task == "ocr":
-                return self.ocr(loaded.image_id, budget, options)
-            return self.describe([loaded.image_id], prompt, (), budget, options)
-
+        options = options or GenerationOptions()
         # Several runs' text interleaved in one stream would make no sense to a reader.
         with streaming(None):
-            results = self._run_budgets(chosen, run, progress)
+            if self.model.concurrent:
+                results = self._run_concurrently(task, loaded, prompt, labels, chosen, options, progress)
+            else:
+                with self._turn(options) as backend:
+                    runs_at = backend.at_budgets(task, loaded.image, prompt, labels, chosen, options, progress)
+                results = [
+                    self._result(OcrResult if task == "ocr" else DescribeResult, generation, [loaded], None)
+                    if parsed is None
+                    else self._boxes_result(DetectResult, generation, parsed, [loaded], None, list(labels))
+                    for generation, parsed in runs_at
+                ]
         if progress:
             progress(len(chosen), len(chosen), "done")
         self._check_budgets_applied(chosen, results)
@@ -408,6 +429,7 @@ class Vision:
                 detections=r.detections if isinstance(r, DetectResult) else None,
                 agreement=compare.agreement(task, r.text, reference.text, boxes[i], boxes[-1]),
                 timings=r.timings,
+                cache=r.cache,
             )
             for i, (budget, r) in enumerate(zip(chosen, results))
         ]
@@ -434,23 +456,29 @@ class Vision:
             notes=[f"budget {b}: {note}" for b, r in zip(chosen, results) for note in r.notes],
         )
 
-    def _run_budgets(
-        self, budgets: list[int], run: Callable[[int], Result], progress: Progress | None
+    def _run_concurrently(
+        self,
+        task: str,
+        loaded: LoadedImage,
+        prompt: str,
+        labels: Sequence[str],
+        budgets: list[int],
+        options: GenerationOptions,
+        progress: Progress | None,
     ) -> list[Result]:
-        """One run per budget, in budget order: one after another on a local model; at once,
-        up to the backend's concurrency, on an engine that batches them."""
-        backend = self.model
-        if not backend.concurrent or backend.max_concurrency < 2:
-            results = []
-            for n, budget in enumerate(budgets):
-                if progress:
-                    progress(n, len(budgets), f"budget {budget}")
-                results.append(run(budget))
-            return results
+        """The budgets' runs all at once, up to the backend's concurrency, for an engine that batches them."""
+
+        def run(budget: int) -> Result:
+            if task == "detect":
+                return self.detect(loaded.image_id, labels, budget, options)
+            if task == "ocr":
+                return self.ocr(loaded.image_id, budget, options)
+            return self.describe([loaded.image_id], prompt, (), budget, options)
+
         if progress:
             progress(0, len(budgets), f"budgets {', '.join(map(str, budgets))}, sent together")
         done: dict[int, Result] = {}
-        with ThreadPoolExecutor(max_workers=min(backend.max_concurrency, len(budgets))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(self.model.max_concurrency, len(budgets)))) as pool:
             futures = {pool.submit(run, budget): budget for budget in budgets}
             # Progress is reported from this thread: the MCP server's callback must be called
             # from the worker thread it gave this call, not from the pool's.

@@ -61,12 +61,14 @@ def load_backend(
     device_map: str | None = "auto",
     quantize: str | None = None,
     api: ApiSettings | None = None,
+    compile: bool = False,
 ) -> Backend:
     """Load ``model_id`` (hub id or local directory) once, with the backend of its family.
 
-    ``quantize`` ("4bit" or "8bit") loads the weights through bitsandbytes, on a CUDA GPU only.
+    ``quantize`` ("4bit" or "8bit") loads the weights through bitsandbytes, on a CUDA GPU only;
+    ``compile`` decodes on a static KV cache with a compiled step (Gemma 4, CUDA GPU only).
     With ``api``, nothing is loaded here: the model runs on that OpenAI-compatible engine, and
-    ``model_id``, ``dtype`` and ``quantize`` are the engine's business.
+    ``model_id``, ``dtype``, ``quantize`` and ``compile`` are the engine's business.
     """
     if api is not None:
         return OpenAIBackend.connect(api)
@@ -85,6 +87,6 @@ def load_backend(
         model_id = str(Path(model_id).expanduser())
     log.info("loading %s (%s)", model_id, family)
     started = time.perf_counter()
-    backend = backend_cls.load(model_id, dtype=dtype, device_map=device_map, quantize=quantize)
+    backend = backend_cls.load(model_id, dtype=dtype, device_map=device_map, quantize=quantize, compile=compile)
     log.info("loaded %s on %s (%s) in %.1f s", model_id, backend.device, backend.dtype, time.perf_counter() - started)
     return backend

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -19,10 +19,13 @@ from PIL import Image
 from ..detections import ParsedDetections
 from ..errors import Unsupported
 from ..options import GenerationOptions
-from ..results import Timings
+from ..results import CacheReport, Timings
 from ..toolcalls import ParsedReply
 
 Role = Literal["user", "assistant"]
+Task = Literal["describe", "ocr", "detect"]
+#: ``(done, total, message)``: called before each step of a slow operation
+Progress = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ class Generation:
     #: prior turns actually sent to the model (a family may send fewer than given)
     history_turns: int = 0
     notes: list[str] = field(default_factory=list)
+    #: the generated token ids, special tokens included
+    token_ids: list[int] = field(default_factory=list, repr=False)
+    #: what came from the backend's caches; None for backends that keep none
+    cache: CacheReport | None = None
 
 
 def cut_note(max_new_tokens: int) -> str:
@@ -145,3 +152,32 @@ class Backend(ABC):
     ) -> tuple[Generation, ParsedDetections]:
         """Find ``label`` with its box and the family's mask codes."""
         raise Unsupported(f"{self.display_name} models cannot segment objects; use a PaliGemma model.")
+
+    def at_budgets(
+        self,
+        task: Task,
+        image: Image.Image,
+        prompt: str,
+        labels: Sequence[str],
+        budgets: Sequence[int],
+        options: GenerationOptions,
+        progress: Progress | None = None,
+    ) -> list[tuple[Generation, ParsedDetections | None]]:
+        """One task on one image at each budget, in order (``prompt`` for describe, ``labels`` for detect).
+
+        One call after another here; a family may run them together.
+        """
+        runs: list[tuple[Generation, ParsedDetections | None]] = []
+        for n, budget in enumerate(budgets):
+            if progress:
+                progress(n, len(budgets), f"budget {budget}")
+            if task == "detect":
+                runs.append(self.detect(image, labels, budget, options))
+            elif task == "ocr":
+                runs.append((self.ocr(image, budget, options), None))
+            else:
+                runs.append((self.describe([image], prompt, (), budget, options), None))
+        return runs
+
+    def clear_caches(self) -> None:
+        """Forget encoded images and kept prompts (benchmarks start cold with it)."""

@@ -6,11 +6,12 @@ import importlib.util
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from PIL import Image
 
+from .. import accel
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
 from ..options import GenerationOptions
 from ..streaming import current_sink, text_streamer
@@ -87,16 +88,27 @@ class HFBackend(Backend):
     """A backend around a transformers model and processor, resident for the process."""
 
     model_class: ClassVar[str] = "AutoModelForImageTextToText"
+    #: whether ``compile=True`` (static KV cache, compiled decoding) is implemented for the family
+    compiles: ClassVar[bool] = False
 
     def __init__(self, model_id: str, model: Any, processor: Any) -> None:
         super().__init__(model_id)
         self.model = model
         self.processor = processor
         self.load_s: float = 0.0
+        self.compiled = False
+        #: head dim -> fused SDPA kernels that take it (CUDA only), filled by ``warm_up``
+        self.attention_kernels: dict[int, list[str]] = {}
 
     @classmethod
     def load(
-        cls, model_id: str, *, dtype: str = "auto", device_map: str | None = "auto", quantize: str | None = None
+        cls,
+        model_id: str,
+        *,
+        dtype: str = "auto",
+        device_map: str | None = "auto",
+        quantize: str | None = None,
+        compile: bool = False,
     ) -> HFBackend:
         import transformers
 
@@ -104,16 +116,43 @@ class HFBackend(Backend):
         model_cls = getattr(transformers, cls.model_class)
         precision = torch_dtype(dtype)
         quantization = quantization_config(quantize, dtype)
+        check_compile(cls, compile)
         extra = {} if quantization is None else {"quantization_config": quantization}
         try:
             processor = transformers.AutoProcessor.from_pretrained(model_id)
-            model = model_cls.from_pretrained(model_id, dtype=precision, device_map=device_map, **extra)
+            model = model_cls.from_pretrained(
+                model_id, dtype=precision, device_map=device_map, **extra, **accel.load_kwargs()
+            )
         except OSError as exc:
             log.debug("loading %s failed: %s", model_id, exc)
             raise model_not_found(model_id) from None
         backend = cls(model_id, model.eval(), processor)
+        if compile:
+            backend.enable_compile()
+        if accel.cuda_available():
+            backend.warm_up()
         backend.load_s = round(time.perf_counter() - started, 3)
         return backend
+
+    def enable_compile(self) -> None:
+        """Compile the decoding step (CUDA graphs); transformers does so when the KV cache is a static one,
+        which the family passes. The first calls pay the compilation."""
+        self.model.generation_config.compile_config = accel.compile_config()
+        self.compiled = True
+
+    def warm_up(self) -> None:
+        """Run a short request so that the first real one finds kernels chosen, graphs compiled and memory pooled."""
+        dims = accel.head_dims(self.model.config.get_text_config())
+        self.attention_kernels = accel.fused_attention_kernels(dims, self.compute_dtype)
+        picture = Image.new("RGB", (256, 256), (127, 127, 127))
+        options = GenerationOptions(max_new_tokens=8, min_new_tokens=8)
+        started = time.perf_counter()
+        # CUDA graphs are recorded on the second and third run of a compiled step.
+        for _ in range(3 if self.compiled else 1):
+            self.describe([picture], "", (), self.default_budget, options)
+        self.clear_caches()
+        log.info("warmed up in %.1f s (attention kernels by head dim: %s)", time.perf_counter() - started,
+                 self.attention_kernels or "n/a")
 
     @property
     def device(self) -> str:
@@ -190,6 +229,9 @@ class HFBackend(Backend):
         generation.notes[:0] = notes
         return generation
 
+    def clear_caches(self) -> None:
+        pass
+
     def stop_token_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -202,13 +244,63 @@ class HFBackend(Backend):
         budget: int | None,
         watch: Stopwatch,
         history_turns: int = 0,
+        model_kwargs: Mapping[str, Any] | None = None,
     ) -> Generation:
-        """Run ``generate`` on processor output and account for every token."""
-        import torch
+        """Run ``generate`` on processor output and account for every token.
 
+        ``model_kwargs`` go to ``model.generate`` as they are (a KV cache to resume, encoded images).
+        """
         input_ids = inputs["input_ids"]
         prompt_tokens = int(input_ids.shape[1])
         image_tokens = int((input_ids == self.image_token_id).sum())
+        self.check_context(prompt_tokens, image_tokens, options)
+        inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
+        preprocess_ms = watch.lap()
+        output = self.call_generate(inputs, {**self.decode_kwargs(options), **(model_kwargs or {})}, options)
+        generate_ms = watch.lap()
+        # A decoder-only model returns the prompt too; an encoder-decoder one (Flan-T5) only the
+        # decoder's tokens, after its start token.
+        new = output[0, 1:].tolist() if self.is_encoder_decoder else output[0, prompt_tokens:].tolist()
+        generation = self.generation(new, image_tokens, prompt_tokens, budget, options, history_turns)
+        generation.timings.preprocess_ms = preprocess_ms
+        generation.timings.generate_ms = generate_ms
+        generation.timings.total_ms = watch.total()
+        return generation
+
+    def generate_batch(
+        self,
+        inputs: Any,
+        options: GenerationOptions,
+        *,
+        budgets: Sequence[int | None],
+        watch: Stopwatch,
+        model_kwargs: Mapping[str, Any] | None = None,
+    ) -> list[Generation]:
+        """``generate`` over left-padded rows, one Generation per row; each row reports the batch's timings."""
+        input_ids = inputs["input_ids"]
+        width = int(input_ids.shape[1])
+        image_tokens = (input_ids == self.image_token_id).sum(dim=1).tolist()
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        self.check_context(width, max(image_tokens), options)
+        inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
+        preprocess_ms = watch.lap()
+        # No streamer: streamers take one sequence.
+        kwargs = self.decode_kwargs(options, stream=False)
+        output = self.call_generate(inputs, {**kwargs, **(model_kwargs or {})}, options)
+        generate_ms = watch.lap()
+        stop = self.stop_token_ids()
+        generations = []
+        for row, budget, images, prompt in zip(output[:, width:].tolist(), budgets, image_tokens, prompt_tokens):
+            # A row that stopped early is padded to the longest; its answer ends at its stop token.
+            end = next((n + 1 for n, token in enumerate(row) if token in stop), len(row))
+            generation = self.generation(row[:end], int(images), int(prompt), budget, options, 0)
+            generation.timings.preprocess_ms = preprocess_ms
+            generation.timings.generate_ms = generate_ms
+            generation.timings.total_ms = watch.total()
+            generations.append(generation)
+        return generations
+
+    def check_context(self, prompt_tokens: int, image_tokens: int, options: GenerationOptions) -> None:
         limit = self.max_positions
         if limit is not None and prompt_tokens + options.max_new_tokens > limit:
             raise ContextOverflow(
@@ -216,38 +308,54 @@ class HFBackend(Backend):
                 f"{options.max_new_tokens} more were asked for, past this model's {limit}; use fewer "
                 "images, a lower budget, a shorter history or a smaller max_new_tokens."
             )
-        inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
-        preprocess_ms = watch.lap()
+
+    def decode_kwargs(self, options: GenerationOptions, stream: bool = True) -> dict[str, Any]:
+        """``model.generate`` arguments: the decoding options, the caller's stream, the cancel check."""
         kwargs = options.generate_kwargs()
-        sink = current_sink()
+        sink = current_sink() if stream else None
         if sink is not None:
             kwargs["streamer"] = text_streamer(self.processor, sink)
         if options.cancel is not None:
             from transformers import StoppingCriteriaList
 
             kwargs["stopping_criteria"] = StoppingCriteriaList([StopOnCancel(options.cancel)])
+        return kwargs
+
+    def call_generate(self, inputs: Any, kwargs: dict[str, Any], options: GenerationOptions) -> Any:
+        """``model.generate``, with running out of device memory and cancelling as request errors."""
+        import torch
+
         options.check_cancelled()
         try:
             with torch.inference_mode():
                 output = self.model.generate(**inputs, **kwargs)
         except torch.OutOfMemoryError:
+            # What the caches hold is only worth keeping while memory is not short.
+            self.clear_caches()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise OutOfMemory(
                 "The model ran out of device memory on this request; try a lower budget, fewer images "
                 "or a smaller max_new_tokens."
             ) from None
-        generate_ms = watch.lap()
         # Cut short by the cancel: its text would pass for a complete answer.
         options.check_cancelled()
-        # A decoder-only model returns the prompt too; an encoder-decoder one (Flan-T5) only the
-        # decoder's tokens, after its start token.
-        new = output[0, 1:].tolist() if self.is_encoder_decoder else output[0, prompt_tokens:].tolist()
+        return output
+
+    def generation(
+        self,
+        new: list[int],
+        image_tokens: int,
+        prompt_tokens: int,
+        budget: int | None,
+        options: GenerationOptions,
+        history_turns: int,
+    ) -> Generation:
+        """A Generation from the new token ids of one sequence."""
         stop = self.stop_token_ids()
         finish = "stop" if new and new[-1] in stop else "length"
-        text = self.processor.decode(new, skip_special_tokens=True).strip()
         generation = Generation(
-            text=text,
+            text=self.processor.decode(new, skip_special_tokens=True).strip(),
             raw_text=self.processor.decode(new, skip_special_tokens=False),
             image_tokens=image_tokens,
             prompt_tokens=prompt_tokens,
@@ -255,10 +363,18 @@ class HFBackend(Backend):
             finish_reason=finish,
             budget=budget,
             history_turns=history_turns,
+            token_ids=new,
         )
-        generation.timings.preprocess_ms = preprocess_ms
-        generation.timings.generate_ms = generate_ms
-        generation.timings.total_ms = watch.total()
         if finish == "length":
             generation.notes.append(cut_note(options.max_new_tokens))
         return generation
+
+
+def check_compile(backend_cls: type[HFBackend], compile: bool) -> None:
+    """``compile`` needs a family that implements it and a CUDA GPU; checked before any loading."""
+    if not compile:
+        return
+    if not backend_cls.compiles:
+        raise Unsupported(f"--compile is implemented for Gemma 4 only; load {backend_cls.display_name} without it.")
+    if not accel.cuda_available():
+        raise Unsupported("--compile needs a CUDA GPU and none is available here; load without it.")

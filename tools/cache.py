@@ -1,0 +1,385 @@
+"""Work kept between calls, so that one image is never encoded twice and one prompt never prefilled twice.
+
+A resident backend owns one of each:
+
+- ``VisionCache``: per (model, image content hash, budget), the image's soft-token count and the
+  vision tower's projected features, on the model's device, in a bytes-capped LRU. A hit skips
+  both the pixel preprocessing and the vision tower.
+- ``PrefixCache``: the KV caches of recent calls, each with the token ids and image keys it was
+  computed from. A call whose prompt starts with the same tokens *and* the same images (a
+  follow-up turn, or another task on the same image) resumes from the longest such prefix and
+  prefills only the rest. Image tokens are one repeated id, so two different images at the same
+  budget give identical ids: the image keys are what tells them apart.
+
+Two KV layouts, both croppable at any position, which transformers' own per-layer choice is not
+(its sliding-window layers forget what falls out of the window, so they cannot rewind):
+``DynamicPrefixCache`` keeps full-length ``DynamicCache`` layers and copies the reused prefix out
+of an immutable snapshot; ``StaticPrefixCache`` keeps one preallocated static cache for
+``torch.compile`` and rewinds it in place. Sliding-window attention stays exact either way: the
+masks apply the window, the cache only holds more than the window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from PIL import Image
+
+MiB = 1024 * 1024
+
+#: a shorter shared prefix (the chat template's opening tokens) is not worth resuming from
+MIN_REUSE = 32
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+# -- image keys -----------------------------------------------------------------------
+
+_known_lock = threading.Lock()
+#: id(image) -> (weak reference, key); the weak reference tells a live image from a recycled id
+_known: dict[int, tuple[weakref.ref[Image.Image], str]] = {}
+
+
+def remember_image_key(image: Image.Image, key: str) -> None:
+    """Record the content hash of a decoded image the caller promises never to modify (the image store's)."""
+    ident = id(image)
+
+    def forget(_: object) -> None:
+        with _known_lock:
+            if ident in _known and _known[ident][0]() is None:
+                del _known[ident]
+
+    with _known_lock:
+        _known[ident] = (weakref.ref(image, forget), key)
+
+
+def image_key(image: Image.Image) -> str:
+    """The image's content hash: its image id when the loader decoded it, else a hash of its pixels.
+
+    Pixel hashes are recomputed on every call rather than remembered: an image the caller still
+    holds may be drawn on between calls, and a stale key would serve another picture's features.
+    """
+    with _known_lock:
+        entry = _known.get(id(image))
+    if entry is not None and entry[0]() is image:
+        return entry[1]
+    digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
+    digest.update(image.tobytes())
+    return "px_" + digest.hexdigest()
+
+
+# -- a bytes-capped LRU ---------------------------------------------------------------------
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+
+
+class BytesLRU(Generic[K, V]):
+    """A thread-safe LRU capped by the bytes its values hold, not by their count."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.stats = CacheStats()
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.stats.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.stats.hits += 1
+            return item[0]
+
+    def put(self, key: K, value: V, nbytes: int) -> bool:
+        """Keep ``value``, evicting the least recently used; False when it alone is over the cap."""
+        if nbytes > self.max_bytes:
+            return False
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (value, nbytes)
+            self._bytes += nbytes
+            while self._bytes > self.max_bytes:
+                _, (_, freed) = self._items.popitem(last=False)
+                self._bytes -= freed
+                self.stats.evictions += 1
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items
+
+
+# -- vision cache -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """One image as the language model consumes it at one budget."""
+
+    soft_tokens: int
+    #: [soft_tokens, hidden] projected features on the model's device
+    features: Any
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.features.numel() * self.features.element_size())
+
+
+VisionKey = tuple[str, str, int]
+
+
+class VisionCache(BytesLRU[VisionKey, EncodedImage]):
+    """Encoded images keyed by (model, image content hash, budget).
+
+    Only the features are kept, not the processed pixels they came from: a hit needs nothing
+    else, and at budget 1120 the pixels are ten times the size of the features.
+    """
+
+    def __init__(self, max_bytes: int = 512 * MiB) -> None:
+        super().__init__(max_bytes)
+
+    def keep(self, key: VisionKey, encoded: EncodedImage) -> bool:
+        return self.put(key, encoded, encoded.nbytes)
+
+
+# -- prefix matching -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageBlock:
+    """Where one image sits in a prompt: from its begin-of-image token to one past its end-of-image token."""
+
+    start: int
+    end: int
+    #: what the block's features depend on: (image content hash, budget)
+    key: Hashable
+
+
+def image_blocks(ids: Sequence[int], image_token_id: int, keys: Sequence[Hashable]) -> list[ImageBlock]:
+    """The image blocks of a prompt, each run of image tokens tied to the next key in order."""
+    runs: list[tuple[int, int]] = []
+    n = 0
+    while n < len(ids):
+        if ids[n] == image_token_id:
+            first = n
+            while n < len(ids) and ids[n] == image_token_id:
+                n += 1
+            # the begin- and end-of-image markers around the run belong to the image
+            runs.append((max(first - 1, 0), min(n + 1, len(ids))))
+        else:
+            n += 1
+    if len(runs) != len(keys):
+        raise ValueError(f"{len(runs)} runs of image tokens for {len(keys)} images")
+    return [ImageBlock(start, end, key) for (start, end), key in zip(runs, keys)]
+
+
+def reusable_prefix(
+    old_ids: Sequence[int], old_blocks: Sequence[ImageBlock], new_ids: Sequence[int], new_blocks: Sequence[ImageBlock]
+) -> int:
+    """How many leading positions of ``new_ids`` a cache computed for ``old_ids`` holds exactly.
+
+    The tokens must be equal, every image starting inside the prefix must be the same image at
+    the same budget, no image may be cut, and at least one token is left to prefill (generate
+    needs an input to produce the first new token from).
+    """
+    limit = min(len(old_ids), len(new_ids) - 1)
+    n = 0
+    while n < limit and old_ids[n] == new_ids[n]:
+        n += 1
+    # Each side's images must have an identical twin on the other side; an unpaired run of image
+    # tokens (one the model generated, say) cuts the prefix like a different image does.
+    for blocks, others in ((new_blocks, old_blocks), (old_blocks, new_blocks)):
+        twins = {block.start: block for block in others}
+        for block in blocks:
+            if block.start < n and (twins.get(block.start) != block or block.end > n):
+                n = block.start
+    return max(n, 0)
+
+
+# -- KV caches ------------------------------------------------------------------------------------
+
+
+def kv_length(kv: Any) -> int:
+    return int(kv.get_seq_length())
+
+
+def kv_nbytes(kv: Any) -> int:
+    total = 0
+    for layer in kv.layers:
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if tensor is not None and hasattr(tensor, "numel"):
+                total += tensor.numel() * tensor.element_size()
+    return int(total)
+
+
+@dataclass
+class KeptPrefix:
+    ids: list[int]
+    blocks: list[ImageBlock]
+    kv: Any
+    nbytes: int
+
+
+class DynamicPrefixCache:
+    """The KV caches of the last few calls, as immutable snapshots; a new call copies out the prefix it shares.
+
+    Copying rather than cropping in place leaves every snapshot whole, so interleaved
+    conversations (two chats on one server) and several tasks on one image all keep theirs.
+    """
+
+    def __init__(self, max_bytes: int = 1024 * MiB, max_entries: int = 8, min_tokens: int = MIN_REUSE) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.min_tokens = min_tokens
+        self._entries: list[KeptPrefix] = []
+        self._lock = threading.Lock()
+
+    def begin(self, ids: Sequence[int], blocks: Sequence[ImageBlock], total_tokens: int) -> tuple[Any, int]:
+        """A cache to generate ``ids`` with, already holding the longest reusable prefix, and that prefix's length."""
+        from transformers import DynamicCache
+
+        with self._lock:
+            best, reused = None, 0
+            for entry in self._entries:
+                n = reusable_prefix(entry.ids, entry.blocks, ids, blocks)
+                if n >= self.min_tokens and n > reused:
+                    best, reused = entry, n
+            if best is not None:
+                self._entries.remove(best)
+                self._entries.append(best)
+        if best is None:
+            # No config: every layer a full-length DynamicLayer, so that a later call can resume from any
+            # position; see the module docstring.
+            return DynamicCache(), 0
+        return fork(best.kv, reused), reused
+
+    def end(self, ids: Sequence[int], blocks: Sequence[ImageBlock], kv: Any) -> bool:
+        """Keep ``kv``, which must hold exactly ``ids``; False when it does not, or alone is over the cap."""
+        if kv_length(kv) != len(ids):
+            return False
+        nbytes = kv_nbytes(kv)
+        if nbytes > self.max_bytes:
+            return False
+        with self._lock:
+            self._entries.append(KeptPrefix(list(ids), list(blocks), kv, nbytes))
+            while len(self._entries) > self.max_entries or sum(e.nbytes for e in self._entries) > self.max_bytes:
+                self._entries.pop(0)
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def fork(kv: Any, length: int) -> Any:
+    """A new DynamicCache holding a copy of the first ``length`` positions of ``kv``."""
+    from transformers import DynamicCache
+
+    data = [
+        (layer.keys[..., :length, :], layer.values[..., :length, :]) if layer.is_initialized else (None, None)
+        for layer in kv.layers
+    ]
+    return DynamicCache(ddp_cache_data=data)
+
+
+class StaticPrefixCache:
+    """One preallocated static KV cache (for ``torch.compile`` and CUDA graphs), rewound in place.
+
+    Its tensors keep their addresses across calls, which compiled decoding steps rely on, so
+    there is one cache and one remembered prompt: a call resumes from what it shares with the
+    previous call, or starts over. Sliding-window layers get full-length static layers so
+    that rewinding is exact.
+    """
+
+    def __init__(self, config: Any, min_capacity: int = 4096, min_tokens: int = MIN_REUSE) -> None:
+        self.config = config
+        self.min_capacity = min_capacity
+        self.min_tokens = min_tokens
+        self.kv: Any = None
+        self.capacity = 0
+        self._kept: KeptPrefix | None = None
+        self._lock = threading.Lock()
+
+    def begin(self, ids: Sequence[int], blocks: Sequence[ImageBlock], total_tokens: int) -> tuple[Any, int]:
+        with self._lock:
+            kept, self._kept = self._kept, None  # in flight: remembered again only when the call succeeds
+            if self.kv is None or total_tokens > self.capacity:
+                # Powers of two from 4096: few sizes, so few compiled graphs.
+                self.capacity = max(self.min_capacity, 1 << (total_tokens - 1).bit_length())
+                self.kv = static_cache(self.config, self.capacity)
+                kept = None
+            reused = reusable_prefix(kept.ids, kept.blocks, ids, blocks) if kept is not None else 0
+            if reused < self.min_tokens:
+                reused = 0
+            rewind(self.kv, reused)
+            return self.kv, reused
+
+    def end(self, ids: Sequence[int], blocks: Sequence[ImageBlock], kv: Any) -> bool:
+        if kv is not self.kv or kv_length(kv) != len(ids):
+            return False
+        with self._lock:
+            self._kept = KeptPrefix(list(ids), list(blocks), kv, kv_nbytes(kv))
+        return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept = None
+
+    def __len__(self) -> int:
+        return int(self._kept is not None)
+
+
+def static_cache(config: Any, capacity: int) -> Any:
+    """transformers' StaticCache with full-length layers in place of its sliding-window ring buffers."""
+    from transformers import StaticCache
+    from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+
+    kv = StaticCache(config=config, max_cache_len=capacity)
+    kv.layers = [StaticLayer(max_cache_len=capacity) if isinstance(l, StaticSlidingWindowLayer) else l for l in kv.layers]
+    return kv
+
+
+def rewind(kv: Any, length: int) -> None:
+    """Make a static cache hold its first ``length`` positions; later ones are overwritten before they are read."""
+    import torch
+    from transformers.cache_utils import StaticLayer
+
+    with torch.inference_mode():
+        for layer in kv.layers:
+            if isinstance(layer, StaticLayer):
+                # in place: compiled graphs hold this tensor's address
+                layer.cumulative_length.fill_(length)
+
+
+PrefixCache = DynamicPrefixCache | StaticPrefixCache
