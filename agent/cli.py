@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "serve",
-        help="run the MCP server (describe, ocr, detect, compare_budgets) for IDE assistants and agents",
+        help="run the MCP server (describe, ocr, detect, compare_budgets, chat) for IDE assistants and agents",
         description="Run the MCP server with one resident model. On stdio, stdout carries only the "
         "protocol; logs and load progress go to stderr.",
     )
