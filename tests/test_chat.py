@@ -321,3 +321,34 @@ def test_chat_hands_its_model_flags_to_the_server_it_starts(argv, expected, monk
 
     monkeypatch.delenv("VLM_AGENT_MODEL", raising=False)
     assert serve_args(build_parser().parse_args(argv)) == expected
+
+
+async def test_ctrl_c_cancels_the_running_answer_and_keeps_the_chat(tiny_gemma4, tmp_path, home, photo):
+    """SIGINT during a turn cancels that turn (the server stops generating); the chat goes on."""
+    import os
+    import signal
+
+    import anyio
+
+    server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"))
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    async with Client(server) as client:
+        recorder = Recorder(client)
+
+        async def interrupt_the_first_describe():
+            while not any(name == "describe" for name, _ in recorder.calls):
+                await anyio.sleep(0.02)
+            await anyio.sleep(0.3)  # well inside a 512-token answer
+            os.kill(os.getpid(), signal.SIGINT)
+
+        with create_pipe_input() as pipe:
+            pipe.send_text("/describe a long answer\n/describe again\n/history\n/quit\n")
+            prompt = PromptSession(input=pipe, output=DummyOutput())
+            async with anyio.create_task_group() as group:
+                group.start_soon(interrupt_the_first_describe)
+                code = await run_chat([str(photo)], console=console, prompt=prompt, client=recorder)
+    transcript = console.file.getvalue()
+    assert code == 0
+    assert "cancelled" in transcript
+    assert [name for name, _ in recorder.calls].count("describe") == 2
+    assert "1 again" in transcript and "a long answer" not in transcript.split("cancelled", 1)[1]
