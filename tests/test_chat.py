@@ -352,3 +352,25 @@ async def test_ctrl_c_cancels_the_running_answer_and_keeps_the_chat(tiny_gemma4,
     assert "cancelled" in transcript
     assert [name for name, _ in recorder.calls].count("describe") == 2
     assert "1 again" in transcript and "a long answer" not in transcript.split("cancelled", 1)[1]
+
+
+async def test_the_model_chooses_the_tool_through_function_calling(tiny_gemma4, tmp_path, home, photo, monkeypatch):
+    """When the model's reply holds a valid call, the chat runs that tool with the model's arguments."""
+    from tests.conftest import model_says
+    from tools.backends import load_backend
+
+    backend = load_backend(str(tiny_gemma4))
+    # Random weights never call a tool: the real model runs, and its tokens decode to a call.
+    model_says(monkeypatch, backend, '<|tool_call>call:detect{labels:[<|"|>bicycle<|"|>]}<tool_call|>')
+    server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"), load=lambda *a, **k: backend)
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    async with Client(server) as client:
+        recorder = Recorder(client)
+        with create_pipe_input() as pipe:
+            pipe.send_text("Is there something to ride?\n/quit\n")
+            prompt = PromptSession(input=pipe, output=DummyOutput())
+            assert await run_chat([str(photo)], console=console, prompt=prompt, client=recorder) == 0
+    transcript = console.file.getvalue()
+    assert [name for name, _ in recorder.calls] == ["chat", "detect"]
+    assert recorder.calls[1][1]["labels"] == ["bicycle"]
+    assert "→ detect(labels=['bicycle']) chosen by the model" in transcript
