@@ -250,10 +250,13 @@ class ChatSession:
 
     # -- turns ------------------------------------------------------------------
 
+    def exchanges(self) -> list[TurnRecord]:
+        """Earlier turns that are part of the conversation: answered questions, not tool runs or failures."""
+        return [r for r in self.conversation.records if r.ok and r.tool in ("describe", "chat")]
+
     def history(self, current_images: int) -> tuple[list[dict[str, Any]], list[TurnRecord], int]:
-        usable = [r for r in self.conversation.records if r.ok and r.tool in ("describe", "chat")]
         kept, dropped = fit_history(
-            usable, int(self.info.get("max_history_turns", 64)), int(self.info.get("max_images", 16)), current_images
+            self.exchanges(), int(self.info.get("max_history_turns", 64)), int(self.info.get("max_images", 16)), current_images
         )
         turns: list[dict[str, Any]] = []
         for record in kept:
@@ -332,9 +335,8 @@ class ChatSession:
             strategy = self.effective_strategy
             turns: list[dict[str, Any]] = []
             if strategy == "concat":
-                kept, _ = fit_history(
-                    [r for r in self.conversation.records if r.ok and r.tool in ("describe", "chat")], 64, 10**9, 0
-                )
+                # One text prompt carries no earlier images, so only the turn count bounds it.
+                kept, _ = fit_history(self.exchanges(), 64, 10**9, 0)
                 prompt = concat_prompt(kept, prompt) if kept else prompt
             elif strategy == "chat-template":
                 turns, _, record.dropped_turns = self.history(len(refs))
