@@ -179,6 +179,6 @@ def test_streaming_hands_out_the_answer_as_it_is_generated(gemma4_backend):
     options = GenerationOptions(max_new_tokens=12, min_new_tokens=12)
     with streaming(lambda delta, tokens: pieces.append((delta, tokens))):
         generation = gemma4_backend.describe([sample_image()], "Describe.", (), 70, options)
-    assert pieces and "".join(d for d, _ in pieces).strip() == generation.text
+    assert pieces and "".join(d for d, _ in pieces) == generation.text
     counts = [tokens for _, tokens in pieces]
     assert counts == sorted(counts) and counts[-1] <= generation.generated_tokens

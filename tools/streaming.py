@@ -2,13 +2,14 @@
 
 A caller (the MCP server, the CLI) opens ``streaming(sink)`` around a core call; the
 backend that generates finds the sink in a context variable and feeds it text as tokens
-are decoded (through transformers' own ``TextStreamer``, which holds text back until a
-word or character is complete). Context variables follow the call into the worker thread that runs it
-(anyio copies the context), and two concurrent requests never see each other's sink.
+are decoded (``IncrementalText`` holds text back until no later token can change it).
+Context variables follow the call into the worker thread that runs it (anyio copies the
+context), and two concurrent requests never see each other's sink.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,22 +34,98 @@ def current_sink() -> TextSink | None:
     return _sink.get()
 
 
-def text_streamer(processor: Any, sink: TextSink) -> Any:
-    """A transformers ``TextStreamer`` that hands finished pieces of text (whole words, whole
-    characters) to ``sink`` with the count of tokens generated so far."""
-    from transformers import TextStreamer
+def answer_text(decoded: str) -> str:
+    """The answer as results carry it: the decoded text without surrounding whitespace."""
+    return decoded.strip()
 
-    class SinkStreamer(TextStreamer):
-        tokens = 0
+
+#: SentencePiece's byte-fallback pieces; transformers' tokenizers decode a run of them together
+BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def settled(decoded: str) -> str:
+    """The part of a partial decode that more tokens cannot change.
+
+    A trailing U+FFFD may still become a character when the rest of its bytes arrive, and
+    trailing whitespace waits because the answer is stripped at the end and tokenizers that
+    tidy spaces drop a space before punctuation once the punctuation comes.
+    """
+    return decoded.lstrip().rstrip().rstrip("\ufffd").rstrip()
+
+
+class IncrementalText:
+    """Token ids in, text deltas out, such that the deltas add up to ``answer_text`` of the
+    whole decode, whatever the tokens are.
+
+    A run of byte-fallback pieces is decoded as one group and turns wholly into U+FFFD when
+    it is not valid UTF-8, so a later byte can change what earlier bytes decoded to: text is
+    only taken from the tokens before the trailing run. ``joins_run(token)`` says whether a
+    token leaves the run open: a byte piece, or a special token the decode skips.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], joins_run: Callable[[int], bool]) -> None:
+        self.decode = decode
+        self.joins_run = joins_run
+        self.ids: list[int] = []
+        self.open_run = 0  # where the trailing run of byte pieces starts
+        self.sent = ""
+
+    def push(self, ids: list[int]) -> str:
+        for token in ids:
+            self.ids.append(token)
+            if not self.joins_run(token):
+                self.open_run = len(self.ids)
+        return self._advance(settled(self.decode(self.ids[: self.open_run])))
+
+    def finish(self) -> str:
+        return self._advance(answer_text(self.decode(self.ids)))
+
+    def _advance(self, text: str) -> str:
+        # A decode that no longer extends what was sent cannot be taken back; the final
+        # text still reaches the caller in the result.
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
+
+
+def run_joiner(processor: Any) -> Callable[[int], bool]:
+    """``IncrementalText``'s ``joins_run`` for a processor's or tokenizer's decode."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+
+    def joins_run(token: int) -> bool:
+        if BYTE_PIECE.fullmatch(str(tokenizer.convert_ids_to_tokens(token))):
+            return True
+        # Skipped by the decode (control tokens), so the bytes on either side meet.
+        return tokenizer.decode([token], skip_special_tokens=True) == ""
+
+    return joins_run
+
+
+def text_streamer(processor: Any, sink: TextSink) -> Any:
+    """A transformers streamer that hands ``sink`` each stable piece of the answer with the
+    count of tokens generated so far; the pieces add up to the answer's final text."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class SinkStreamer(BaseStreamer):
+        def __init__(self) -> None:
+            # The first ``put`` is the prompt (or an encoder-decoder's decoder start token).
+            self.prompt_seen = False
+            self.text = IncrementalText(
+                lambda ids: processor.decode(ids, skip_special_tokens=True), run_joiner(processor)
+            )
 
         def put(self, value: Any) -> None:
-            if not (self.skip_prompt and self.next_tokens_are_prompt):
-                self.tokens += int(value.numel())
-            super().put(value)
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            self._send(self.text.push(value.reshape(-1).tolist()))
 
-        def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-            if text:
-                sink(text, self.tokens)
+        def end(self) -> None:
+            self._send(self.text.finish())
 
-    # skip_prompt also skips an encoder-decoder's decoder start token, which comes first.
-    return SinkStreamer(processor, skip_prompt=True, skip_special_tokens=True)
+        def _send(self, delta: str) -> None:
+            if delta:
+                sink(delta, len(self.text.ids))
+
+    return SinkStreamer()

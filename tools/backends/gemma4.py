@@ -36,7 +36,7 @@ from ..options import GenerationOptions
 from ..results import CacheReport
 from ..toolcalls import ParsedReply, parse_reply
 from .base import Generation, Progress, Stopwatch, Task, Turn
-from .hf import HFBackend
+from .hf import HFBackend, cache_kwarg
 
 
 #: one image as a message content part
@@ -243,7 +243,7 @@ class Gemma4Backend(HFBackend):
         kv, reused = self.prefix_cache.begin(ids, prompt.blocks, len(ids) + options.max_new_tokens)
         generation = self.generate(
             prompt.inputs, options, budget=budget, watch=watch, history_turns=history_turns,
-            model_kwargs={"past_key_values": kv, **image_inputs(prompt.features_from(reused))},
+            model_kwargs={cache_kwarg(): kv, **image_inputs(prompt.features_from(reused))},
         )
         # The cache holds every token but the last generated one, which was never fed back.
         self.prefix_cache.end(ids + generation.token_ids[:-1], prompt.blocks, kv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
@@ -14,7 +15,7 @@ from PIL import Image
 from .. import accel
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
 from ..options import GenerationOptions
-from ..streaming import current_sink, text_streamer
+from ..streaming import answer_text, current_sink, text_streamer
 from .base import Backend, Generation, Stopwatch, Turn, cut_note
 
 log = logging.getLogger("vlm_agent")
@@ -35,6 +36,16 @@ def model_not_found(model_id: str) -> ModelNotFound:
         + LOCAL_COPY_HINT.format(id=model_id, name=name)
         + "."
     )
+
+
+@functools.cache
+def cache_kwarg() -> str:
+    """The name ``generate`` takes a KV cache to resume under: ``cache`` since transformers
+    renamed ``past_key_values`` (which now warns), the old name before that."""
+    from transformers.generation import utils
+
+    # transformers lists the current name first, then the deprecated ones.
+    return getattr(utils, "ALL_CACHE_NAMES", ["past_key_values"])[0]
 
 
 def torch_dtype(name: str) -> Any:
@@ -355,7 +366,7 @@ class HFBackend(Backend):
         stop = self.stop_token_ids()
         finish = "stop" if new and new[-1] in stop else "length"
         generation = Generation(
-            text=self.processor.decode(new, skip_special_tokens=True).strip(),
+            text=answer_text(self.processor.decode(new, skip_special_tokens=True)),
             raw_text=self.processor.decode(new, skip_special_tokens=False),
             image_tokens=image_tokens,
             prompt_tokens=prompt_tokens,
