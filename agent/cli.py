@@ -30,6 +30,15 @@ from tools.tiny import FAMILIES as TINY_FAMILIES
 
 MODEL_ENV = "VLM_AGENT_MODEL"
 
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vlm-agent")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
@@ -163,7 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Put a vision-language model to work: describe, read and detect in images.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser(
+        "demo",
+        help="first run: a tiny model describes a picture and the offline OCR reads it, nothing to download",
+        description="Build (or reuse) a tiny random-weight Gemma 4 in DIR/tiny, describe a generated picture "
+        "with it (gibberish on purpose), read the picture's text with the offline OCR engine, and say what "
+        "to run next.",
+    )
+    p.add_argument("dir", nargs="?", default="vlm-agent-demo", metavar="DIR", help="where to put the checkpoint "
+                   "and picture (default: ./vlm-agent-demo)")
 
     p = commands.add_parser("describe", help="caption images or answer a question about them")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="path, http(s) URL or data: URI")
@@ -402,8 +422,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tools.tiny import build_tiny
 
             path = build_tiny(args.dir, args.family, seed=args.seed)
-            err.print(f"built a tiny random-weight {args.family} checkpoint (gibberish outputs) in", style="dim")
+            err.print(
+                f"Built a tiny random-weight {args.family} checkpoint in {path}: it loads like a real one "
+                "and answers gibberish on purpose.", style="dim", markup=False,
+            )
             print(path)
+            return 0
+        if args.command == "demo":
+            from agent.demo import run_demo, summary
+
+            with err.status("building a tiny model, describing, reading", spinner="dots"):
+                lines = summary(*run_demo(Path(args.dir)))
+            print("\n".join(lines))
             return 0
         if args.command == "serve":
             return serve(args)

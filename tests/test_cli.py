@@ -182,7 +182,7 @@ def test_unreachable_hub_model_is_one_line_with_local_copy_hint(square_png, caps
     code, out, err = run(capsys, "describe", str(square_png), "--model", "google/gemma-4-E2B-it")
     assert code == 1
     line = next(line for line in err.splitlines() if line.startswith("error: "))
-    assert "could not be downloaded" in line and "--model" in line
+    assert "is not on this machine" in line and "--model" in line
 
 
 def test_model_from_environment(tiny_gemma4, square_png, monkeypatch, capsys):
@@ -203,3 +203,46 @@ def test_console_script_end_to_end(tiny_gemma4, square_png):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["image_tokens"] == 256  # stdout is the JSON and nothing else
+    assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr, proc.stderr
+
+
+def console(*argv: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "vlm-agent"
+    return subprocess.run(
+        [str(script), *argv], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout
+    )
+
+
+def test_version_is_the_package_version():
+    from importlib.metadata import version
+
+    proc = console("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"vlm-agent {version('vlm-agent')}"
+
+
+def test_demo_runs_the_tiny_model_and_reads_its_picture_for_real(tmp_path):
+    proc = console("demo", str(tmp_path / "demo"), env={"HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "budget 280: 256 image tokens" in out and "gibberish on purpose" in out
+    # The offline OCR is a real model: it reads the generated picture exactly.
+    assert "'Read offline by vlm-agent' (exact)" in out
+    assert "--model google/gemma-4-E2B-it" in out
+    assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        # a hub that refuses connections at once: no retries, no backoff
+        ({"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}, "could not be reached"),
+        ({"HF_HUB_OFFLINE": "1"}, "downloads are switched off"),
+    ],
+)
+def test_default_model_without_network_says_so_in_one_line(tmp_path, square_png, env, reason):
+    proc = console("describe", str(square_png), env={"HF_HOME": str(tmp_path / "hf"), **env})
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Retrying" not in proc.stderr
+    assert lines[-1].startswith("error: Model 'google/gemma-4-E2B-it' is not on this machine")
+    assert reason in lines[-1] and "hf download google/gemma-4-E2B-it" in lines[-1] and "--model" in lines[-1]

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import ModelNotFound, Unsupported
+from ..hub import check_reachable
 from .base import Backend, Generation, Timings, Turn
 from .blip2 import Blip2Backend
 from .gemma4 import Gemma4Backend
@@ -46,6 +47,8 @@ def detect_family(model_id: str) -> str:
             f"No model directory at '{model_id}'; pass a directory holding config.json and the weights, "
             "or a hub id such as google/gemma-4-E2B-it."
         )
+    if not _looks_like_path(model_id):
+        check_reachable(model_id)
     try:
         config = AutoConfig.from_pretrained(str(Path(model_id).expanduser()) if _looks_like_path(model_id) else model_id)
     except (OSError, ValueError) as exc:
