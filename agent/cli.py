@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from rich.console import Console
 
+from tools.about import package_version
 from tools.backends import DEFAULT_MODEL, NO_MODEL
 from tools.backends.hf import QUANTIZE
 from tools.backends.openai import DEFAULT_KEY_ENV, ApiSettings
@@ -30,14 +31,6 @@ from tools.tiny import FAMILIES as TINY_FAMILIES
 
 MODEL_ENV = "VLM_AGENT_MODEL"
 
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vlm-agent")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)

@@ -25,6 +25,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
+from tools.about import package_version
 from tools.backends.openai import ApiSettings
 from tools.budgets import GEMMA4_BUDGETS
 from tools.drawing import fit_for_client
@@ -312,6 +313,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
 
     server = VisionServer(
         "vlm-agent",
+        version=package_version(),
         instructions=(
             "Vision tools over one resident vision-language model. Images are given as "
             f"{IMAGE_REF}. Every result returns image_ids: reuse them instead of sending an image again."

@@ -89,6 +89,11 @@ def test_stdio_stdout_carries_only_protocol(tiny_gemma4, images):
     answer = next(m for m in messages if m.get("id") == 2)
     assert answer["result"]["structuredContent"]["image_tokens"] == 256
     assert "loading" in stderr
+    from importlib.metadata import version
+
+    hello = next(m for m in messages if m.get("id") == 1)
+    info = hello["result"]["serverInfo"]
+    assert (info["name"], info["version"]) == ("vlm-agent", version("vlm-agent"))
 
 
 @pytest.fixture(scope="module")
