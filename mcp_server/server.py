@@ -33,7 +33,7 @@ from tools.errors import Busy, Cancelled, VlmError
 from tools.images import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.streaming import TextSink, streaming
-from tools.results import ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
+from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.vision import Vision
 
 log = logging.getLogger("vlm_agent.server")
@@ -229,6 +229,14 @@ def stats(result: Result) -> str:
         f"[{result.family}, {budget}{image}{result.generated_tokens} tokens"
         f"{cut}, {result.timings.total_ms:.0f} ms; image_ids: {', '.join(result.image_ids)}]"
     )
+
+
+def split_ms(timings: BudgetTimings) -> str:
+    """A budget row's own encoding and prefill and the batch's shared decode, where the backend measured them."""
+    if timings.prefill_ms is None or timings.decode_ms is None:
+        return ""
+    return (f" (encode {timings.preprocess_ms:.0f} + prefill {timings.prefill_ms:.0f} + "
+            f"shared decode {timings.decode_ms:.0f})")
 
 
 def text_result(result: Result, text: str) -> CallToolResult:
@@ -442,7 +450,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         )
         rows = [
             f"{run.budget:>5}  {'?' if run.image_tokens is None else run.image_tokens:>5} tokens  "
-            f"{run.timings.total_ms:>8.0f} ms  agreement {run.agreement:.2f}"
+            f"{run.timings.total_ms:>8.0f} ms{split_ms(run.timings)}  agreement {run.agreement:.2f}"
             for run in result.runs
         ]
         text = "\n".join(

@@ -311,19 +311,51 @@ def test_the_image_placeholder_typed_in_a_prompt_is_refused(gemma4_backend):
         gemma4_backend.describe([sample_image()], "look at <|image|> this", (), 70, FORCED)
 
 
-@pytest.mark.parametrize("task", ["describe", "ocr", "detect"])
-def test_budgets_run_as_one_batch_like_one_at_a_time(gemma4_backend, task):
+def plain_transformers(backend, task, image, budget, options):
+    """The tokens plain transformers gives for one budget: the processor's own prompt, one ``generate``."""
+    messages = backend.task_messages(task, image, "What?", ["cat"])
+    inputs = backend.processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"max_soft_tokens": budget},
+    )
+    with torch.inference_mode():
+        output = backend.model.generate(**inputs, **options.generate_kwargs())
+    return output[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize(
+    ("task", "options"),
+    [
+        ("describe", FORCED),
+        ("ocr", FORCED),
+        ("detect", FORCED),
+        # free length: a row may stop early and leave the batch
+        ("describe", GenerationOptions(max_new_tokens=12)),
+        # one token: the prefill alone answers, nothing is decoded
+        ("describe", GenerationOptions(max_new_tokens=1, min_new_tokens=1)),
+    ],
+)
+def test_batched_budgets_give_plain_transformers_tokens(gemma4_backend, task, options):
     image = sample_image(512, 512)
     budgets = [70, 140, 280]
-    batched = gemma4_backend.at_budgets(task, image, "What?", ["cat"], budgets, FORCED)
-    single = Backend.at_budgets(gemma4_backend, task, image, "What?", ["cat"], budgets, FORCED)
+    batched = gemma4_backend.at_budgets(task, image, "What?", ["cat"], budgets, options)
     assert [g.image_tokens for g, _ in batched] == [64, 121, 256]
-    assert [(g.prompt_tokens, g.generated_tokens) for g, _ in batched] == [
-        (g.prompt_tokens, g.generated_tokens) for g, _ in single
+    # greedy, float32 on the tiny model: neither the unpadded prefill nor the shared decode changes a token
+    assert [g.token_ids for g, _ in batched] == [
+        plain_transformers(gemma4_backend, task, image, budget, options) for budget in budgets
     ]
-    # float32 on the tiny model: padding leaves greedy decoding unchanged here
-    assert [g.token_ids for g, _ in batched] == [g.token_ids for g, _ in single]
     assert all((parsed is not None) == (task == "detect") for _, parsed in batched)
+
+
+def test_each_budget_reports_its_own_encoding_and_prefill_and_the_shared_decode(backend):
+    batched = backend.at_budgets("describe", sample_image(512, 512), "What?", (), [70, 1120], FORCED)
+    (low, _), (high, _) = batched
+    for t in (low.timings, high.timings):
+        assert t.preprocess_ms > 0 and t.prefill_ms > 0
+        assert t.total_ms == pytest.approx(t.preprocess_ms + t.prefill_ms + t.decode_ms, abs=0.02)
+    # one decode for both rows; encoding and prefill are each row's own (1120 encodes 16 times the patches)
+    assert low.timings.decode_ms == high.timings.decode_ms > 0
+    assert low.timings.preprocess_ms != high.timings.preprocess_ms
 
 
 def test_results_report_the_cache(tiny_gemma4, square_png):

@@ -144,6 +144,10 @@ async def test_compare_budgets_reports_documented_tokens_with_progress(server, w
     assert data["reference_budget"] == 1120 and data["runs"][-1]["agreement"] == 1.0
     assert data["recommended_budget"] in (70, 140, 280, 560, 1120)
     assert data["metric"] == "box_f1" and data["labels"] == ["cat", "dog"]
+    # each row's own encoding and prefill, and one decode shared by the batch
+    timings = [run["timings"] for run in data["runs"]]
+    assert all(t["prefill_ms"] > 0 for t in timings) and len({t["decode_ms"] for t in timings}) == 1
+    assert "shared decode" in result.content[0].text
     # (a "loading" notification may come first, when this call is the one that waits for the model)
     assert [message for _, total, message in progress if total == 5] == [
         "budget 70", "budget 140", "budget 280", "budget 560", "budget 1120", "done"

@@ -334,10 +334,26 @@ def test_budgets_table_marks_the_recommended_budget():
     assert [str(row.style) for row in table.rows] == ["None", "bold", "None"]
     lines = render(table, width=120).splitlines()
     [marked] = [line for line in lines if "✓" in line]
-    assert re.search(r"✓\s*│\s*280\s*│\s*256\s*│\s*560×280\s*│\s*1,234\s*│\s*16\s*│\s*0\.93", marked)
+    assert re.search(r"✓\s*│\s*280\s*│\s*256\s*│\s*560×280\s*│\s*1\s*│\s*–\s*│\s*–\s*│\s*1,234\s*│\s*16\s*│\s*0\.93",
+                     marked)
     [unknown] = [line for line in lines if re.search(r"│\s*70\s*│", line)]
     assert re.search(r"70\s*│\s*\?\s*│", unknown) and "0.41" in unknown
     assert any("agreement = token F1 vs 1120; recommended: 280 (≥ 0.90)" in line for line in lines)
+    assert not any("shared" in line for line in lines)
+
+
+def test_budgets_table_shows_each_budgets_prefill_and_the_shared_decode():
+    runs = [budget_run(70, 64, 0.5, 30.0), budget_run(1120, 1089, 1.0, 900.0)]
+    runs[0]["timings"].update(preprocess_ms=10.0, prefill_ms=5.0, decode_ms=15.0)
+    runs[1]["timings"].update(preprocess_ms=600.0, prefill_ms=285.0, decode_ms=15.0)
+    result = {"metric": "token F1", "threshold": 0.9, "reference_budget": 1120, "recommended_budget": 1120,
+              "runs": runs}
+    lines = render(budgets_table(result), width=160).splitlines()
+    [low] = [line for line in lines if re.search(r"│\s*70\s*│", line)]
+    assert re.search(r"│\s*10\s*│\s*5\s*│\s*15\s*│\s*30\s*│", low)
+    [high] = [line for line in lines if "✓" in line]
+    assert re.search(r"│\s*600\s*│\s*285\s*│\s*15\s*│\s*900\s*│", high)
+    assert any("one batch shared by every budget" in line for line in lines)
 
 
 def timings(total_ms: float) -> dict:

@@ -17,6 +17,22 @@ class Timings(BaseModel):
     total_ms: float = Field(0.0, description="the whole call, image loading included")
 
 
+class BudgetTimings(Timings):
+    """One budget's share of a comparison run as one batch: its own encoding and prefill, and the shared decode.
+
+    ``preprocess_ms`` is this budget's own chat template and image encoding; ``total_ms`` is
+    ``preprocess_ms + prefill_ms + decode_ms``, so the rows' totals add up to more than the call.
+    """
+
+    prefill_ms: float | None = Field(
+        None, description="this budget's own prefill, up to its first token; null where the engine does not say"
+    )
+    decode_ms: float | None = Field(
+        None, description="decoding the rest, one batch for every budget (the same figure on each row); "
+        "null where the engine does not say"
+    )
+
+
 class CacheReport(BaseModel):
     """What a call took from the backend's caches instead of computing it."""
 
@@ -100,7 +116,7 @@ class BudgetRun(BaseModel):
     text: str
     detections: list[DetectionOut] | None = Field(None, description="boxes, for task detect")
     agreement: float = Field(description="agreement with the highest budget's output, 0..1")
-    timings: Timings
+    timings: BudgetTimings
     cache: CacheReport | None = None
 
 

@@ -30,6 +30,7 @@ from .streaming import streaming
 from .results import (
     BoxesResult,
     BudgetRun,
+    BudgetTimings,
     ChatResult,
     CompareResult,
     DescribeResult,
@@ -386,7 +387,8 @@ class Vision:
     ) -> CompareResult:
         """Run one task at several budgets; each run is scored against the highest budget.
 
-        The backend may run the budgets as one batch (Gemma 4 does): each run then reports the batch's timings.
+        The backend may run the budgets as one batch (Gemma 4 does): each run then reports its own encoding
+        and prefill and the batch's shared decode (``BudgetTimings``).
         """
         started = time.perf_counter()
         if task not in compare.METRICS:
@@ -428,7 +430,8 @@ class Vision:
                 text=r.text,
                 detections=r.detections if isinstance(r, DetectResult) else None,
                 agreement=compare.agreement(task, r.text, reference.text, boxes[i], boxes[-1]),
-                timings=r.timings,
+                # a batched backend's per-row split comes through; an engine's plain timings leave it null
+                timings=BudgetTimings.model_validate(r.timings, from_attributes=True),
                 cache=r.cache,
             )
             for i, (budget, r) in enumerate(zip(chosen, results))

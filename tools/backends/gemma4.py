@@ -6,7 +6,7 @@ the template's image placeholders are expanded to as many soft tokens as the cac
 has, which is what the processor would do after preprocessing the pixels. A prompt that starts
 like an earlier one, with the same images, resumes from that call's KV cache
 (``tools.cache.PrefixCache``) and prefills only the rest. ``at_budgets`` runs one task at
-several budgets as one left-padded batch.
+several budgets: each prompt prefilled alone, then every budget decoded in one batch.
 """
 
 from __future__ import annotations
@@ -269,11 +269,12 @@ class Gemma4Backend(HFBackend):
         options: GenerationOptions,
         progress: Progress | None = None,
     ) -> list[tuple[Generation, ParsedDetections | None]]:
-        """The budgets as one batch: each budget's image encoded once, then one left-padded ``generate``.
+        """The budgets as one batch: each budget's prompt encoded and prefilled alone, then one shared decode.
 
-        Decoding is bound by reading the weights, so five rows cost about what one does. Padding
-        shifts the float arithmetic a little, so a row may differ from the same budget run alone
-        where two tokens were nearly tied.
+        Decoding is bound by reading the weights, so five rows cost about what one does; prefilling
+        each row unpadded keeps the prefill at what the five calls alone would cost (``generate_rows``).
+        Batching shifts the float arithmetic of the decoding steps a little, so a row may differ
+        from the same budget run alone where two tokens were nearly tied.
         """
         if not self.reuses_encodings:
             return super().at_budgets(task, image, prompt, labels, budgets, options, progress)
@@ -281,14 +282,15 @@ class Gemma4Backend(HFBackend):
             check_budget(budget, self.budgets, self.display_name)
         watch = Stopwatch()
         messages = self.task_messages(task, image, prompt, labels)
-        rows = []
+        rows, encode_ms = [], []
         for n, budget in enumerate(budgets):
             if progress:
                 progress(n, len(budgets), f"budget {budget}")
             rows.append(self.prompt(messages, budget))
-        batch = left_pad([row.inputs for row in rows], self.processor.tokenizer.pad_token_id)
-        features = [f for row in rows for f in row.features]
-        generations = self.generate_batch(batch, options, budgets=budgets, watch=watch, model_kwargs=image_inputs(features))
+            encode_ms.append(watch.lap())
+        generations = self.generate_rows(
+            [(row.inputs, image_inputs(row.features)) for row in rows], options, budgets=budgets, encode_ms=encode_ms
+        )
         runs: list[tuple[Generation, ParsedDetections | None]] = []
         for generation, row in zip(generations, rows):
             generation.cache = CacheReport(vision=row.vision)

@@ -15,6 +15,7 @@ from PIL import Image
 from .. import accel
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
 from ..options import GenerationOptions
+from ..results import BudgetTimings
 from ..streaming import answer_text, current_sink, text_streamer
 from .base import Backend, Generation, Stopwatch, Turn, cut_note
 
@@ -311,6 +312,70 @@ class HFBackend(Backend):
             generations.append(generation)
         return generations
 
+    def generate_rows(
+        self,
+        rows: Sequence[tuple[Any, Mapping[str, Any]]],
+        options: GenerationOptions,
+        *,
+        budgets: Sequence[int | None],
+        encode_ms: Sequence[float],
+    ) -> list[Generation]:
+        """Several one-row prompts: each prefilled alone, unpadded, then all decoded as one batch.
+
+        ``rows`` are (processor output of one row, ``generate`` keyword arguments for its prefill,
+        such as encoded images). A left-padded batch would prefill every row at the longest row's
+        length; here each row's prefill costs what it costs alone and yields its first token as a
+        plain ``generate`` would, and only the decoding steps, bound by reading the weights, are
+        shared. Each Generation reports its own encoding (``encode_ms``) and prefill and the shared
+        decode (``BudgetTimings``).
+        """
+        from transformers import DynamicCache
+
+        kwargs = self.decode_kwargs(options, stream=False)
+        first = {**kwargs, "max_new_tokens": 1}
+        if options.min_new_tokens is not None:
+            first["min_new_tokens"] = min(1, options.min_new_tokens)
+        stop = self.stop_token_ids()
+        prefilled = []
+        for inputs, extra in rows:
+            input_ids = inputs["input_ids"]
+            self.check_context(int(input_ids.shape[1]), int((input_ids == self.image_token_id).sum()), options)
+            watch = Stopwatch()
+            inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
+            # No config: full-length layers on every layer, which the batch below can pad and stack.
+            kv = DynamicCache()
+            output = self.call_generate(inputs, {**first, **extra, cache_kwarg(): kv}, options)
+            prefilled.append((inputs, output[0, input_ids.shape[1]:].tolist(), kv, watch.lap()))
+        # Rows already finished (a stop token first, or one token asked for) sit out the decoding.
+        going = [n for n, (_, new, _, _) in enumerate(prefilled) if options.max_new_tokens > 1 and new[-1] not in stop]
+        watch = Stopwatch()
+        tails: dict[int, list[int]] = {}
+        if going:
+            batch, kv, width = decode_batch([prefilled[n] for n in going], self.processor.tokenizer.pad_token_id)
+            rest = {**kwargs, "max_new_tokens": options.max_new_tokens - 1, cache_kwarg(): kv}
+            if options.min_new_tokens is not None and options.min_new_tokens > 1:
+                rest["min_new_tokens"] = options.min_new_tokens - 1
+            else:
+                rest.pop("min_new_tokens", None)
+            output = self.call_generate(batch, rest, options)
+            for n, row in zip(going, output[:, width:].tolist()):
+                # A row that stopped early is padded to the longest; its answer ends at its stop token.
+                tails[n] = row[: next((k + 1 for k, token in enumerate(row) if token in stop), len(row))]
+        decode_ms = watch.lap() if going else 0.0
+        generations = []
+        for n, ((inputs, new, _, prefill_ms), budget, encoded) in enumerate(zip(prefilled, budgets, encode_ms)):
+            input_ids = inputs["input_ids"]
+            generation = self.generation(
+                new + tails.get(n, []), int((input_ids == self.image_token_id).sum()), int(input_ids.shape[1]),
+                budget, options, 0,
+            )
+            generation.timings = BudgetTimings(
+                preprocess_ms=encoded, prefill_ms=prefill_ms, decode_ms=decode_ms,
+                generate_ms=round(prefill_ms + decode_ms, 2), total_ms=round(encoded + prefill_ms + decode_ms, 2),
+            )
+            generations.append(generation)
+        return generations
+
     def check_context(self, prompt_tokens: int, image_tokens: int, options: GenerationOptions) -> None:
         limit = self.max_positions
         if limit is not None and prompt_tokens + options.max_new_tokens > limit:
@@ -389,3 +454,41 @@ def check_compile(backend_cls: type[HFBackend], compile: bool) -> None:
         raise Unsupported(f"--compile is implemented for Gemma 4 only; load {backend_cls.display_name} without it.")
     if not accel.cuda_available():
         raise Unsupported("--compile needs a CUDA GPU and none is available here; load without it.")
+
+
+def decode_batch(rows: Sequence[tuple[Any, list[int], Any, float]], pad_id: int) -> tuple[Any, Any, int]:
+    """The decoding batch of prefilled rows: each row's prompt and first token, left-padded to one width, and
+    one KV cache with each row's prompt cache left-padded to match. Returns (inputs, cache, width).
+
+    Padding shows up only as masked positions in the decoding steps' attention, which is
+    what the padded positions of a left-padded prefill would have been anyway.
+    """
+    import torch
+    from transformers import BatchFeature, DynamicCache
+
+    width = max(int(inputs["input_ids"].shape[1]) for inputs, _, _, _ in rows) + 1
+    columns: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "mm_token_type_ids": []}
+    for inputs, new, _, _ in rows:
+        ids = inputs["input_ids"]
+        token = torch.tensor([[new[-1]]], dtype=ids.dtype, device=ids.device)
+        pad = width - ids.shape[1] - 1
+        row = {
+            "input_ids": torch.cat([ids, token], dim=1),
+            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=1),
+        }
+        if "mm_token_type_ids" in inputs:
+            row["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token)], dim=1)
+        for name, value in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0)):
+            if name in row:
+                columns[name].append(torch.nn.functional.pad(row[name], (pad, 0), value=value))
+    batch = BatchFeature({name: torch.cat(parts) for name, parts in columns.items() if parts})
+    layers = []
+    for layer in zip(*(kv.layers for _, _, kv, _ in rows)):
+        if not all(part.is_initialized for part in layer):
+            layers.append((None, None))  # a layer that reads another's keys and values (KV sharing)
+            continue
+        length = width - 1
+        keys = [torch.nn.functional.pad(p.keys, (0, 0, length - p.keys.shape[-2], 0)) for p in layer]
+        values = [torch.nn.functional.pad(p.values, (0, 0, length - p.values.shape[-2], 0)) for p in layer]
+        layers.append((torch.cat(keys), torch.cat(values)))
+    return batch, DynamicCache(ddp_cache_data=layers), width
