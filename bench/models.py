@@ -36,6 +36,21 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: E2B reduced for a CPU: every width, head dim, the sliding/global pattern and KV sharing kept, few layers
+#: (the first period of five sliding layers and a global one with their own KV, then one sliding and one
+#: global layer reading theirs, as E2B's last 20 layers do), a 2-layer vision tower of E2B's width, and a
+#: smaller vocabulary (the output layer alone would be most of a CPU's decoding time).
+REDUCED: dict[str, tuple[dict[str, Any], dict[str, Any], int]] = {
+    "e2b-mini": (
+        {
+            **CONFIGS["e2b"], "num_hidden_layers": 8, "num_kv_shared_layers": 2,
+            "layer_types": ["sliding_attention"] * 5 + ["full_attention", "sliding_attention", "full_attention"],
+        },
+        {"num_hidden_layers": 2},
+        32_768,
+    ),
+}
+
 
 @contextmanager
 def default_dtype(dtype: torch.dtype) -> Iterator[None]:
@@ -54,9 +69,10 @@ def build(config: str, device: str, workdir: Path) -> Gemma4Backend:
         assert isinstance(backend, Gemma4Backend)
         return backend
     processor, ids = gemma4_processor()
+    text, vision, vocab = REDUCED[config] if config in REDUCED else (CONFIGS[config], {}, REAL_VOCAB)
     # Built on the device in bf16: a real-size model initialised in float32 on a CPU takes minutes.
     with torch.device(device), default_dtype(torch.bfloat16):
-        model = gemma4_model(processor, ids, CONFIGS[config], {}, vocab_size=REAL_VOCAB)
+        model = gemma4_model(processor, ids, text, vision, vocab_size=vocab)
     model.set_attn_implementation("sdpa")
     return Gemma4Backend(f"random-{config}", model, processor)
 

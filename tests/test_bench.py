@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import scenarios
+from bench import growth, scenarios
 from bench.__main__ import main, markdown, targets, sample_picture
 from bench.models import CONFIGS, REAL_VOCAB, build, describe_model
 from tools.tiny import gemma4_model, gemma4_processor
@@ -25,7 +25,8 @@ def bench(tmp_path_factory):
         (lambda b: scenarios.single(b, (70,)), 4),
         (lambda b: scenarios.conversation(b, 70), 5),
         (lambda b: scenarios.tasks(b, 70), 4),
-        (lambda b: scenarios.budgets(b, (70, 140)), 1),
+        # per answer length: the total, each budget's own costs, the shared decode, the floor
+        (lambda b: scenarios.budgets(b, (70, 140), (2, 3)), 2 * 5),
     ],
 )
 def test_scenarios_measure_ours_and_the_seed_style_baseline(bench, run, rows):
@@ -37,12 +38,22 @@ def test_scenarios_measure_ours_and_the_seed_style_baseline(bench, run, rows):
 
 def test_ablations_switch_one_optimisation_off_and_restore_it(bench):
     kept = bench.backend.prefix_cache
-    found = scenarios.ablations(bench, 70).ablations
-    assert [a.optimisation for a in found] == [
-        "SDPA attention (not eager)", "vision cache", "prefix reuse (with the vision cache)", "one batch for the budgets"
+    found = scenarios.ablations(bench, 70, (70, 140)).ablations
+    assert [a.optimisation.split(" (")[0] for a in found] == [
+        "SDPA attention", "vision cache", "prefix reuse", "one left-padded batch for the budgets",
+        "each budget prefilled alone, one shared decode",
     ]
     assert all(a.without and a.with_ and a.ratio for a in found)
     assert bench.backend.prefix_cache is kept and bench.model.config._attn_implementation == "sdpa"
+
+
+def test_compare_budgets_rows_carry_each_budgets_own_prefill(bench):
+    outcome = scenarios.budgets(bench, (70, 280), (2,))
+    own = [row for row in outcome.rows if row.metric.startswith("@")]
+    assert [row.metric.split(":")[0] for row in own] == ["@70", "@280"]
+    # the higher budget encodes and prefills far more, on both sides: not one figure copied to every row
+    assert own[0].ours != own[1].ours and own[0].seed != own[1].seed
+    assert set(outcome.facts) == {"compare_ratio@2", "compare_floor@2"}
 
 
 def test_follow_ups_hit_the_vision_cache(bench):
@@ -50,13 +61,50 @@ def test_follow_ups_hit_the_vision_cache(bench):
     assert facts["follow_up_vision"] == ["hit"] and facts["turn2_over_turn1"] > 0
 
 
-def test_the_seed_style_baseline_runs_eager_and_leaves_the_model_as_it_was(bench):
+def test_the_seed_baseline_runs_the_attention_the_seeds_own_code_gets(bench, tiny_gemma4):
+    from transformers import pipeline
+
+    # the seed's call as written, on a checkpoint of the same kind
+    seeds = pipeline("image-text-to-text", model=str(tiny_gemma4), device_map="auto", dtype="auto")
     seen = []
     hook = bench.model.register_forward_hook(lambda *_: seen.append(bench.model.config._attn_implementation))
-    with bench.eager():
-        bench.seed(bench.messages("x"), 70)
+    bench.seed(bench.messages("x"), 70)
     hook.remove()
-    assert set(seen) == {"eager"} and bench.model.config._attn_implementation == "sdpa"
+    assert set(seen) == {seeds.model.config._attn_implementation} == {"sdpa"}
+    assert bench.pipe.model.dtype == seeds.model.dtype
+    # the checkpoint's own generation config, not ours
+    assert bench.seed_config.do_sample == seeds.model.generation_config.do_sample
+
+
+def test_eager_attention_is_only_an_ablation_and_is_restored(bench):
+    with bench.eager():
+        assert bench.model.config._attn_implementation == "eager"
+    assert bench.model.config._attn_implementation == "sdpa"
+
+
+def test_growth_scenarios_print_their_tables(bench):
+    chat = growth.long_chat(bench, turns=3, budget=70, shown=(1, 2, 3))
+    [table] = chat.tables
+    assert [row[0] for row in table.rows] == [1, 2, 3] and chat.facts["long_chat_late_over_turn2"] > 0
+    # later turns resume from the earlier ones
+    assert table.rows[2][2] > 0
+    memory = growth.memory(bench, turns=2, images=3, budget=70, tokens=2)
+    [table] = memory.tables
+    assert [row[:2] for row in table.rows] == [["start", 0], ["turns", 1], ["turns", 2], ["images", 1], ["images", 3]]
+    assert memory.facts["caches_under_caps"] is True
+
+
+def test_http_clients_at_once_and_one_after_another(tiny_gemma4, tmp_path):
+    outcome = growth.http_clients(tiny_gemma4, tmp_path, clients=2, calls=2, tokens=1, budget=70)
+    [table] = outcome.tables
+    assert [row[1] for row in table.rows] == [4, 4]
+    assert all(row[2] > 0 and row[4] >= row[3] for row in table.rows)
+
+
+@pytest.mark.parametrize(("values", "expected"), [([5.0], 5.0), (list(map(float, range(1, 21))), 19.0),
+                                                  (list(map(float, range(1, 41))), 38.0)])
+def test_p95_is_the_nearest_rank(values, expected):
+    assert growth.p95(values) == expected
 
 
 def test_mcp_overhead_is_a_stdio_call_minus_the_same_call_in_process(tiny_gemma4, tmp_path):
@@ -81,13 +129,16 @@ def test_the_real_size_configs_have_the_published_parameter_counts():
 
 
 def test_targets_say_which_runs_they_are_stated_for():
-    facts = {"follow_up_vision": ["hit"], "turn2_over_turn1": 0.1, "compare_ratio": 0.6, "mcp_overhead_ms": 2.0,
-             "decode_fraction@280": 0.5, "decode_speedup@280": 3.0}
-    cpu = {t["target"]: (t["met"], t["stated_for_this_run"]) for t in targets(facts, "cpu", "tiny")}
+    facts = {"follow_up_vision": ["hit"], "turn2_over_turn1": 0.1, "long_chat_late_over_turn2": 2.5,
+             "compare_ratio@256": 0.3, "compare_ratio@32": 1.2, "caches_under_caps": True, "http_total_ratio": 1.0,
+             "mcp_overhead_ms": 2.0, "compiled_decode_fraction": 0.5, "compiled_decode_speedup": 3.0}
+    cpu = [(t["met"], t["stated_for_this_run"]) for t in targets(facts, "cpu", "tiny")]
     gpu = {t["target"]: t["stated_for_this_run"] for t in targets(facts, "cuda", "e2b")}
-    assert [met for met, _ in cpu.values()] == [True, True, False, True, True, True]
-    assert [stated for _, stated in cpu.values()] == [True, False, True, True, False, False]
+    assert [met for met, _ in cpu] == [True, True, False, True, False, True, True, True, True, True]
+    assert [stated for _, stated in cpu] == [True, False, True, True, True, True, True, True, False, False]
     assert all(gpu.values())
+    # what a run did not measure is neither met nor missed
+    assert {t["met"] for t in targets({}, "cpu", "tiny")} == {None}
 
 
 def test_the_command_writes_json_and_markdown(tmp_path, capsys):
@@ -96,12 +147,51 @@ def test_the_command_writes_json_and_markdown(tmp_path, capsys):
             "--markdown", str(table), "--threads", "1"]
     assert main(argv) == 0
     results = json.loads(out.read_text())
-    assert {"machine", "config", "settings", "rows", "targets"} <= results.keys()
+    assert {"machine", "config", "settings", "rows", "targets", "tables"} <= results.keys()
     assert results["config"]["name"] == "tiny" and results["settings"]["device"] == "cpu"
     assert table.read_text() == markdown(results)
-    assert "describe→ocr→detect" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "targets" in printed and "describe" in printed
 
 
 def test_model_description_names_the_dimensions(bench):
     described = describe_model(bench.backend)
     assert described["text"]["num_hidden_layers"] == 2 and described["head_dims"] == [16]
+
+
+def test_the_gpu_suite_runs_end_to_end_in_its_cpu_mode(tiny_gemma4, tmp_path, capsys):
+    # The tiny checkpoint keeps this fast; `--suite gpu --device cpu` alone builds the reduced E2B.
+    out, table = tmp_path / "g.json", tmp_path / "g.md"
+    argv = ["--suite", "gpu", "--device", "cpu", "--config", "tiny", "--tokens", "2", "--budget-tokens", "2", "3",
+            "--repeats", "1", "--out", str(out), "--markdown", str(table), "--threads", "1"]
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["suite"] == "gpu" and results["facts"]["compiled"].startswith("skipped")
+    scenarios_seen = {row["scenario"] for row in results["rows"]}
+    assert {"describe @70", "describe @280", "4-turn chat @280", "compare_budgets ×3, 2 tokens",
+            "compare_budgets ×3, 3 tokens"} <= scenarios_seen
+    assert list(results["settings"]["stages_s"]) == [
+        "build and warm up", "describe at each budget", "follow-up turns", "compare_budgets", "compiled decoding"
+    ]
+    assert table.read_text() == markdown(results)
+
+
+def test_the_reduced_e2b_keeps_e2bs_shapes():
+    import torch
+
+    from bench.models import REDUCED
+
+    text, vision, vocab = REDUCED["e2b-mini"]
+    processor, ids = gemma4_processor()
+    with torch.device("meta"):
+        model = gemma4_model(processor, ids, text, vision, vocab_size=vocab)
+    from tools.accel import head_dims
+
+    config = model.config.text_config
+    real = CONFIGS["e2b"]
+    widths = ("hidden_size", "intermediate_size", "num_key_value_heads", "num_attention_heads", "sliding_window",
+              "hidden_size_per_layer_input", "use_double_wide_mlp")
+    assert {k: getattr(config, k) for k in widths} == {k: real[k] for k in widths}
+    assert head_dims(config) == [256, 512]
+    assert config.layer_types[:6] == ["sliding_attention"] * 5 + ["full_attention"]
+    assert config.num_kv_shared_layers == 2 and model.config.vision_config.hidden_size == 768

@@ -298,6 +298,12 @@ class DynamicPrefixCache:
         with self._lock:
             self._entries.clear()
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of KV cache kept, at most ``max_bytes``."""
+        with self._lock:
+            return sum(entry.nbytes for entry in self._entries)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -355,6 +361,11 @@ class StaticPrefixCache:
     def clear(self) -> None:
         with self._lock:
             self._kept = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the one preallocated cache, whatever it holds."""
+        return 0 if self.kv is None else kv_nbytes(self.kv)
 
     def __len__(self) -> int:
         return int(self._kept is not None)
