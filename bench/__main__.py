@@ -45,11 +45,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         "to few layers (default: tiny; for --suite gpu, e2b on CUDA and e2b-mini on a CPU)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when there is one")
     parser.add_argument("--compile", action="store_true", help="our side decodes compiled on a static cache (CUDA)")
-    parser.add_argument("--tokens", type=int, default=None, help="new tokens per call (default: 32 tiny, 128 real)")
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="new tokens per call (default: 32 tiny, 128 real; gpu suite: 64 on CUDA, 8 on a CPU)")
     parser.add_argument("--budget-tokens", type=int, nargs="+", default=None,
                         help="answer lengths compare_budgets is measured at (default: 32 256)")
     parser.add_argument("--repeats", type=int, default=None, help="median over this many runs (default 3; gpu suite 2)")
     parser.add_argument("--mcp-calls", type=int, default=50)
+    parser.add_argument("--time-limit", type=float, default=420,
+                        help="gpu suite: seconds after which the remaining steps are skipped (and reported so)")
     parser.add_argument(
         "--threads", type=int, default=None,
         help="CPU threads for torch, here and in the MCP server (1 on a small shared machine: waiting for "

@@ -171,7 +171,7 @@ def test_the_gpu_suite_runs_end_to_end_in_its_cpu_mode(tiny_gemma4, tmp_path, ca
     assert {"describe @70", "describe @280", "4-turn chat @280", "compare_budgets ×3, 2 tokens",
             "compare_budgets ×3, 3 tokens"} <= scenarios_seen
     assert list(results["settings"]["stages_s"]) == [
-        "build and warm up", "describe at each budget", "follow-up turns", "compare_budgets", "compiled decoding"
+        "build and warm up", "describe at each budget", "compare_budgets", "follow-up turns", "compiled decoding"
     ]
     assert table.read_text() == markdown(results)
 
@@ -195,3 +195,15 @@ def test_the_reduced_e2b_keeps_e2bs_shapes():
     assert head_dims(config) == [256, 512]
     assert config.layer_types[:6] == ["sliding_attention"] * 5 + ["full_attention"]
     assert config.num_kv_shared_layers == 2 and model.config.vision_config.hidden_size == 768
+
+
+def test_the_gpu_suite_stops_short_at_its_time_limit_and_says_so(tmp_path):
+    out = tmp_path / "g.json"
+    argv = ["--suite", "gpu", "--device", "cpu", "--config", "tiny", "--tokens", "2", "--repeats", "1",
+            "--time-limit", "0", "--out", str(out), "--threads", "1"]
+    assert main(argv) == 0
+    results = json.loads(out.read_text())
+    assert results["facts"]["skipped_past_time_limit"] == [
+        "describe at each budget", "compare_budgets", "follow-up turns", "compiled decoding"
+    ]
+    assert results["rows"] == [] and list(results["settings"]["stages_s"]) == ["build and warm up"]
