@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from tools.backends.base import Turn
+from tools.vision import MAX_HISTORY_TURNS
 
 from .measure import rss, sync
 from .scenarios import QUESTIONS, Bench, Outcome, Row, Table, forced
@@ -82,7 +83,10 @@ def pictures(count: int, size: tuple[int, int] = (320, 240), seed: int = 0) -> l
 
 
 def memory(bench: Bench, turns: int = 50, images: int = 100, budget: int = 280, tokens: int = 8) -> Outcome:
-    """Process memory and the caches' sizes across ``turns`` turns on one image, then ``images`` distinct images."""
+    """Process memory and the caches' sizes across ``turns`` turns on one image, then ``images`` distinct images.
+
+    Past the server's history limit the conversation keeps its first exchange and the latest ones.
+    """
     backend, vision = bench.backend, bench.vision
     options = forced(tokens)
     gpu = backend.model.device.type == "cuda"
@@ -103,7 +107,10 @@ def memory(bench: Bench, turns: int = 50, images: int = 100, budget: int = 280, 
     path = str(bench.image)
     marks = {1, 10, 20, 30, 40, turns}
     for turn in range(1, turns + 1):
-        result = vision.describe([path] if turn == 1 else [], f"{QUESTIONS[turn % len(QUESTIONS)]} ({turn})", said,
+        # The server takes at most MAX_HISTORY_TURNS earlier messages: past that, keep the first exchange
+        # (it holds the image) and the latest ones, as a client trimming its context would.
+        kept = said if len(said) <= MAX_HISTORY_TURNS else said[:2] + said[len(said) - MAX_HISTORY_TURNS + 2:]
+        result = vision.describe([path] if turn == 1 else [], f"{QUESTIONS[turn % len(QUESTIONS)]} ({turn})", kept,
                                  budget=budget, options=options)
         said += [{"role": "user", "content": f"question {turn}", "images": [path] if turn == 1 else []},
                  {"role": "assistant", "content": result.text}]
