@@ -90,19 +90,26 @@ def memory(bench: Bench, turns: int = 50, images: int = 100, budget: int = 280, 
     backend, vision = bench.backend, bench.vision
     options = forced(tokens)
     gpu = backend.model.device.type == "cuda"
-    caps = {"vision": backend.vision_cache.max_bytes, "prefix": getattr(backend.prefix_cache, "max_bytes", None)}
+    store = vision.loader.store
+    caps = {"vision": backend.vision_cache.max_bytes, "prefix": getattr(backend.prefix_cache, "max_bytes", None),
+            "images": store.max_bytes}
 
     def sample(step: str, n: int) -> list[Any]:
         sync(backend.model.device)
         row = [step, n, round(rss() / MiB, 1)]
         if gpu:
             row.append(round(torch.cuda.memory_allocated() / MiB, 1))
-        row += [round(backend.vision_cache.nbytes / MiB, 2), round(backend.prefix_cache.nbytes / MiB, 2)]
+        row += [round(backend.vision_cache.nbytes / MiB, 2), round(backend.prefix_cache.nbytes / MiB, 2),
+                round(store.total_bytes / MiB, 2)]
         return row
+
+    def held() -> dict[str, int]:
+        return {"vision": backend.vision_cache.nbytes, "prefix": backend.prefix_cache.nbytes,
+                "images": store.total_bytes}
 
     backend.clear_caches()
     rows = [sample("start", 0)]
-    peaks = {"vision": 0, "prefix": 0}
+    peaks = held()
     said: list[dict[str, Any]] = []
     path = str(bench.image)
     marks = {1, 10, 20, 30, 40, turns}
@@ -114,8 +121,7 @@ def memory(bench: Bench, turns: int = 50, images: int = 100, budget: int = 280, 
                                  budget=budget, options=options)
         said += [{"role": "user", "content": f"question {turn}", "images": [path] if turn == 1 else []},
                  {"role": "assistant", "content": result.text}]
-        peaks = {"vision": max(peaks["vision"], backend.vision_cache.nbytes),
-                 "prefix": max(peaks["prefix"], backend.prefix_cache.nbytes)}
+        peaks = {name: max(peaks[name], now) for name, now in held().items()}
         if turn in marks:
             rows.append(sample("turns", turn))
     backend.clear_caches()
@@ -126,16 +132,15 @@ def memory(bench: Bench, turns: int = 50, images: int = 100, budget: int = 280, 
         picture.save(folder / f"{n}.png")
     for n in range(1, images + 1):
         vision.describe([str(folder / f"{n}.png")], QUESTIONS[0], budget=budget, options=options)
-        peaks = {"vision": max(peaks["vision"], backend.vision_cache.nbytes),
-                 "prefix": max(peaks["prefix"], backend.prefix_cache.nbytes)}
+        peaks = {name: max(peaks[name], now) for name, now in held().items()}
         if n in marks:
             rows.append(sample("images", n))
     headers = ["after", "count", "process RSS (MiB)", *(["GPU allocated (MiB)"] if gpu else []),
-               "vision cache (MiB)", "prefix cache (MiB)"]
+               "vision cache (MiB)", "prefix cache (MiB)", "decoded images kept (MiB)"]
     under = all(caps[k] is None or peaks[k] <= caps[k] for k in caps)
     prefix_cap = "–" if caps["prefix"] is None else f"{caps['prefix'] / MiB:.0f}"
     title = (f"memory over {turns} turns on one image, then {images} distinct images @{budget}, {tokens} tokens each; "
-             f"caps: vision {caps['vision'] / MiB:.0f} MiB, prefix {prefix_cap} MiB")
+             f"caps: vision {caps['vision'] / MiB:.0f} MiB, prefix {prefix_cap} MiB, images {caps['images'] / MiB:.0f} MiB")
     rss_growth = rows[-1][2] - rows[0][2]
     return Outcome(
         rows=[Row("memory", f"RSS growth over {turns} turns + {images} images", "MiB", rss_growth)],
