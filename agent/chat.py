@@ -12,13 +12,15 @@ import io
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from mcp import Client, StdioServerParameters
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.completion import Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import ANSI
@@ -28,10 +30,12 @@ from rich.console import Console
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.table import Table
+from rich.text import Text
 
 from . import render
-from .session import STRATEGIES, ChatError, ChatSession, TurnRecord
+from .session import HANDLE_RE, STRATEGIES, ChatError, ChatSession, TurnRecord, plural, without_handles
 from .store import Store
+from tools.paths import data_home, outputs_dir
 
 COMMANDS: dict[str, str] = {
     "/help": "this list",
@@ -60,14 +64,32 @@ HELP_FOOTER = (
 )
 
 
-def data_home() -> Path:
-    """The folder for the chat's database, input history and server log."""
-    override = os.environ.get("VLM_AGENT_HOME")
-    if override:
-        return Path(override)
-    import platformdirs
+def marks(text: str) -> str:
+    """The image marks of ``text`` ("@2 @photo.png"), in order."""
+    return " ".join(f"@{token}" for token in HANDLE_RE.findall(text))
 
-    return platformdirs.user_data_path("vlm-agent")
+
+@contextmanager
+def quiet_keys(fd: int | None) -> Iterator[None]:
+    """Keys typed while an answer streams are not echoed over it; they wait for the next prompt.
+
+    Between prompts the terminal is in its ordinary line mode, which echoes every key at
+    the cursor: on the streaming answer's line. Turning echo off keeps the keys in the
+    terminal's buffer, where the next prompt reads them.
+    """
+    if fd is None or not os.isatty(fd):
+        yield
+        return
+    import termios
+
+    saved = termios.tcgetattr(fd)
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 class TerminalView:
@@ -161,12 +183,48 @@ class ChatCompleter(Completer):
             yield from self.paths.get_completions(Document(word[1:]), complete_event)
 
 
+class Startup:
+    """The server's start and model load, which run behind the prompt: where they stand."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.began = time.monotonic()
+        #: the server's latest log line about the load, when it sends them
+        self.message = ""
+        self.done = asyncio.Event()
+        self.error: ChatError | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.done.is_set() and self.error is None
+
+    def finish(self, error: ChatError | None = None) -> None:
+        self.error = error
+        self.done.set()
+
+    def progress(self) -> str:
+        seconds = time.monotonic() - self.began
+        detail = f" · {self.message}" if self.message else ""
+        return f"loading {self.label} … {seconds:.0f} s{detail} · you can type and attach images meanwhile"
+
+
+#: commands that work before the model is ready: they need only local files and the database
+OFFLINE_COMMANDS = {"/help", "/image", "/images", "/forget", "/history", "/reset", "/save", "/load", "/sessions", "/quit"}
+
+
 class ChatApp:
-    def __init__(self, session: ChatSession, console: Console, store: Store | None) -> None:
+    def __init__(
+        self, session: ChatSession, console: Console, store: Store | None, startup: Startup | None = None
+    ) -> None:
         self.session = session
         self.console = console
         self.store = store
         self.running = True
+        self.startup = startup or Startup("the model")
+        if startup is None:
+            self.startup.finish()
+        #: the terminal whose echo is turned off while an answer streams (None: not a terminal)
+        self.keys_fd: int | None = None
 
     # -- commands ---------------------------------------------------------------
 
@@ -182,9 +240,24 @@ class ChatApp:
         handler = getattr(self, "cmd_" + command[1:].replace("-", "_"), None)
         if command not in COMMANDS or handler is None:
             raise ChatError(f"Unknown command {command}; /help lists them.")
+        if command not in OFFLINE_COMMANDS:
+            await self.wait_until_ready()
         await handler(rest)
 
+    async def wait_until_ready(self) -> None:
+        """A message sent before the model is ready waits for it, and says so."""
+        if not self.startup.done.is_set():
+            self.console.print(
+                Text(f"waiting for {self.startup.label} to load; this message goes as soon as it is ready "
+                     "(Ctrl-C gives up on it)", style="dim")
+            )
+            with self.console.status(f"loading {self.startup.label}", spinner="dots"):
+                await self.startup.done.wait()
+        if self.startup.error is not None:
+            raise self.startup.error
+
     async def turn(self, message: str, tool: str | None = None, arguments: dict[str, Any] | None = None) -> None:
+        await self.wait_until_ready()
         task = asyncio.ensure_future(self.session.send(message, tool, arguments))
         loop = asyncio.get_running_loop()
         try:
@@ -192,7 +265,8 @@ class ChatApp:
         except (NotImplementedError, RuntimeError, ValueError):
             pass  # not the main thread, or no signals here: Ctrl-C ends the chat instead
         try:
-            record = await task
+            with quiet_keys(self.keys_fd):
+                await task
         except asyncio.CancelledError:
             self.session.view.stop_live()  # type: ignore[attr-defined]
             self.console.print("[yellow]cancelled[/]")
@@ -202,15 +276,15 @@ class ChatApp:
                 loop.remove_signal_handler(signal.SIGINT)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
-        if record.dropped_turns:
-            self.console.print(self.status_text())
 
     async def cmd_help(self, _: str) -> None:
         table = Table.grid(padding=(0, 2))
         for command, text in COMMANDS.items():
-            table.add_row(f"[cyan]{command}[/]", text)
+            # Text, not markup: "[prompt]" would read as a style tag and vanish.
+            arguments, _, meaning = text.rpartition(": ")
+            table.add_row(Text(f"{command} {arguments}".rstrip(), style="cyan"), Text(meaning))
         self.console.print(table)
-        self.console.print(f"[dim]{HELP_FOOTER}[/]")
+        self.console.print(Text(HELP_FOOTER, style="dim"))
 
     async def cmd_image(self, rest: str) -> None:
         if not rest:
@@ -233,7 +307,10 @@ class ChatApp:
         self.console.print(f"forgot {', '.join(forgotten) or 'nothing'}")
 
     async def cmd_describe(self, rest: str) -> None:
-        await self.turn(rest or "Describe this image.", "describe", {"prompt": rest} if rest else {})
+        # A line of image marks alone ("/describe @2") chooses images and asks for a description.
+        prompt = rest if without_handles(rest) else ""
+        await self.turn(f"{prompt or 'Describe this image.'} {marks(rest)}".strip() if not prompt else prompt,
+                        "describe", {"prompt": prompt} if prompt else {})
 
     async def cmd_ocr(self, rest: str) -> None:
         await self.turn(rest or "Read the text.", "ocr", {})
@@ -245,7 +322,9 @@ class ChatApp:
         await self.turn(f"detect {', '.join(labels)}", "detect", {"labels": labels})
 
     async def cmd_budgets(self, rest: str) -> None:
-        await self.turn(rest or "Compare budgets.", "compare_budgets", {"prompt": rest})
+        # Image marks choose the image; the prompt, run at every budget, is the rest of the line.
+        prompt = without_handles(rest)
+        await self.turn(f"{prompt or 'Compare budgets.'} {marks(rest)}".strip(), "compare_budgets", {"prompt": prompt})
 
     async def cmd_history(self, _: str) -> None:
         records = self.session.conversation.records
@@ -253,10 +332,11 @@ class ChatApp:
             self.console.print("no turns yet")
         for n, record in enumerate(records, start=1):
             outcome = record.error or record.answer
-            self.console.print(
-                f"[bold]{n}[/] {record.user} [dim]{' '.join(record.images)} → {record.tool}[/]\n   {outcome[:200]}",
-                highlight=False,
-            )
+            # Images the message names are already in its text.
+            named = {f"@{m}" for m in HANDLE_RE.findall(record.user)}
+            others = " ".join(h for h in record.images if h not in named)
+            line = Text.assemble((str(n), "bold"), f" {record.user} ", (f"{others} → {record.tool}".lstrip(), "dim"))
+            self.console.print(line, f"   {outcome[:200]}", sep="\n", highlight=False)
 
     async def cmd_reset(self, _: str) -> None:
         self.session.reset()
@@ -332,18 +412,39 @@ class ChatApp:
             info.get("context_window"), self.session.dropped_total,
         )
 
+    def toolbar_text(self) -> Any:
+        if self.startup.error is not None:
+            return Text(f"the model did not load: {self.startup.error}", style="bold red")
+        if not self.startup.done.is_set():
+            return Text(self.startup.progress(), style="yellow")
+        return self.status_text()
+
     def toolbar(self) -> ANSI:
         # prompt-toolkit draws the toolbar; rich renders the same status line to ANSI for it.
         buffer = io.StringIO()
         Console(file=buffer, force_terminal=True, color_system="truecolor", width=400).print(
-            self.status_text(), end=""
+            self.toolbar_text(), end=""
         )
         return ANSI(buffer.getvalue())
+
+    async def announce(self, text: Any) -> None:
+        """Print above the prompt while it waits for input, then draw the prompt again."""
+        await run_in_terminal(lambda: self.console.print(text, highlight=False))
+
+    def goodbye(self) -> str:
+        records = self.session.conversation.records
+        if not records:
+            return "bye"
+        saved = " (saved; vlm-agent chat --resume continues it)" if self.store is not None else ""
+        failed = sum(1 for r in records if not r.ok)
+        errors = f", {failed} failed" if failed else ""
+        return f"bye: {plural(len(records), 'turn')}{errors} in this conversation{saved}"
 
     async def loop(self, prompt: PromptSession) -> None:
         while self.running:
             try:
-                line = await prompt.prompt_async("you> ", bottom_toolbar=self.toolbar)
+                # refresh_interval: the bottom bar shows the load's progress while the prompt waits.
+                line = await prompt.prompt_async("you> ", bottom_toolbar=self.toolbar, refresh_interval=0.5)
             except KeyboardInterrupt:
                 continue  # Ctrl-C at the prompt clears the line
             except EOFError:
@@ -352,6 +453,12 @@ class ChatApp:
                 await self.handle(line)
             except ChatError as exc:
                 self.console.print(f"[red]error:[/] {exc}", highlight=False)
+                if exc is self.startup.error:
+                    return
+        if self.startup.error is not None:
+            self.console.print(f"[red]error:[/] {self.startup.error}", highlight=False)
+            return
+        self.console.print(Text(self.goodbye(), style="dim"))
 
 
 def key_bindings() -> KeyBindings:
@@ -364,9 +471,23 @@ def key_bindings() -> KeyBindings:
     return bindings
 
 
+LogCallback = Callable[[str, str], None]
+
+
 @asynccontextmanager
-async def connect(serve: list[str], server: str | None, token_env: str | None, log_path: Path) -> AsyncIterator[Client]:
-    """A client of the given HTTP server, or of a `vlm-agent serve SERVE...` child over stdio."""
+async def connect(
+    serve: list[str], server: str | None, token_env: str | None, log_path: Path, on_log: LogCallback | None = None
+) -> AsyncIterator[Client]:
+    """A client of the given HTTP server, or of a `vlm-agent serve SERVE...` child over stdio.
+
+    ``on_log(level, text)`` receives the server's log messages (load progress and the like).
+    """
+    listen: dict[str, Any] = {}
+    if on_log is not None:
+        async def logged(params: Any) -> None:
+            on_log(str(params.level), str(params.data))
+
+        listen = {"logging_callback": logged, "log_level": "info"}
     if server:
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
@@ -378,7 +499,7 @@ async def connect(serve: list[str], server: str | None, token_env: str | None, l
                 raise ChatError(f"--token-env names ${token_env}, which is not set.")
             headers["Authorization"] = f"Bearer {token}"
         async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None)) as http:
-            async with Client(streamable_http_client(server, http_client=http)) as client:
+            async with Client(streamable_http_client(server, http_client=http), **listen) as client:
                 yield client
         return
     from mcp.client.stdio import stdio_client
@@ -388,7 +509,7 @@ async def connect(serve: list[str], server: str | None, token_env: str | None, l
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # The server's own logs go to a file: the chat owns this terminal.
     with open(log_path, "a", encoding="utf-8") as log:
-        async with Client(stdio_client(params, errlog=log)) as client:
+        async with Client(stdio_client(params, errlog=log), **listen) as client:
             yield client
 
 
@@ -400,36 +521,83 @@ async def run_chat(
     token_env: str | None = None,
     strategy: str = "auto",
     budget: int | None = None,
+    max_new_tokens: int = 512,
+    sampling: Mapping[str, float] | None = None,
     resume: bool = False,
+    label: str = "the model",
     console: Console | None = None,
     prompt: PromptSession | None = None,
     client: Client | None = None,
 ) -> int:
-    """The interactive chat; ``prompt``, ``console`` and ``client`` are injectable for tests."""
+    """The interactive chat; ``prompt``, ``console`` and ``client`` are injectable for tests.
+
+    The prompt comes up at once: the server starts and loads its model behind it, the
+    bottom bar shows how far it got, and a message sent before then waits for it.
+    """
     console = console or Console(highlight=False)
     home = data_home()
     store = Store(home / "chat.sqlite3")
     history: History = FileHistory(str(home / "input_history")) if prompt is None else InMemoryHistory()
-    view = TerminalView(console, home / "pictures")
+    view = TerminalView(console, outputs_dir())
+    startup = Startup(label)
     try:
-        async with (contextless(client) if client is not None else connect(serve or [], server, token_env, home / "server.log")) as live_client:
-            session = ChatSession(live_client, view, store, strategy=strategy, budget=budget)
-            with console.status("starting the server and loading the model", spinner="dots"):
-                info = await session.start()
-            console.print(f"[bold]{info['model']}[/] ready · /help for commands", highlight=False)
-            if resume:
-                latest = store.latest()
-                if latest is None:
-                    console.print("nothing to resume; starting a new conversation")
-                else:
-                    session.load(latest)
-                    console.print(f"resumed: {len(session.conversation.records)} earlier turns")
-            for ref in images:
-                attached = session.attach(ref)
-                console.print(f"attached [bold]{attached.handle}[/] {Path(attached.source).name}", highlight=False)
-            app = ChatApp(session, console, store)
-            prompt = prompt or PromptSession(history=history, completer=ChatCompleter(session), key_bindings=key_bindings())
+        session = ChatSession(
+            None, view, store, strategy=strategy, budget=budget, max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
+            sampling=sampling,
+        )
+        app = ChatApp(session, console, store, startup)
+        real_terminal = prompt is None
+        prompt = prompt or PromptSession(history=history, completer=ChatCompleter(session), key_bindings=key_bindings())
+        if real_terminal and sys.stdin.isatty():
+            app.keys_fd = sys.stdin.fileno()
+        console.print(Text(f"vlm-agent chat · loading {label} in the background · /help for commands", style="dim"))
+        if resume:
+            latest = store.latest()
+            if latest is None:
+                console.print("nothing to resume; starting a new conversation")
+            else:
+                session.load(latest)
+                console.print(f"resumed: {len(session.conversation.records)} earlier turns")
+        for ref in images:
+            attached = session.attach(ref)
+            console.print(f"attached [bold]{attached.handle}[/] {Path(attached.source).name}", highlight=False)
+
+        def server_log(level: str, text: str) -> None:
+            if not startup.done.is_set():
+                startup.message = text
+
+        stop = asyncio.Event()
+
+        async def serve_in_background() -> None:
+            try:
+                opened = (
+                    contextless(client) if client is not None
+                    else connect(serve or [], server, token_env, home / "server.log", on_log=server_log)
+                )
+                async with opened as live_client:
+                    session.client = live_client
+                    info = await session.start()
+                    startup.finish()
+                    await app.announce(Text.assemble((str(info["model"]), "bold"), " ready"))
+                    await stop.wait()
+            except ChatError as exc:
+                startup.finish(exc)
+            except Exception as exc:  # the child could not start or the connection broke
+                startup.finish(ChatError(f"The server did not start ({type(exc).__name__}); see {home / 'server.log'}."))
+            if startup.error is not None and not stop.is_set():
+                # The chat cannot go on without a server: leave the prompt; the loop says why.
+                app.running = False
+                if prompt.app.is_running:
+                    prompt.app.exit(exception=EOFError())
+
+        background = asyncio.create_task(serve_in_background())
+        try:
             await app.loop(prompt)
+        finally:
+            stop.set()
+            await background
+        if startup.error is not None:
+            return 1
     except ChatError as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False)
         return 1

@@ -82,6 +82,7 @@ class RecordingView:
 async def run_script(session: ChatSession, turns: list[dict[str, Any]], base: Path) -> dict[str, Any]:
     """Run every turn (a failed turn does not stop the run) and return the transcript."""
     started = time.time()
+    session.attach_hint = "add images: [PATH] to the turn"
     records = []
     for turn in turns:
         entry: dict[str, Any] = {"user": turn.get("user", "")}

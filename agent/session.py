@@ -123,6 +123,7 @@ class ChatSession:
         strategy: str = "auto",
         budget: int | None = None,
         max_new_tokens: int = 512,
+        sampling: Mapping[str, float] | None = None,
     ) -> None:
         if strategy not in STRATEGIES:
             raise ChatError(f"Unknown context strategy '{strategy}'; use one of {', '.join(STRATEGIES)}.")
@@ -132,12 +133,16 @@ class ChatSession:
         self.strategy = strategy
         self.budget = budget
         self.max_new_tokens = max_new_tokens
+        #: temperature and top_p for the tools that sample (describe, ocr, detect), when given
+        self.sampling = dict(sampling or {})
         self.info: dict[str, Any] = {}
         self.conversation = Conversation()
         #: image ids the connected server holds (it forgets them when it restarts)
         self.uploaded: set[str] = set()
         self.counter = 0
         self.dropped_total = 0
+        #: how this front end tells its user to add an image (the chat's commands, a script's keys)
+        self.attach_hint = "attach one with /image PATH or @path"
 
     # -- setup ------------------------------------------------------------------
 
@@ -236,12 +241,21 @@ class ChatSession:
         return data_uri(path)
 
     def message_images(self, message: str) -> tuple[str, list[str]]:
-        """Handles a message refers to (``@1``, ``@name``, ``@path``), and its text without unknown marks."""
+        """Handles a message refers to (``@1``, ``@name``, ``@path``), and its text.
+
+        A mark that names no attached image and no file stops the message: sending it on the
+        previous image instead would answer a question the user did not ask.
+        """
         handles = []
         for token in HANDLE_RE.findall(message):
-            handle = self.resolve_handle(token.rstrip(".,;:!?"))
-            if handle:
-                handles.append(handle)
+            name = token.rstrip(".,;:!?")
+            handle = self.resolve_handle(name)
+            if handle is None:
+                raise ChatError(
+                    f"No image @{name}: no attached handle, file name or file by that name; "
+                    "/images lists the attached ones. The message was not sent."
+                )
+            handles.append(handle)
         if not handles:
             handles = list(self.conversation.pending)
         if not handles and self.conversation.images:
@@ -273,9 +287,9 @@ class ChatSession:
             tool, arguments, routed_by = await self.choose(text, handles)
         arguments = dict(arguments or {})
         if tool in ("ocr", "detect", "compare_budgets") and not handles:
-            raise ChatError(f"{tool} needs an image: attach one with /image PATH or @path.")
+            raise ChatError(f"{tool} needs an image: {self.attach_hint}.")
         if tool == "describe" and not handles and not self.conversation.records:
-            raise ChatError("Attach an image first: /image PATH, or @path in the message.")
+            raise ChatError(f"Attach an image first: {self.attach_hint}.")
         record = TurnRecord(user=text, images=handles, tool=tool, arguments=arguments, routed_by=routed_by)
         self.view.tool_call(tool, arguments, routed_by)
         started = time.perf_counter()
@@ -329,7 +343,9 @@ class ChatSession:
     async def call_once(self, record: TurnRecord) -> tuple[dict[str, Any], list[bytes]]:
         tool, args, handles = record.tool, record.arguments, record.images
         refs = [self.ref(h) for h in handles]
-        budget = {"budget": self.budget} if self.budget is not None and self.info.get("budgets") else {}
+        # compare_budgets takes neither the budget nor sampling: its payload is built without them
+        extra = {"budget": self.budget} if self.budget is not None and self.info.get("budgets") else {}
+        extra.update(self.sampling)
         if tool == "describe":
             prompt = args.get("prompt") or record.user
             strategy = self.effective_strategy
@@ -340,7 +356,7 @@ class ChatSession:
                 prompt = concat_prompt(kept, prompt) if kept else prompt
             elif strategy == "chat-template":
                 turns, _, record.dropped_turns = self.history(len(refs))
-            payload = {"images": refs, "prompt": prompt, "history": turns, "max_new_tokens": self.max_new_tokens, **budget}
+            payload = {"images": refs, "prompt": prompt, "history": turns, "max_new_tokens": self.max_new_tokens, **extra}
             while True:
                 try:
                     result, images = await self.call_tool("describe", payload)
@@ -353,15 +369,15 @@ class ChatSession:
                     record.dropped_turns += 1
             if record.dropped_turns:
                 self.dropped_total += record.dropped_turns
-                self.view.notice(f"dropped {record.dropped_turns} older exchanges to fit the model's context")
+                self.view.notice(f"dropped {plural(record.dropped_turns, 'older exchange')} to fit the model's context")
         elif tool == "ocr":
-            result, images = await self.call_tool("ocr", {"image": refs[0], "max_new_tokens": self.max_new_tokens, **budget})
+            result, images = await self.call_tool("ocr", {"image": refs[0], "max_new_tokens": self.max_new_tokens, **extra})
         elif tool == "detect":
             labels = args.get("labels") or []
             if isinstance(labels, str):
                 labels = [part.strip() for part in labels.split(",")]
             result, images = await self.call_tool(
-                "detect", {"image": refs[0], "labels": labels, "max_new_tokens": self.max_new_tokens, **budget}
+                "detect", {"image": refs[0], "labels": labels, "max_new_tokens": self.max_new_tokens, **extra}
             )
         elif tool == "compare_budgets":
             payload = {
@@ -441,6 +457,16 @@ class ChatSession:
                 images = int(result.get("image_tokens") or 0)
                 return int(result["prompt_tokens"]) - images + int(result.get("generated_tokens", 0)), images
         return 0, 0
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 older exchange', '2 older exchanges'."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def without_handles(text: str) -> str:
+    """``text`` with its image marks (``@2``, ``@photo.png``) taken out: what is left is the prompt."""
+    return " ".join(HANDLE_RE.sub(" ", text).split())
 
 
 def answer_text(tool: str, result: Mapping[str, Any]) -> str:

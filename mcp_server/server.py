@@ -67,9 +67,10 @@ class Settings:
 
 
 def default_out_dir() -> Path:
-    import platformdirs
+    # The chat saves its pictures in the same folder.
+    from tools.paths import outputs_dir
 
-    return platformdirs.user_data_path("vlm-agent") / "outputs"
+    return outputs_dir()
 
 
 class Engine:

@@ -148,8 +148,9 @@ async def test_trimming_is_announced(tiny_gemma4, tmp_path, home, photo, monkeyp
     transcript, recorder = await chat(
         tiny_gemma4, tmp_path, ["/describe one", "/describe two", "/describe three", "/quit"], images=[photo]
     )
-    assert "dropped 1 older exchanges to fit the model's context" in transcript
-    assert "older turn" in transcript  # the status line says so too
+    assert transcript.count("dropped 1 older exchange to fit the model's context") == 1  # singular, once
+    # The status bar says so at the bottom of the screen; it is not printed again into the scrollback.
+    assert "older turn" not in transcript and "context:" not in transcript
     last = [args for name, args in recorder.calls if name == "describe"][-1]
     assert [turn["content"] for turn in last["history"]][0] == "two"
 
