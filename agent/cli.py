@@ -137,6 +137,20 @@ def serve_args(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def generation_options(parser: argparse.ArgumentParser) -> None:
+    """How much and how freely the model writes: every command that runs the model takes these."""
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="cap on generated tokens (default 512)")
+    parser.add_argument("--temperature", type=float, default=None, help="0 decodes greedily (default)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 1)")
+
+
+def sampling_of(args: argparse.Namespace) -> dict[str, float]:
+    """The sampling flags given, as tool arguments for the chat's and scripts' calls."""
+    chosen = resolve_options(None, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    given = {"temperature": args.temperature, "top_p": args.top_p}
+    return {name: getattr(chosen, name) for name, value in given.items() if value is not None}
+
+
 def call_options(parser: argparse.ArgumentParser) -> None:
     model_option(parser)
     parser.add_argument(
@@ -146,13 +160,11 @@ def call_options(parser: argparse.ArgumentParser) -> None:
         help=f"Gemma 4 visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280); "
         "PaliGemma and BLIP-2 have a fixed resolution and take none",
     )
-    parser.add_argument("--max-new-tokens", type=int, default=512)
+    generation_options(parser)
     parser.add_argument(
         "--preset", choices=tuple(PRESETS), default=None,
         help="decoding preset (PaliGemma demo's choices); --temperature and --top-p override it",
     )
-    parser.add_argument("--temperature", type=float, default=None, help="0 decodes greedily (default)")
-    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 1)")
     parser.add_argument("--json", action="store_true", help="print the structured result as JSON")
     parser.add_argument(
         "--allow-private-urls", action="store_true", help="allow image URLs on loopback or private networks"
@@ -215,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", choices=("auto", "chat-template", "concat"), default="auto",
                    help="how earlier turns reach the model (auto: the family's own way)")
     p.add_argument("--budget", type=int, default=None, help="visual-token budget (Gemma 4)")
+    generation_options(p)
     p.add_argument("--resume", action="store_true", help="continue the last conversation")
 
     p = commands.add_parser(
@@ -226,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", metavar="SCRIPT")
     p.add_argument("--out", default=None, help="write the transcript JSON here (default: stdout)")
     connect_options(p)
-    p.add_argument("--context", choices=("auto", "chat-template", "concat"), default="auto")
-    p.add_argument("--budget", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--context", choices=("auto", "chat-template", "concat"), default="auto",
+                   help="how earlier turns reach the model (auto: the family's own way)")
+    p.add_argument("--budget", type=int, default=None, help="visual-token budget (Gemma 4)")
+    generation_options(p)
 
     p = commands.add_parser(
         "serve",
@@ -281,11 +295,17 @@ def print_result(result: Result, as_json: bool) -> None:
         return
     data = result.model_dump(mode="json")
     if isinstance(result, BoxesResult):
-        out.print(render.detections_table(data))
+        if result.detections:
+            out.print(render.detections_table(data))
+        else:
+            out.print(f"no detections of {', '.join(result.labels)}", markup=False)
         if result.annotated_path:
             err.print(f"annotated image: {result.annotated_path}", markup=False)
-    else:
+    elif result.text.strip():
         out.print(result.text, markup=False)
+    else:
+        # stdout stays empty, as the answer is; the person reading is told why
+        err.print("no text found" if getattr(result, "engine", None) else "(the model answered with no text)", markup=False)
     for note in result.notes:
         err.print(f"note: {note}", markup=False)
     err.print(render.stats_line(data), style="dim", markup=False)
@@ -353,6 +373,7 @@ async def run_script_command(args: argparse.Namespace) -> int:
             session = ChatSession(
                 client, RecordingView(lambda line: err.print(line, markup=False, highlight=False)),
                 strategy=args.context, budget=args.budget, max_new_tokens=args.max_new_tokens,
+                sampling=sampling_of(args),
             )
             await session.start()
             transcript = await run_script(session, turns, script.parent)
@@ -437,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_chat(
                     args.images, serve=serve_args(args), server=args.server, token_env=args.token_env,
                     strategy=args.context, budget=args.budget, resume=args.resume,
+                    max_new_tokens=args.max_new_tokens, sampling=sampling_of(args), label=args.server or args.model,
                 )
             )
         if args.command == "run":

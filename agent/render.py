@@ -33,10 +33,12 @@ ESC = "\x1b"
 ST = ESC + "\\"
 #: The kitty protocol caps each escape's payload at 4096 base64 characters.
 KITTY_CHUNK = 4096
-#: Pixel bounds of kitty and sixel previews: a thumbnail, not the full picture.
-PREVIEW_PIXELS = (480, 360)
+#: Pixel bounds of kitty and sixel previews: a thumbnail of about a dozen text rows.
+PREVIEW_PIXELS = (400, 216)
 #: Column bound of half-block previews, when the console is wider.
 PREVIEW_COLUMNS = 60
+#: Row bound of half-block previews: the answer above stays on screen.
+PREVIEW_ROWS = 12
 
 KITTY_PROGRAMS = {"ghostty", "WezTerm"}
 SIXEL_TERMINALS = {"foot", "mlterm", "contour"}
@@ -222,7 +224,8 @@ def preview(console: Console, image: Image.Image, protocol: str) -> None:
     if protocol == "none":
         return
     if protocol == "blocks":
-        console.print(half_blocks(image, max_width=min(PREVIEW_COLUMNS, console.width)))
+        rows = max(4, min(PREVIEW_ROWS, console.height // 3))
+        console.print(half_blocks(image, max_width=min(PREVIEW_COLUMNS, console.width), max_height=rows))
         return
     thumbnail = _fit(_rgb(image), *PREVIEW_PIXELS)
     if protocol == "kitty":
@@ -306,6 +309,10 @@ def _ms(value: float | None) -> str:
 
 def stats_line(result: Mapping[str, Any]) -> str:
     """One line of what a call cost, for printing dim under its answer."""
+    if result.get("engine") == "rapidocr":
+        # no model ran: no tokens to count
+        count = len(result.get("lines") or [])
+        return f"rapidocr · {count} line{'' if count == 1 else 's'} of text · {result['timings']['total_ms'] / 1000:.2f} s"
     parts = [result["family"]]
     if result.get("budget") is not None:
         parts.append(f"budget {result['budget']}")

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
 from mcp.server.mcpserver import Context, Image, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
@@ -494,7 +494,10 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
     @server.resource("vlm-agent://model", mime_type="application/json")
     async def model_info() -> str:
         """The resident model: id, family, budgets, context window and what it supports."""
-        vision = await resident.ready()
+        try:
+            vision = await resident.ready()
+        except VlmError as exc:
+            raise ResourceError(str(exc)) from None  # the reason reaches the client, not "Error reading resource"
         return json.dumps(vision.model_info())
 
     return server

@@ -375,3 +375,107 @@ async def test_the_model_chooses_the_tool_through_function_calling(tiny_gemma4, 
     assert [name for name, _ in recorder.calls] == ["chat", "detect"]
     assert recorder.calls[1][1]["labels"] == ["bicycle"]
     assert "→ detect(labels=['bicycle']) chosen by the model" in transcript
+
+
+async def test_the_prompt_comes_before_the_model(tiny_gemma4, tmp_path, home, photo):
+    """Typing, attaching and listing work while the model loads; a message sent meanwhile waits and says so."""
+    import threading
+
+    import anyio
+
+    from tools.backends import load_backend
+
+    release = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        release.wait(60)  # the load goes on until the chat has shown it can be used meanwhile
+        return load_backend(*args, **kwargs)
+
+    server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"), load=slow_load)
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+
+    async def release_once_a_message_waits():
+        while "waiting for" not in console.file.getvalue():
+            await anyio.sleep(0.02)
+        release.set()
+
+    async with Client(server) as client:
+        recorder = Recorder(client)
+        with create_pipe_input() as pipe:
+            pipe.send_text(f"/image {photo}\n/images\n/help\nWhat is it?\n/quit\n")
+            prompt = PromptSession(input=pipe, output=DummyOutput())
+            async with anyio.create_task_group() as group:
+                group.start_soon(release_once_a_message_waits)
+                code = await run_chat([], console=console, prompt=prompt, client=recorder, label="tiny")
+    transcript = console.file.getvalue()
+    assert code == 0, transcript
+    assert transcript.count(" ready\n") == 1
+    before_ready = transcript.split(" ready\n")[0]
+    # all of this happened while the model was still loading
+    assert "attached @1 photo.png" in before_ready and "img_" in before_ready and "/budgets [prompt]" in before_ready
+    assert "waiting for tiny to load" in before_ready
+    assert transcript.index("waiting for tiny to load") < transcript.index("→ describe(")
+    assert transcript.rstrip().endswith("bye: 1 turn in this conversation (saved; vlm-agent chat --resume continues it)")
+
+
+async def test_a_model_that_cannot_load_ends_the_chat_with_its_reason(tmp_path, home, photo):
+    server = build_server(Settings(model=str(tmp_path / "no-such-model"), out_dir=tmp_path / "out"))
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    async with Client(server) as client:
+        with create_pipe_input() as pipe:
+            pipe.send_text("What is it?\n")
+            prompt = PromptSession(input=pipe, output=DummyOutput())
+            code = await run_chat([str(photo)], console=console, prompt=prompt, client=Recorder(client))
+    transcript = console.file.getvalue()
+    assert code == 1
+    assert transcript.count("error:") == 1 and "no-such-model" in transcript
+
+
+async def test_marks_help_budgets_and_goodbye(tiny_gemma4, tmp_path, home, photo):
+    other = tmp_path / "other.png"
+    sample_image(64, 48).save(other)
+    lines = [
+        "/help",
+        "What is in @missing.jpg?",  # no such image: refused, not run on photo.png
+        f"/image {other}",
+        "/budgets @1",
+        "/history",
+        "/quit",
+    ]
+    transcript, recorder = await chat(tiny_gemma4, tmp_path, lines, images=[photo])
+    # /help keeps the optional arguments that Tab completion shows
+    assert "/budgets [prompt]" in transcript and "/forget [@n]" in transcript and "/detect LABEL..." in transcript
+    assert "error: No image @missing.jpg" in transcript and "not sent" in transcript
+    tools = [name for name, _ in recorder.calls]
+    assert tools == ["compare_budgets"]  # the refused message reached no tool
+    # the mark chose the image; it is not the prompt
+    args = recorder.calls[0][1]
+    assert args["prompt"] == "" and args["image"].startswith("data:image/png")
+    assert "1 Compare budgets. @1 → compare_budgets" in transcript  # the image is named once
+    assert "bye: 1 turn in this conversation" in transcript
+
+
+def test_keys_typed_while_an_answer_streams_are_not_echoed_over_it():
+    """In a real terminal (a pty), keys typed during a turn do not appear on the streaming line; they wait."""
+    import os
+    import pty
+    import select
+
+    from agent.chat import quiet_keys
+
+    main_fd, terminal_fd = pty.openpty()
+    try:
+        def echoed() -> bytes:
+            ready, _, _ = select.select([main_fd], [], [], 0.5)
+            return os.read(main_fd, 1024) if ready else b""
+
+        with quiet_keys(terminal_fd):
+            os.write(main_fd, b"next question\n")
+            assert echoed() == b""
+        # the keys were kept for the next prompt to read
+        assert os.read(terminal_fd, 1024) == b"next question\n"
+        os.write(main_fd, b"x")  # and echo is back once the turn is over
+        assert echoed() == b"x"
+    finally:
+        os.close(main_fd)
+        os.close(terminal_fd)

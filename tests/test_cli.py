@@ -246,3 +246,48 @@ def test_default_model_without_network_says_so_in_one_line(tmp_path, square_png,
     assert "Retrying" not in proc.stderr
     assert lines[-1].startswith("error: Model 'google/gemma-4-E2B-it' is not on this machine")
     assert reason in lines[-1] and "hf download google/gemma-4-E2B-it" in lines[-1] and "--model" in lines[-1]
+
+
+def test_detect_with_nothing_found_says_so_without_an_empty_table(tiny_gemma4, tmp_path, capsys):
+    image = tmp_path / "street.png"
+    sample_image(64, 48).save(image)
+    # one token can hold no box
+    code, out, err = run(capsys, "detect", str(image), "cat", "dog", "--model", str(tiny_gemma4),
+                         "--max-new-tokens", "1", "--out", str(tmp_path / "a.png"))
+    assert code == 0 and out == "no detections of cat, dog\n"
+
+
+def test_offline_ocr_of_a_blank_page_says_no_text_and_counts_no_tokens(tmp_path, capsys):
+    pytest.importorskip("rapidocr_onnxruntime")
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 80), "white").save(blank)
+    code, out, err = run(capsys, "ocr", str(blank), "--engine", "rapidocr")
+    assert code == 0 and out == ""
+    lines = err.strip().splitlines()
+    assert "no text found" in lines
+    assert lines[-1].startswith("rapidocr · 0 lines of text · ") and "tokens" not in err
+
+
+@pytest.mark.parametrize("command", ["describe", "ocr", "detect", "segment", "chat", "run"])
+def test_every_model_command_takes_the_generation_flags(command):
+    from agent.cli import build_parser
+
+    positional = {"describe": ["a.png"], "ocr": ["a.png"], "detect": ["a.png", "cat"], "segment": ["a.png", "cat"],
+                  "chat": [], "run": ["s.yaml"]}[command]
+    args = build_parser().parse_args(
+        [command, *positional, "--max-new-tokens", "7", "--temperature", "0.5", "--top-p", "0.9", "--budget", "70"]
+    )
+    assert (args.max_new_tokens, args.temperature, args.top_p, args.budget) == (7, 0.5, 0.9, 70)
+
+
+def test_a_script_turn_without_an_image_is_told_to_add_images(tiny_gemma4, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VLM_AGENT_HOME", str(tmp_path / "home"))
+    script = tmp_path / "talk.yaml"
+    script.write_text("- user: read it\n  tool: ocr\n- user: what is it?\n  images: [p.png]\n")
+    sample_image(64, 48).save(tmp_path / "p.png")
+    code = main(["run", str(script), "--model", str(tiny_gemma4), "--max-new-tokens", "4", "--temperature", "0.7"])
+    transcript = json.loads(capsys.readouterr().out)
+    assert code == 1 and transcript["failed"] == 1
+    assert transcript["turns"][0]["error"] == "ocr needs an image: add images: [PATH] to the turn."
+    assert "/image" not in transcript["turns"][0]["error"]
+    assert transcript["turns"][1]["result"]["generated_tokens"] > 0  # the sampled turn ran

@@ -256,15 +256,15 @@ def terminal() -> Console:
 
 @pytest.mark.parametrize(
     ("protocol", "start"),
-    [("kitty", "\x1b_Ga=T,f=100,q=2,m="), ("sixel", '\x1bPq"1;1;480;360#'), ("blocks", "\x1b[")],
+    [("kitty", "\x1b_Ga=T,f=100,q=2,m="), ("sixel", '\x1bPq"1;1;288;216#'), ("blocks", "\x1b[")],
 )
 def test_preview_writes_a_thumbnail(protocol, start):
     console = terminal()
     preview(console, noise(1200, 900), protocol)
     written = console.file.getvalue()
     assert written.startswith(start) and written.endswith("\n")
-    if protocol == "blocks":
-        assert written.count("▀") == 60 * 23
+    if protocol == "blocks":  # 4:3 in at most a third of the 25-row screen: 8 rows of 21 columns
+        assert written.count("▀") == 21 * 8 and written.count("\n") == 8
 
 
 def test_preview_writes_nothing_for_none_and_refuses_unknown_protocols():
@@ -413,3 +413,36 @@ def test_status_line(window, dropped, expected):
     assert line.plain == expected
     highlighted = [line.plain[span.start : span.end] for span in line.spans if "yellow" in str(span.style)]
     assert highlighted == ([f"{dropped} older turn{'s' if dropped > 1 else ''} dropped"] if dropped else [])
+
+
+def test_budgets_run_as_one_batch_state_their_time_once():
+    """Equal times on every row say nothing per budget: the caption states the batch's time instead."""
+    result = {
+        "metric": "word similarity", "threshold": 0.6, "reference_budget": 280, "recommended_budget": 70,
+        "runs": [budget_run(70, 64, 0.8, 1500.0), budget_run(280, 256, 1.0, 1500.0)],
+    }
+    text = render(budgets_table(result), width=140)
+    assert "ms" not in text.split("\n", 3)[2]  # the header row has no time column
+    assert "all budgets ran as one batch in 1.50 s" in " ".join(text.split())
+    assert "1,500" not in text
+
+
+@pytest.mark.parametrize(
+    ("totals", "expected"),
+    [
+        ([1500.0, 1500.0], ["budget 70 · 64 image tokens", "budget 280 · 256 image tokens"]),
+        ([500.0, 1500.0], ["budget 70 · 64 image tokens · 0.50 s", "budget 280 · 256 image tokens · 1.50 s"]),
+    ],
+)
+def test_panel_titles_name_budget_tokens_and_time(totals, expected):
+    from tools.compare import run_label, varying_timings
+
+    timings = [{"preprocess_ms": 1.0, "generate_ms": 2.0, "total_ms": t} for t in totals]
+    shown = varying_timings(timings)
+    assert [run_label(b, n, t, shown) for b, n, t in zip((70, 280), (64, 256), timings)] == expected
+
+
+def test_a_square_preview_stays_a_dozen_rows_high():
+    console = Console(file=io.StringIO(), width=120, height=50, force_terminal=True, color_system="truecolor")
+    preview(console, Image.new("RGB", (512, 512), "teal"), "blocks")
+    assert len(console.file.getvalue().rstrip("\n").splitlines()) == 12

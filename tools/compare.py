@@ -69,3 +69,28 @@ def recommend(budgets: Sequence[int], agreements: Sequence[float], threshold: fl
         if score >= threshold:
             return budget
     return max(budgets)
+
+
+#: per-run timings a comparison can show, most telling first, and how a title names each
+TIMING_NAMES = {"total_ms": "", "encode_ms": "encode", "prefill_ms": "prefill", "generate_ms": "generate"}
+
+
+def varying_timings(timings: Sequence[dict[str, float]]) -> list[str]:
+    """The timing keys whose values differ between the runs, in ``TIMING_NAMES`` order.
+
+    Budgets run as one batch all carry the batch's time: a column of equal numbers says
+    nothing per budget, so it is left out and stated once instead.
+    """
+    keys = [key for key in TIMING_NAMES if all(key in t for t in timings)]
+    return [key for key in keys if len({round(t[key], 1) for t in timings}) > 1]
+
+
+def run_label(budget: int, image_tokens: int | None, timings: dict[str, float], shown: Sequence[str]) -> str:
+    """A budget's title: 'budget 280 · 256 image tokens · 1.23 s' (times only where they differ)."""
+    parts = [f"budget {budget}"]
+    if image_tokens is not None:
+        parts.append(f"{image_tokens} image tokens")
+    for key in shown[:1]:
+        name = TIMING_NAMES[key]
+        parts.append(f"{name} {timings[key] / 1000:.2f} s".strip())
+    return " · ".join(parts)

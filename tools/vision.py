@@ -255,7 +255,7 @@ class Vision:
 
     def _offline_ocr(self, image: str, budget: int | None, started: float) -> OcrResult:
         if budget is not None:
-            raise InvalidRequest("The rapidocr engine has no visual-token budget; leave budget unset.")
+            raise InvalidRequest("The rapidocr engine has no visual-token budget; give none (no --budget flag, no budget argument).")
         reader = rapidocr()
         loaded = self.load_images([image])
         reading = reader.read(loaded[0].image)
@@ -438,7 +438,8 @@ class Vision:
         ]
         written = None
         if picture_path is not None:
-            panels = [(panel_title(run), self.panel(loaded.image, run, b)) for run, b in zip(runs, boxes)]
+            shown = compare.varying_timings([run.timings.model_dump() for run in runs])
+            panels = [(panel_title(run, shown), self.panel(loaded.image, run, b)) for run, b in zip(runs, boxes)]
             written = str(save_png(grid(panels), picture_path))
         return CompareResult(
             task=task,
@@ -518,9 +519,8 @@ class Vision:
         return seen.resize(shown, Image.Resampling.NEAREST)
 
 
-def panel_title(run: BudgetRun) -> str:
-    tokens = "" if run.image_tokens is None else f": {run.image_tokens} tokens"
-    return f"max_soft_tokens = {run.budget}{tokens}"
+def panel_title(run: BudgetRun, shown_timings: Sequence[str] = ()) -> str:
+    return compare.run_label(run.budget, run.image_tokens, run.timings.model_dump(), shown_timings)
 
 
 def parsed_boxes(result: Result) -> list[Detection]:

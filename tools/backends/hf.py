@@ -204,7 +204,7 @@ class HFBackend(Backend):
         if budget is not None and budget != tokens:
             raise InvalidRequest(
                 f"{self.display_name} has a fixed resolution ({tokens} image tokens per image for this "
-                "checkpoint); leave budget unset."
+                "checkpoint); give no budget (no --budget flag, no budget argument)."
             )
 
     def prompt_images(

@@ -426,7 +426,7 @@ class OpenAIBackend(Backend):
             return self.default_budget
         if not self.budgets:
             raise InvalidRequest(
-                f"The engine at {self.url} was not declared to take visual-token budgets; leave budget unset, "
+                f"The engine at {self.url} was not declared to take visual-token budgets; give no budget (no --budget flag, no budget argument), "
                 "or restart vlm-agent with --budgets-supported if it serves Gemma 4 on vLLM."
             )
         return check_budget(budget, self.budgets, self.display_name)
