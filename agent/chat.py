@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -189,8 +189,6 @@ class Startup:
     def __init__(self, label: str) -> None:
         self.label = label
         self.began = time.monotonic()
-        #: the server's latest log line about the load, when it sends them
-        self.message = ""
         self.done = asyncio.Event()
         self.error: ChatError | None = None
 
@@ -204,8 +202,7 @@ class Startup:
 
     def progress(self) -> str:
         seconds = time.monotonic() - self.began
-        detail = f" · {self.message}" if self.message else ""
-        return f"loading {self.label} … {seconds:.0f} s{detail} · you can type and attach images meanwhile"
+        return f"loading {self.label} … {seconds:.0f} s · you can type and attach images meanwhile"
 
 
 #: commands that work before the model is ready: they need only local files and the database
@@ -471,23 +468,9 @@ def key_bindings() -> KeyBindings:
     return bindings
 
 
-LogCallback = Callable[[str, str], None]
-
-
 @asynccontextmanager
-async def connect(
-    serve: list[str], server: str | None, token_env: str | None, log_path: Path, on_log: LogCallback | None = None
-) -> AsyncIterator[Client]:
-    """A client of the given HTTP server, or of a `vlm-agent serve SERVE...` child over stdio.
-
-    ``on_log(level, text)`` receives the server's log messages (load progress and the like).
-    """
-    listen: dict[str, Any] = {}
-    if on_log is not None:
-        async def logged(params: Any) -> None:
-            on_log(str(params.level), str(params.data))
-
-        listen = {"logging_callback": logged, "log_level": "info"}
+async def connect(serve: list[str], server: str | None, token_env: str | None, log_path: Path) -> AsyncIterator[Client]:
+    """A client of the given HTTP server, or of a `vlm-agent serve SERVE...` child over stdio."""
     if server:
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
@@ -499,7 +482,7 @@ async def connect(
                 raise ChatError(f"--token-env names ${token_env}, which is not set.")
             headers["Authorization"] = f"Bearer {token}"
         async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None)) as http:
-            async with Client(streamable_http_client(server, http_client=http), **listen) as client:
+            async with Client(streamable_http_client(server, http_client=http)) as client:
                 yield client
         return
     from mcp.client.stdio import stdio_client
@@ -509,7 +492,7 @@ async def connect(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # The server's own logs go to a file: the chat owns this terminal.
     with open(log_path, "a", encoding="utf-8") as log:
-        async with Client(stdio_client(params, errlog=log), **listen) as client:
+        async with Client(stdio_client(params, errlog=log)) as client:
             yield client
 
 
@@ -562,17 +545,13 @@ async def run_chat(
             attached = session.attach(ref)
             console.print(f"attached [bold]{attached.handle}[/] {Path(attached.source).name}", highlight=False)
 
-        def server_log(level: str, text: str) -> None:
-            if not startup.done.is_set():
-                startup.message = text
-
         stop = asyncio.Event()
 
         async def serve_in_background() -> None:
             try:
                 opened = (
                     contextless(client) if client is not None
-                    else connect(serve or [], server, token_env, home / "server.log", on_log=server_log)
+                    else connect(serve or [], server, token_env, home / "server.log")
                 )
                 async with opened as live_client:
                     session.client = live_client

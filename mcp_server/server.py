@@ -9,9 +9,11 @@ structured content matching the tool's output schema).
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -35,6 +37,9 @@ from tools.options import GenerationOptions
 from tools.streaming import TextSink, streaming
 from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.vision import Vision
+
+from . import completion, logs, pictures, prompts
+from .icons import icon
 
 log = logging.getLogger("vlm_agent.server")
 
@@ -92,6 +97,9 @@ class Engine:
         self.vision: Vision | None = None
         self.error: VlmError | None = None
         self.pending = 0
+        self.began = time.monotonic()
+        #: seconds the load took, once it is over
+        self.load_s: float | None = None
 
     def start(self) -> None:
         """Begin loading on a thread, so the server answers the handshake at once."""
@@ -99,6 +107,7 @@ class Engine:
             if self._started:
                 return
             self._started = True
+            self.began = time.monotonic()
         threading.Thread(target=self._load_model, name="vlm-model-load", daemon=True).start()
 
     @property
@@ -128,6 +137,7 @@ class Engine:
             log.exception("loading %s failed", self.what)
             self.error = VlmError(f"The model '{self.what}' failed to load; see the server log.")
         finally:
+            self.load_s = time.monotonic() - self.began
             self._loaded.set()
 
     async def ready(self, ctx: Context | None = None) -> Vision:
@@ -135,9 +145,14 @@ class Engine:
         if not self._loaded.is_set():
             if ctx is not None:
                 await ctx.report_progress(0, None, f"loading {self.what}")
+            await logs.notify(ctx, "info", f"waiting for {self.what} to load ({time.monotonic() - self.began:.0f} s so far)")
             await anyio.to_thread.run_sync(self._loaded.wait, abandon_on_cancel=True)
+            if self.vision is not None:
+                await logs.notify(ctx, "info", f"{self.what} loaded in {self.load_s:.1f} s")
         if self.vision is None:
-            raise self.error or VlmError("The model is not loaded.")
+            error = self.error or VlmError("The model is not loaded.")
+            await logs.notify(ctx, "error", f"no model to run on: {error}")
+            raise error
         return self.vision
 
     async def run(self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0) -> T:
@@ -248,12 +263,23 @@ def text_result(result: Result, text: str) -> CallToolResult:
 
 
 def picture_result(text: str, picture: Path, structured: BaseModel) -> CallToolResult:
+    """Text, the picture sized for common clients, and a link to the full-size picture."""
     from PIL import Image as PILImage
 
     with PILImage.open(picture) as full:
+        size = full.size
         png = fit_for_client(full.convert("RGB"))
+    with PILImage.open(io.BytesIO(png)) as sent:
+        shown = sent.size
+    # Never a silent cut: a smaller copy says so, and where the full one is.
+    scaled = f"downscaled from {size[0]}x{size[1]} to {shown[0]}x{shown[1]}; " if shown != size else ""
+    text = f"{text}\npicture: {scaled}full size at {pictures.uri(picture)}"
     return CallToolResult(
-        content=[TextContent(type="text", text=text), Image(data=png, format="png").to_image_content()],
+        content=[
+            TextContent(type="text", text=text),
+            Image(data=png, format="png").to_image_content(),
+            pictures.link(picture, size),
+        ],
         structured_content=structured.model_dump(mode="json"),
     )
 
@@ -269,6 +295,8 @@ class VisionServer(MCPServer):
     """MCPServer whose tool errors are one sentence meant for the caller, never a traceback."""
 
     engine: Engine
+    #: labels of earlier calls, for argument completion
+    seen: completion.Seen
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         known = sorted(tool.name for tool in await self.list_tools())
@@ -276,9 +304,15 @@ class VisionServer(MCPServer):
             # repr keeps a hostile name on one line; the list makes the error actionable.
             return error_result(f"Unknown tool {name[:40]!r}; use one of {', '.join(known[:-1])} or {known[-1]}.")
         try:
-            return await super().call_tool(name, arguments, context)
+            result = await super().call_tool(name, arguments, context)
         except ToolError as exc:
-            return error_result(*explain(name, exc))
+            refused = error_result(*explain(name, exc))
+            await logs.notify(context, "warning", f"{name} refused: {refused.content[0].text}")  # type: ignore[union-attr]
+            return refused
+        self.seen.remember(name, arguments)
+        if isinstance(result, CallToolResult):
+            await logs.after_call(context, name, result.structured_content)
+        return result
 
 
 def error_result(message: str, code: str = "invalid_request") -> CallToolResult:
@@ -310,6 +344,16 @@ Temperature = Annotated[float, Field(description="0 decodes greedily; above 0 sa
 TopP = Annotated[float, Field(description="nucleus sampling mass, used when temperature > 0")]
 
 
+#: what clients show for each tool
+TITLES = {
+    "describe": "Describe images",
+    "ocr": "Read text (OCR)",
+    "detect": "Detect objects",
+    "compare_budgets": "Compare visual-token budgets",
+    "chat": "Vision chat turn (tool choice)",
+}
+
+
 def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> VisionServer:
     """The MCP server over one resident model; ``load`` replaces ``load_backend`` (tests)."""
     # not `engine`: that name is the ocr tool's argument
@@ -322,7 +366,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
 
     server = VisionServer(
         "vlm-agent",
+        title="vlm-agent: vision-language model tools",
         version=package_version(),
+        icons=icon("server"),
         instructions=(
             "Vision tools over one resident vision-language model. Images are given as "
             f"{IMAGE_REF}. Every result returns image_ids: reuse them instead of sending an image again."
@@ -330,10 +376,18 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         lifespan=lifespan,
     )
     server.engine = resident
+    server.seen = completion.Seen()
+    # logging/setLevel is a request the SDK's MCPServer does not route itself.
+    logs.install(server._lowlevel_server)  # noqa: SLF001
+    pictures.register(server, settings.out_dir)
+    prompts.register(server)
+    completion.register(server, resident, server.seen, settings.out_dir)
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
         # Docstrings are indented in source; clients show the description verbatim.
-        return server.tool(description=inspect.cleandoc(fn.__doc__ or ""))(fn)
+        return server.tool(
+            description=inspect.cleandoc(fn.__doc__ or ""), title=TITLES[fn.__name__], icons=icon(fn.__name__)
+        )(fn)
 
     @tool
     async def describe(

@@ -104,20 +104,39 @@ async def test_data_uri_image(server):
 
 
 async def test_detect_returns_boxes_and_a_client_sized_picture(server, workdir):
+    """The picture goes out sized for common clients, with a link to the full size that resources/read serves."""
     async with Client(server) as client:
         result = await client.call_tool(
             "detect", {"image": img(workdir, "big.png"), "labels": ["person", "car"], "max_new_tokens": 8}
         )
-    assert not result.is_error, result.content
+        assert not result.is_error, result.content
+        assert [block.type for block in result.content] == ["text", "image", "resource_link"]
+        link = result.content[2]
+        full_size = await client.read_resource(link.uri)
+        refused = []
+        for name in ("..%2F..%2Fchat.sqlite3", "chat.sqlite3", "detect-000000000000.png"):
+            try:
+                await client.read_resource(f"vlm-agent://pictures/{name}")
+            except Exception as exc:  # the client raises the server's error
+                refused.append(str(exc))
     data = result.structured_content
     assert data["image_size"] == [3000, 2000] and data["labels"] == ["person", "car"]
     assert isinstance(data["detections"], list)
-    assert [block.type for block in result.content] == ["text", "image"]
     png = base64.b64decode(result.content[1].data)
-    assert len(png) <= 1_000_000
-    assert max(Image.open(io.BytesIO(png)).size) <= 1568
+    assert len(base64.b64encode(png)) <= 1_400_000 and len(png) <= 1_000_000
+    shown = Image.open(io.BytesIO(png)).size
+    assert max(shown) <= 1568
     full = Path(data["annotated_path"])
     assert full.parent == workdir / "out" and Image.open(full).size == (3000, 2000)
+    # nothing silently cut: the text says the picture was downscaled and where the full one is
+    assert f"downscaled from 3000x2000 to {shown[0]}x{shown[1]}; full size at {link.uri}" in result.content[0].text
+    assert link.uri == f"vlm-agent://pictures/{full.name}" and link.mime_type == "image/png"
+    assert link.size == full.stat().st_size
+    [blob] = full_size.contents
+    assert blob.mime_type == "image/png" and base64.b64decode(blob.blob) == full.read_bytes()
+    # only the server's own pictures: no path, no other file, no picture it never wrote
+    assert len(refused) == 3 and "Unknown resource" in refused[0]
+    assert all("No picture named" in message for message in refused[1:])
 
 
 async def call_with_progress(server, tool: str, arguments: dict):
@@ -153,7 +172,7 @@ async def test_compare_budgets_reports_documented_tokens_with_progress(server, w
         "budget 70", "budget 140", "budget 280", "budget 560", "budget 1120", "done"
     ]
     assert Path(data["picture_path"]).is_file()
-    assert [block.type for block in result.content] == ["text", "image"]
+    assert [block.type for block in result.content] == ["text", "image", "resource_link"]
 
 
 @pytest.mark.parametrize(("task", "metric"), [("ocr", "1-cer"), ("describe", "text_similarity")])

@@ -216,6 +216,11 @@ class ImageStore:
                 self._items.move_to_end(image_id)
             return loaded
 
+    def ids(self) -> list[str]:
+        """The stored image ids, most recently used first (for argument completion)."""
+        with self._lock:
+            return list(reversed(self._items))
+
     @property
     def total_bytes(self) -> int:
         with self._lock:
