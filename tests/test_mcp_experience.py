@@ -57,6 +57,7 @@ class Logged:
         return "\n".join(f"{level}: {data}" for level, data in self.messages)
 
 
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")  # the 2025 request, on purpose
 async def test_log_messages_reach_clients_that_ask_and_only_them(tiny_gemma4, images):
     """Load progress, cache hits and refusals, at the level asked with logging/setLevel."""
     release = threading.Event()
