@@ -114,3 +114,43 @@ async def test_a_client_on_protocol_2026_07_28_gets_every_tool(served):
     assert link.type == "resource_link"
     png = base64.b64decode(picture.contents[0].blob)
     assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size == (128, 96)
+
+
+INSPECTOR = HERE / "node_modules" / "@modelcontextprotocol" / "inspector" / "cli" / "build" / "cli.js"
+NPX = "npx -y -p node@22 -p @modelcontextprotocol/inspector mcp-inspector"
+
+
+def documented_inspector_commands() -> list[str]:
+    """The Inspector command lines of docs/mcp.md, continuation lines joined."""
+    text = (Path(__file__).parents[1] / "docs" / "mcp.md").read_text().replace("\\\n", " ")
+    return [line.strip() for line in text.splitlines() if line.startswith(NPX)]
+
+
+def test_the_documented_inspector_commands_work_as_printed(tmp_path):
+    """docs/mcp.md's commands, run in the README's setup folder; npx is swapped for the same packages installed here."""
+    import os
+    import sys
+
+    node = node_22()
+    if node is None or not INSPECTOR.is_file():
+        pytest.skip("the MCP Inspector needs Node >= 22 and its package: npm ci --prefix tests/conformance")
+    commands = documented_inspector_commands()
+    assert len(commands) == 3
+    # the README's setup: a tiny model and an image in the current folder
+    from tools.tiny import build_tiny
+
+    build_tiny(str(tmp_path / "tiny"), "gemma4")
+    Image.new("RGB", (512, 512), "teal").save(tmp_path / "img.png")
+    # the Inspector starts the server with whatever `node` and `vlm-agent` the PATH holds, as npx would
+    path = os.pathsep.join([str(Path(node).parent), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "HF_HUB_OFFLINE": "1", "VLM_AGENT_HOME": str(tmp_path / "home")}
+    outputs = []
+    for command in commands:
+        local = command.replace(NPX, f"{node} {INSPECTOR}")
+        run = subprocess.run(["bash", "-c", local], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (command, run.stdout[-2000:], run.stderr[-2000:])
+        outputs.append(json.loads(run.stdout))
+    listed, called, prompts = outputs
+    assert {tool["name"] for tool in listed["tools"]} == {"describe", "ocr", "detect", "compare_budgets", "chat"}
+    assert called["structuredContent"]["task"] == "ocr" and not called.get("isError")
+    assert {prompt["name"] for prompt in prompts["prompts"]} == {"describe", "read_text", "find_objects", "compare_budgets"}
