@@ -479,3 +479,61 @@ def test_keys_typed_while_an_answer_streams_are_not_echoed_over_it():
     finally:
         os.close(main_fd)
         os.close(terminal_fd)
+
+
+def test_the_real_chat_in_a_terminal_shows_its_prompt_before_the_model(tiny_gemma4, tmp_path, photo):
+    """`vlm-agent chat` in a pty: the prompt and the loading bar come first, the model after; /quit says goodbye."""
+    import os
+    import pty
+    import re
+    import select
+    import subprocess
+    import time
+
+    from tests.hardening import VLM_AGENT
+
+    import fcntl
+    import struct
+    import termios
+
+    main_fd, terminal_fd = pty.openpty()
+    fcntl.ioctl(terminal_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a 160x40 screen
+    env = {**os.environ, "VLM_AGENT_HOME": str(tmp_path / "home"), "TERM": "xterm-256color", "HF_HUB_OFFLINE": "1",
+           "VLM_AGENT_IMAGES": "none"}
+    proc = subprocess.Popen([VLM_AGENT, "chat", str(photo), "--model", str(tiny_gemma4)], stdin=terminal_fd,
+                            stdout=terminal_fd, stderr=terminal_fd, env=env, close_fds=True, start_new_session=True)
+    os.close(terminal_fd)
+    screen = b""
+
+    def read_until(pattern: bytes, limit: float = 90) -> bytes:
+        nonlocal screen
+        deadline = time.monotonic() + limit
+        while not re.search(pattern, screen):
+            assert time.monotonic() < deadline, f"no {pattern!r} on the screen: {screen[-3000:]!r}"
+            ready, _, _ = select.select([main_fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(main_fd, 65536)
+                except OSError:  # the chat closed the terminal
+                    break
+                screen += chunk
+                # Answer cursor-position queries as a terminal would: the prompt draws its bottom bar
+                # only once it knows how many rows are below it.
+                for _ in range(chunk.count(b"\x1b[6n")):
+                    os.write(main_fd, b"\x1b[1;1R")
+        return screen
+
+    try:
+        read_until(rb"you>")
+        read_until(rb"loading \S*gemma4 \xe2\x80\xa6 \d+ s")  # the bottom bar, while the server starts
+        prompt_at = screen.index(b"you>")
+        read_until(rb" ready\r\n")
+        assert prompt_at < screen.index(b" ready\r\n")  # the prompt was there before the model
+        os.write(main_fd, b"/quit\r")
+        read_until(rb"bye")
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        os.close(main_fd)
