@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,23 @@ HELP_FOOTER = (
     "@1 or @file.png or @path/to/new.png in a message refers to an image. "
     "Esc then Enter adds a line; Ctrl-C stops a running answer."
 )
+
+
+@contextmanager
+def on_ctrl_c(cancel: Callable[[], Any]) -> Iterator[None]:
+    """Ctrl-C calls ``cancel`` (stopping one answer or one wait) instead of ending the chat."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGINT, cancel)
+    except (NotImplementedError, RuntimeError, ValueError):
+        pass  # not the main thread, or no signals here: Ctrl-C ends the chat instead
+    try:
+        yield
+    finally:
+        try:
+            loop.remove_signal_handler(signal.SIGINT)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
 
 
 def marks(text: str) -> str:
@@ -248,31 +265,25 @@ class ChatApp:
                 Text(f"waiting for {self.startup.label} to load; this message goes as soon as it is ready "
                      "(Ctrl-C gives up on it)", style="dim")
             )
-            with self.console.status(f"loading {self.startup.label}", spinner="dots"):
-                await self.startup.done.wait()
+            waiting = asyncio.ensure_future(self.startup.done.wait())
+            with self.console.status(f"loading {self.startup.label}", spinner="dots"), on_ctrl_c(waiting.cancel):
+                try:
+                    await waiting
+                except asyncio.CancelledError:
+                    raise ChatError("Not sent: you gave up waiting for the model, which goes on loading.") from None
         if self.startup.error is not None:
             raise self.startup.error
 
     async def turn(self, message: str, tool: str | None = None, arguments: dict[str, Any] | None = None) -> None:
         await self.wait_until_ready()
         task = asyncio.ensure_future(self.session.send(message, tool, arguments))
-        loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGINT, task.cancel)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread, or no signals here: Ctrl-C ends the chat instead
-        try:
-            with quiet_keys(self.keys_fd):
+            with on_ctrl_c(task.cancel), quiet_keys(self.keys_fd):
                 await task
         except asyncio.CancelledError:
             self.session.view.stop_live()  # type: ignore[attr-defined]
             self.console.print("[yellow]cancelled[/]")
             return
-        finally:
-            try:
-                loop.remove_signal_handler(signal.SIGINT)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass
 
     async def cmd_help(self, _: str) -> None:
         table = Table.grid(padding=(0, 2))
@@ -560,9 +571,11 @@ async def run_chat(
                     await app.announce(Text.assemble((str(info["model"]), "bold"), " ready"))
                     await stop.wait()
             except ChatError as exc:
-                startup.finish(exc)
-            except Exception as exc:  # the child could not start or the connection broke
-                startup.finish(ChatError(f"The server did not start ({type(exc).__name__}); see {home / 'server.log'}."))
+                if not startup.done.is_set():
+                    startup.finish(exc)
+            except Exception as exc:  # the child could not start, or the connection broke at the end
+                if not startup.done.is_set():
+                    startup.finish(ChatError(f"The server did not start ({type(exc).__name__}); see {home / 'server.log'}."))
             if startup.error is not None and not stop.is_set():
                 # The chat cannot go on without a server: leave the prompt; the loop says why.
                 app.running = False

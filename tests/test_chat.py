@@ -537,3 +537,43 @@ def test_the_real_chat_in_a_terminal_shows_its_prompt_before_the_model(tiny_gemm
             proc.kill()
             proc.wait(10)
         os.close(main_fd)
+
+
+async def test_ctrl_c_gives_up_a_message_waiting_for_the_model(tiny_gemma4, tmp_path, home, photo):
+    import os
+    import signal
+    import threading
+
+    import anyio
+
+    from tools.backends import load_backend
+
+    release = threading.Event()
+
+    def slow_load(*args, **kwargs):
+        release.wait(60)
+        return load_backend(*args, **kwargs)
+
+    server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"), load=slow_load)
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+
+    async def interrupt_then_release():
+        while "waiting for" not in console.file.getvalue():
+            await anyio.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+        while console.file.getvalue().count("waiting for") < 2:
+            await anyio.sleep(0.02)
+        release.set()
+
+    async with Client(server) as client:
+        recorder = Recorder(client)
+        with create_pipe_input() as pipe:
+            pipe.send_text("/describe first\n/describe second\n/quit\n")
+            prompt = PromptSession(input=pipe, output=DummyOutput())
+            async with anyio.create_task_group() as group:
+                group.start_soon(interrupt_then_release)
+                code = await run_chat([str(photo)], console=console, prompt=prompt, client=recorder)
+    transcript = console.file.getvalue()
+    assert code == 0, transcript
+    assert "error: Not sent: you gave up waiting for the model" in transcript
+    assert [args["prompt"] for name, args in recorder.calls if name == "describe"] == ["second"]

@@ -173,6 +173,14 @@ async def test_compare_budgets_reports_documented_tokens_with_progress(server, w
     ]
     assert Path(data["picture_path"]).is_file()
     assert [block.type for block in result.content] == ["text", "image", "resource_link"]
+    # each row names its budget and image tokens; a time that every row shares (one batch) is said once
+    text = result.content[0].text
+    totals = {run["timings"]["total_ms"] for run in data["runs"]}
+    assert "budget 70 · 64 image tokens" in text and "budget 1120 · 1089 image tokens" in text
+    if len(totals) == 1:
+        assert text.count(" ms") == 1 and f"all budgets ran as one batch in {totals.pop():.0f} ms" in text
+    else:
+        assert "one batch" not in text
 
 
 @pytest.mark.parametrize(("task", "metric"), [("ocr", "1-cer"), ("describe", "text_similarity")])
