@@ -150,7 +150,9 @@ class TerminalView:
             self.console.print(f"[red]error:[/] {record.error}", highlight=False)
             return
         result = record.result or {}
-        if record.tool == "detect":
+        if record.tool == "detect" and not result.get("detections"):
+            self.console.print(Text(f"no detections of {', '.join(result.get('labels') or [])}"))
+        elif record.tool == "detect":
             self.console.print(render.detections_table(result))
         elif record.tool == "compare_budgets":
             self.console.print(render.budgets_table(result))
