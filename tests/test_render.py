@@ -431,6 +431,8 @@ def test_budgets_run_as_one_batch_state_their_time_once():
     ("totals", "expected"),
     [
         ([1500.0, 1500.0], ["budget 70 · 64 image tokens", "budget 280 · 256 image tokens"]),
+        # one batch, with a fraction of a millisecond of bookkeeping apart
+        ([1500.2, 1500.6], ["budget 70 · 64 image tokens", "budget 280 · 256 image tokens"]),
         ([500.0, 1500.0], ["budget 70 · 64 image tokens · 0.50 s", "budget 280 · 256 image tokens · 1.50 s"]),
     ],
 )

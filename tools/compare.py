@@ -78,11 +78,17 @@ TIMING_NAMES = {"total_ms": "", "encode_ms": "encode", "prefill_ms": "prefill", 
 def varying_timings(timings: Sequence[dict[str, float]]) -> list[str]:
     """The timing keys whose values differ between the runs, in ``TIMING_NAMES`` order.
 
-    Budgets run as one batch all carry the batch's time: a column of equal numbers says
-    nothing per budget, so it is left out and stated once instead.
+    Budgets run as one batch all carry the batch's time (give or take bookkeeping of a
+    fraction of a millisecond): a column of equal numbers says nothing per budget, so it is
+    left out and stated once instead. Times within 1 ms or 2 % of each other count as equal.
     """
     keys = [key for key in TIMING_NAMES if all(key in t for t in timings)]
-    return [key for key in keys if len({round(t[key], 1) for t in timings}) > 1]
+    varying = []
+    for key in keys:
+        values = [t[key] for t in timings]
+        if values and max(values) - min(values) > max(1.0, 0.02 * max(values)):
+            varying.append(key)
+    return varying
 
 
 def run_label(budget: int, image_tokens: int | None, timings: dict[str, float], shown: Sequence[str]) -> str:
