@@ -72,31 +72,31 @@ def recommend(budgets: Sequence[int], agreements: Sequence[float], threshold: fl
 
 
 #: per-run timings a comparison can show, most telling first, and how a title names each
-TIMING_NAMES = {"total_ms": "", "encode_ms": "encode", "prefill_ms": "prefill", "generate_ms": "generate"}
+TIMING_NAMES = {"total_ms": "", "preprocess_ms": "encode", "prefill_ms": "prefill", "decode_ms": "decode"}
 
 
-def varying_timings(timings: Sequence[dict[str, float]]) -> list[str]:
+def varying_timings(timings: Sequence[dict[str, float | None]]) -> list[str]:
     """The timing keys whose values differ between the runs, in ``TIMING_NAMES`` order.
 
-    Budgets run as one batch all carry the batch's time (give or take bookkeeping of a
-    fraction of a millisecond): a column of equal numbers says nothing per budget, so it is
-    left out and stated once instead. Times within 1 ms or 2 % of each other count as equal.
+    A time every budget shares (the decode of one batch) says nothing per budget. Times
+    within 1 ms or 2 % of each other count as equal; a time an engine does not report
+    (null) is left out.
     """
-    keys = [key for key in TIMING_NAMES if all(key in t for t in timings)]
+    keys = [key for key in TIMING_NAMES if all(t.get(key) is not None for t in timings)]
     varying = []
     for key in keys:
-        values = [t[key] for t in timings]
+        values = [float(t[key]) for t in timings]  # type: ignore[arg-type]
         if values and max(values) - min(values) > max(1.0, 0.02 * max(values)):
             varying.append(key)
     return varying
 
 
-def run_label(budget: int, image_tokens: int | None, timings: dict[str, float], shown: Sequence[str]) -> str:
+def run_label(budget: int, image_tokens: int | None, timings: dict[str, float | None], shown: Sequence[str]) -> str:
     """A budget's title: 'budget 280 · 256 image tokens · 1.23 s' (times only where they differ)."""
     parts = [f"budget {budget}"]
     if image_tokens is not None:
         parts.append(f"{image_tokens} image tokens")
     for key in shown[:1]:
         name = TIMING_NAMES[key]
-        parts.append(f"{name} {timings[key] / 1000:.2f} s".strip())
+        parts.append(f"{name} {float(timings[key] or 0) / 1000:.2f} s".strip())
     return " · ".join(parts)
