@@ -1,0 +1,121 @@
+"""Doors an attacker uses: raw bytes on a real `vlm-agent serve` stdio process, raw HTTP.
+
+No MCP client here on purpose: a client validates what it sends, an attacker does not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from tests.hardening import VLM_AGENT
+
+INIT = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+
+
+def rpc(id_: Any, method: str, params: dict | None = None) -> bytes:
+    message: dict = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        message["params"] = params
+    return json.dumps(message).encode()
+
+
+def call(id_: Any, tool: str, arguments: dict) -> bytes:
+    return rpc(id_, "tools/call", {"name": tool, "arguments": arguments})
+
+
+class RawStdio:
+    """A `vlm-agent serve` child spoken to in raw lines; answers are read with a deadline."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, verbose: bool = False) -> None:
+        self.log_file = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [VLM_AGENT, *(["-v"] if verbose else []), "serve", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log_file, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        )
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(b"")
+
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data if data.endswith(b"\n") else data + b"\n")
+        self.proc.stdin.flush()
+
+    def read(self, timeout: float = 60) -> dict:
+        """The next message on stdout; fails when none comes (the hang this guards against)."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no answer within {timeout} s; server log: {self.log()[-2000:]}") from None
+        assert line, f"the server closed stdout; log: {self.log()[-2000:]}"
+        return json.loads(line)
+
+    def answer(self, id_: Any, timeout: float = 60) -> dict:
+        """The response to ``id_``, skipping notifications (progress, logging)."""
+        while True:
+            message = self.read(timeout)
+            if "id" in message and message["id"] == id_ and ("result" in message or "error" in message):
+                return message
+
+    def handshake(self) -> None:
+        self.send(rpc(0, "initialize", INIT))
+        assert "result" in self.answer(0)
+        self.send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode())
+
+    def log(self) -> str:
+        self.log_file.seek(0)
+        return self.log_file.read().decode(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.log_file.close()
+
+
+@contextmanager
+def raw_stdio(args: Sequence[str], env: dict[str, str] | None = None, verbose: bool = False) -> Iterator[RawStdio]:
+    server = RawStdio(args, env, verbose)
+    try:
+        server.handshake()
+        yield server
+    finally:
+        server.close()
+
+
+def raw_http(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """Send hand-made request bytes to 127.0.0.1:port; the status, headers and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        data = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
