@@ -462,11 +462,11 @@ class ChatApp:
             try:
                 await self.handle(line)
             except ChatError as exc:
-                self.console.print(f"[red]error:[/] {exc}", highlight=False)
+                self.console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
                 if exc is self.startup.error:
                     return
         if self.startup.error is not None:
-            self.console.print(f"[red]error:[/] {self.startup.error}", highlight=False)
+            self.console.print(f"[red]error:[/] {self.startup.error}", highlight=False, soft_wrap=True)
             return
         self.console.print(Text(self.goodbye(), style="dim"))
 
@@ -494,9 +494,26 @@ async def connect(serve: list[str], server: str | None, token_env: str | None, l
             if not token:
                 raise ChatError(f"--token-env names ${token_env}, which is not set.")
             headers["Authorization"] = f"Bearer {token}"
-        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None)) as http:
-            async with Client(streamable_http_client(server, http_client=http)) as client:
-                yield client
+        # The SDK turns an HTTP refusal into a bare "error response": remember the status to say why.
+        statuses: list[int] = []
+
+        async def remember(response: Any) -> None:
+            # Only messages: a refused GET (the optional event stream) is no failure.
+            if response.status_code >= 400 and response.request.method == "POST":
+                statuses.append(response.status_code)
+
+        from .failures import http_refusal, leaves
+
+        try:
+            async with httpx2.AsyncClient(
+                headers=headers, timeout=httpx2.Timeout(30, read=None), event_hooks={"response": [remember]}
+            ) as http:
+                async with Client(streamable_http_client(server, http_client=http)) as client:
+                    yield client
+        except Exception as exc:
+            if statuses and not any(isinstance(leaf, ChatError) for leaf in leaves(exc)):
+                raise ChatError(http_refusal(server, statuses[-1])) from None
+            raise
         return
     from mcp.client.stdio import stdio_client
 
@@ -577,7 +594,10 @@ async def run_chat(
                     startup.finish(exc)
             except Exception as exc:  # the child could not start, or the connection broke at the end
                 if not startup.done.is_set():
-                    startup.finish(ChatError(f"The server did not start ({type(exc).__name__}); see {home / 'server.log'}."))
+                    # The MCP client wraps what went wrong (ours included) in exception groups.
+                    from .failures import reason
+
+                    startup.finish(ChatError(reason(exc, server=server, log_path=str(home / "server.log"))))
             if startup.error is not None and not stop.is_set():
                 # The chat cannot go on without a server: leave the prompt; the loop says why.
                 app.running = False
@@ -593,7 +613,7 @@ async def run_chat(
         if startup.error is not None:
             return 1
     except ChatError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 1
     finally:
         store.close()
