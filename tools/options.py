@@ -10,6 +10,10 @@ from .errors import Cancelled, InvalidRequest
 MAX_NEW_TOKENS_LIMIT = 8192
 
 
+#: the smallest sampling temperature; below it, use 0 (greedy decoding)
+MIN_TEMPERATURE = 0.01
+
+
 @dataclass(frozen=True)
 class GenerationOptions:
     max_new_tokens: int = 512
@@ -27,8 +31,11 @@ class GenerationOptions:
             raise InvalidRequest(
                 f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}."
             )
-        if not 0.0 <= self.temperature <= 2.0:
-            raise InvalidRequest(f"temperature must be between 0 and 2, got {self.temperature}.")
+        # Tiny temperatures divide the logits into infinities: sampling then fails inside the model.
+        if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= 2.0):
+            raise InvalidRequest(
+                f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE} and 2, got {self.temperature:g}."
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidRequest(f"top_p must be above 0 and at most 1, got {self.top_p}.")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:

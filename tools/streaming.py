@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from .text import clean_model_text
+
 #: ``sink(delta, tokens_so_far)``
 TextSink = Callable[[str, int], None]
 
@@ -36,7 +38,8 @@ def current_sink() -> TextSink | None:
 
 def answer_text(decoded: str) -> str:
     """The answer as results carry it: the decoded text without surrounding whitespace."""
-    return decoded.strip()
+    # Cleaned here too, so the streamed pieces add up to the text the result carries.
+    return clean_model_text(decoded).strip()
 
 
 #: SentencePiece's byte-fallback pieces; transformers' tokenizers decode a run of them together
@@ -50,7 +53,7 @@ def settled(decoded: str) -> str:
     trailing whitespace waits because the answer is stripped at the end and tokenizers that
     tidy spaces drop a space before punctuation once the punctuation comes.
     """
-    return decoded.lstrip().rstrip().rstrip("\ufffd").rstrip()
+    return clean_model_text(decoded).lstrip().rstrip().rstrip("\ufffd").rstrip()
 
 
 class IncrementalText:

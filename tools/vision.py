@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from .images import ImageLoader, LoadedImage
 from .ocr_engines import ENGINES, rapidocr
 from .options import GenerationOptions
 from .streaming import streaming
+from .text import clean_model_text
 from .results import (
     BoxesResult,
     BudgetRun,
@@ -43,6 +45,8 @@ from .results import (
 )
 
 MAX_PROMPT_CHARS = 32_000
+#: an earlier answer sent back as history: the longest answer (8192 tokens) the model can write
+MAX_ANSWER_CHARS = 8192 * 32
 MAX_IMAGES = 16
 MAX_LABELS = 20
 MAX_LABEL_CHARS = 100
@@ -55,13 +59,13 @@ PANEL_SIDE = 768
 CANCEL_POLL_S = 0.05
 
 
-def check_text(text: str, what: str) -> str:
+def check_text(text: str, what: str, limit: int = MAX_PROMPT_CHARS) -> str:
     if not isinstance(text, str):
         raise InvalidRequest(f"{what} must be text.")
     if "\x00" in text:
         raise InvalidRequest(f"{what} contains a NUL byte; remove it and send the text again.")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"{what} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    if len(text) > limit:
+        raise InvalidRequest(f"{what} is {len(text)} characters; the limit is {limit}.")
     try:
         # Lone surrogates (undecodable bytes in argv, or an in-process caller) crash tokenizers.
         text.encode("utf-8")
@@ -79,17 +83,34 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     if len(cleaned) > MAX_LABELS:
         raise InvalidRequest(f"{len(cleaned)} labels given; detect at most {MAX_LABELS} at once.")
     for label in cleaned:
-        if len(label) > MAX_LABEL_CHARS or "\n" in label:
-            raise InvalidRequest(f"Labels must be one line of at most {MAX_LABEL_CHARS} characters.")
+        if len(label) > MAX_LABEL_CHARS or any(_breaks_line(char) for char in label):
+            raise InvalidRequest(
+                f"Labels must be one line of at most {MAX_LABEL_CHARS} characters, without control characters."
+            )
     return list(dict.fromkeys(cleaned))
+
+
+#: bidirectional overrides and isolates: they reorder what a person reads
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _breaks_line(char: str) -> bool:
+    """A character a one-line label may not hold: controls (\\r, ESC, ...), line and paragraph separators."""
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS
+
+
+def check_count(refs: Sequence[str]) -> None:
+    """The image cap, counted from the references before any is read."""
+    if not isinstance(refs, str) and len(refs) > MAX_IMAGES:
+        raise InvalidRequest(f"{len(refs)} images given; send at most {MAX_IMAGES} in one call.")
 
 
 def detection_out(detection: Detection) -> DetectionOut:
     return DetectionOut(
-        label=detection.label,
+        label=clean_model_text(detection.label),
         box=list(detection.box),
         box_normalized=list(detection.box_normalized),
-        raw=detection.raw,
+        raw=clean_model_text(detection.raw),
         seg_codes=list(detection.seg_codes),
     )
 
@@ -117,6 +138,10 @@ class Vision:
             raise Unsupported(NO_MODEL_MESSAGE)
         return self.backend
 
+    def _plain(self, text: str) -> str:
+        """User text with the model's control strings broken, so it cannot forge turns."""
+        return text if self.backend is None else self.backend.neutralise(text)
+
     @contextmanager
     def _turn(self, options: GenerationOptions | None) -> Iterator[Backend]:
         """The backend, held for one call unless it takes concurrent calls; a request cancelled
@@ -142,32 +167,42 @@ class Vision:
             refs = [refs]
         if len(refs) < at_least:
             raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.")
-        if len(refs) > MAX_IMAGES:
-            raise InvalidRequest(f"{len(refs)} images given; send at most {MAX_IMAGES} in one call.")
+        check_count(refs)
         return [self.loader.load(ref) for ref in refs]
 
     def parse_history(self, history: Sequence[Mapping[str, Any] | Turn]) -> list[Turn]:
         """Prior turns from plain dicts: ``{"role", "content", "images"}``."""
         if len(history) > MAX_HISTORY_TURNS:
             raise InvalidRequest(f"History has {len(history)} turns; send at most {MAX_HISTORY_TURNS}.")
-        turns: list[Turn] = []
+        # Every entry is checked and its images counted before one image is read or decoded.
+        checked: list[Turn | tuple[str, str, list[str]]] = []
         for n, entry in enumerate(history, start=1):
             if isinstance(entry, Turn):
-                turns.append(entry)
+                checked.append(entry)
                 continue
             if not isinstance(entry, Mapping):
                 raise InvalidRequest(f"History entry {n} must be an object with 'role' and 'content'.")
             role = entry.get("role")
             if role not in ("user", "assistant"):
                 raise InvalidRequest(f"History entry {n} has role {role!r}; use 'user' or 'assistant'.")
-            text = check_text(entry.get("content", ""), f"History entry {n}")
+            # An answer the model wrote may be longer than a prompt; it must never be refused on the way back.
+            limit = MAX_ANSWER_CHARS if role == "assistant" else MAX_PROMPT_CHARS
+            text = self._plain(check_text(entry.get("content", ""), f"History entry {n}", limit))
             refs = entry.get("images") or []
             if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
                 raise InvalidRequest(f"History entry {n} has 'images' that is not a list of image strings.")
+            checked.append((role, text, refs))
+        count = sum(len(c.images) if isinstance(c, Turn) else len(c[2]) for c in checked)
+        if count > MAX_IMAGES:
+            raise InvalidRequest(f"History holds {count} images, more than {MAX_IMAGES}; drop older turns.")
+        turns: list[Turn] = []
+        for item in checked:
+            if isinstance(item, Turn):
+                turns.append(item)
+                continue
+            role, text, refs = item
             images = tuple(loaded.image for loaded in self.load_images(refs, at_least=0))
             turns.append(Turn(role=role, text=text, images=images))
-        if sum(len(t.images) for t in turns) > MAX_IMAGES:
-            raise InvalidRequest(f"History holds more than {MAX_IMAGES} images; drop older turns.")
         return turns
 
     # -- operations -------------------------------------------------------------
@@ -205,7 +240,8 @@ class Vision:
         options: GenerationOptions | None = None,
     ) -> DescribeResult:
         started = time.perf_counter()
-        prompt = check_text(prompt, "The prompt").strip()
+        prompt = self._plain(check_text(prompt, "The prompt").strip())
+        check_count(images)
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0 if turns else 1)
         # An empty prompt stays empty: each family asks for a caption its own way.
@@ -225,16 +261,17 @@ class Vision:
     ) -> ChatResult:
         """One assistant turn that answers in text or picks vision tools to call (Gemma 4)."""
         started = time.perf_counter()
-        prompt = check_text(prompt, "The message").strip()
+        prompt = self._plain(check_text(prompt, "The message").strip())
         if not prompt:
             raise InvalidRequest("The message is empty; say what you want to know about the images.")
+        check_count(images)
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0)
         with self._turn(options) as backend:
             generation, reply = backend.chat(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
             )
-        generation.text = reply.text
+        generation.text = clean_model_text(reply.text)
         generation.notes.extend(f"ignored {reason}" for reason in reply.invalid)
         calls = [ToolCallOut(name=call.name, arguments=call.arguments) for call in reply.calls]
         return self._result(ChatResult, generation, loaded, started, tool_calls=calls)
@@ -283,7 +320,7 @@ class Vision:
         annotated_path: str | Path | None = None,
     ) -> DetectResult:
         """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there."""
-        labels = check_labels(labels)
+        labels = [self._plain(label) for label in check_labels(labels)]
         return self._boxes(
             DetectResult, image, labels, annotated_path, options,
             lambda backend, picture: backend.detect(picture, labels, budget, options or GenerationOptions()),
@@ -298,7 +335,7 @@ class Vision:
         annotated_path: str | Path | None = None,
     ) -> SegmentResult:
         """The box and mask codes of ``label`` (families that segment); ``annotated_path`` as for detect."""
-        labels = check_labels([label])
+        labels = [self._plain(label) for label in check_labels([label])]
         return self._boxes(
             SegmentResult, image, labels, annotated_path, options,
             lambda backend, picture: backend.segment(picture, labels[0], budget, options or GenerationOptions()),
@@ -394,10 +431,10 @@ class Vision:
         if task not in compare.METRICS:
             raise InvalidRequest(f"Task {task!r} cannot be compared; use describe, ocr or detect.")
         chosen = self.check_budgets(budgets)
-        prompt = check_text(prompt, "The prompt").strip()
+        prompt = self._plain(check_text(prompt, "The prompt").strip())
         if task == "detect":
             # A detection prompt may carry its labels: "person, car".
-            labels = check_labels(labels or [part for part in prompt.split(",") if part.strip()])
+            labels = [self._plain(x) for x in check_labels(labels or [part for part in prompt.split(",") if part.strip()])]
         loaded = self.load_images([image])[0]
         options = options or GenerationOptions()
         # Several runs' text interleaved in one stream would make no sense to a reader.

@@ -20,6 +20,7 @@ from ..detections import ParsedDetections
 from ..errors import Unsupported
 from ..options import GenerationOptions
 from ..results import CacheReport, Timings
+from ..text import KNOWN_CONTROL_STRINGS, Neutraliser, clean_model_text
 from ..toolcalls import ParsedReply
 
 Role = Literal["user", "assistant"]
@@ -59,6 +60,10 @@ class Generation:
     #: what came from the backend's caches; None for backends that keep none
     cache: CacheReport | None = None
 
+    def __post_init__(self) -> None:
+        # At the source: the answer goes back as history, to terminals and into JSON.
+        self.text = clean_model_text(self.text)
+
 
 def cut_note(max_new_tokens: int) -> str:
     """The note of a generation stopped by its token cap rather than by the model."""
@@ -97,6 +102,18 @@ class Backend(ABC):
         self.model_id = model_id
         #: calls worth running at once (compare_budgets' pool size); 1 for a local model
         self.max_concurrency = 1
+
+    @property
+    def neutralise(self) -> Neutraliser:
+        """Breaks the family's control strings in user text (``<|turn>`` and the like)."""
+        found = self.__dict__.get("_neutraliser")
+        if found is None:
+            found = self.__dict__["_neutraliser"] = Neutraliser(self.control_strings())
+        return found
+
+    def control_strings(self) -> set[str]:
+        """What user text must not spell out; engines without a tokenizer at hand get the known list."""
+        return set(KNOWN_CONTROL_STRINGS)
 
     def no_budgets_reason(self) -> str:
         """Why there are no budgets to compare, for a backend whose ``budgets`` is empty."""

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .. import accel
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
+from ..text import tokenizer_control_strings
 from ..options import GenerationOptions
 from ..results import BudgetTimings
 from ..streaming import answer_text, current_sink, text_streamer
@@ -111,6 +112,11 @@ class HFBackend(Backend):
         self.compiled = False
         #: head dim -> fused SDPA kernels that take it (CUDA only), filled by ``warm_up``
         self.attention_kernels: dict[int, list[str]] = {}
+
+    def control_strings(self) -> set[str]:
+        # The tokenizer knows every string that becomes a control token; the known list covers the markup.
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return tokenizer_control_strings(tokenizer) | super().control_strings()
 
     @classmethod
     def load(
