@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+from mcp_types import INVALID_REQUEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .wire import MAX_MESSAGE_BYTES, MiB, Refusal, check_message
 
 log = logging.getLogger("vlm_agent.server")
 
@@ -73,8 +76,152 @@ class BearerToken:
         await send({"type": "http.response.body", "body": body})
 
 
+#: stateful sessions at once, and how long an idle one is kept: never-closed sessions must not
+#: pile up memory or lock new clients out for long
+MAX_SESSIONS = 256
+SESSION_IDLE_S = 300.0
+
+
+def allowed_names(host: str, extra_hosts: Sequence[str] = ()) -> set[str]:
+    """Host names (lower case, IPv6 in brackets) the Host and Origin headers may carry."""
+    hosts = {h.lower() for h in LOOPBACK_HOSTS}
+    if host not in ("0.0.0.0", "::", *LOOPBACK_HOSTS, "::1"):
+        hosts.add(f"[{host}]" if ":" in host else host)
+    hosts.update(h.lower() for h in extra_hosts)
+    return hosts
+
+
+def split_host(value: str) -> tuple[str, str | None] | None:
+    """``name`` and ``port`` of a Host header value, or None when it is not exactly that shape."""
+    if value.startswith("["):
+        name, bracket, rest = value.partition("]")
+        if not bracket:
+            return None
+        name += "]"
+    else:
+        name, _, rest = value.partition(":")
+        rest = ":" + rest if _ else ""
+    if rest and not (rest.startswith(":") and rest[1:].isdigit() and rest[1:].isascii() and len(rest) <= 6):
+        return None
+    return name.lower(), rest[1:] or None
+
+
+def host_allowed(value: str, names: set[str]) -> bool:
+    parts = split_host(value)
+    return parts is not None and parts[0] in names
+
+
+def origin_allowed(value: str, names: set[str]) -> bool:
+    """Only ``http(s)://NAME[:PORT]`` with an allowed NAME: no prefix match, no path, no user info."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or "/" in rest or "@" in rest:
+        return False
+    return host_allowed(rest, names)
+
+
+class HostGuard:
+    """ASGI middleware: Host and Origin compared whole, before the SDK's own (prefix-matching) check.
+
+    ``Host: localhost:evil`` or ``Origin: http://localhost:1234.evil.com`` name other hosts: a
+    DNS-rebinding page could use them. A wrong Host gets 421, a wrong Origin 403.
+    """
+
+    def __init__(self, app: ASGIApp, names: set[str]) -> None:
+        self.app = app
+        self.names = names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope.get("headers") or []
+            hosts = [v.decode("latin-1") for k, v in headers if k == b"host"]
+            origins = [v.decode("latin-1") for k, v in headers if k == b"origin"]
+            if len(hosts) != 1 or not host_allowed(hosts[0], self.names):
+                await refuse(scope, send, 421, "The Host header does not name this server.")
+                return
+            if len(origins) > 1 or (origins and not origin_allowed(origins[0], self.names)):
+                await refuse(scope, send, 403, "Requests from this origin are not allowed.")
+                return
+        await self.app(scope, receive, send)
+
+
+class MessageGuard:
+    """ASGI middleware: a POSTed message is read whole (up to ``MAX_MESSAGE_BYTES``) and judged
+    like a stdio line before the SDK sees it; a refusal is a JSON-RPC error, 413 or 400."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_MESSAGE_BYTES:
+            await refuse_message(send, 413, Refusal(INVALID_REQUEST, too_large()))
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_MESSAGE_BYTES:
+                await refuse_message(send, 413, Refusal(INVALID_REQUEST, too_large()))
+                return
+            if not message.get("more_body"):
+                break
+        checked = check_message(bytes(body))
+        if isinstance(checked, Refusal):
+            log.warning("refused an HTTP message: %s", checked.message)
+            await refuse_message(send, 400, checked)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def too_large() -> str:
+    return f"The message is larger than {MAX_MESSAGE_BYTES // MiB} MiB; send images as paths, URLs or image_ids."
+
+
+async def refuse(scope: Scope, send: Send, status: int, sentence: str) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send_json(send, status, {"error": sentence})
+
+
+async def refuse_message(send: Send, status: int, refusal: Refusal) -> None:
+    await send_json(send, status, refusal.response().model_dump(mode="json"))
+
+
+async def send_json(send: Send, status: int, payload: object) -> None:
+    body = json.dumps(payload).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 def http_app(server: MCPServer, host: str, token: str | None, extra_hosts: Sequence[str] = ()) -> ASGIApp:
-    app: ASGIApp = server.streamable_http_app(transport_security=security_settings(host, extra_hosts), host=host)
+    app: ASGIApp = server.streamable_http_app(
+        transport_security=security_settings(host, extra_hosts), host=host,
+        max_request_body_size=MAX_MESSAGE_BYTES, max_sessions=MAX_SESSIONS, session_idle_timeout=SESSION_IDLE_S,
+    )
+    app = MessageGuard(app)
+    # The token first: nobody without it learns anything, not even which hosts are allowed.
+    app = HostGuard(app, allowed_names(host, extra_hosts))
     return BearerToken(app, token) if token else app
 
 
