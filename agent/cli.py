@@ -424,6 +424,11 @@ def serve(args: argparse.Namespace) -> int:
 
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
+    from tools.redact import RedactUrls
+
+    # On the handlers: their filters see every record, whichever library's logger made it.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactUrls())
     if not verbose:
         import transformers
 

@@ -166,3 +166,41 @@ def test_current_images_are_counted_before_history_is_read(stdio, folder):
     message = refused(Calls.run(stdio, "describe", {"images": images, "prompt": "x", "history": history}))
     assert "17 images" in message, message
     record(class_3=1)
+
+
+# -- class 10: logs -------------------------------------------------------------------
+
+
+def test_verbose_logs_never_show_url_credentials_or_query_secrets(tiny_gemma4, folder):
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    png = io.BytesIO()
+    sample_image(32, 32).save(png, "PNG")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png.getvalue())))
+            self.end_headers()
+            self.wfile.write(png.getvalue())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://alice:hunter2pw@127.0.0.1:{httpd.server_port}/p.png?X-Amz-Signature=TOPSECRETSIG&token=TOPSECRETTOK"
+    args = ["--model", str(tiny_gemma4), "--allow-dir", str(folder), "--out-dir", str(folder / "o10"), "--allow-private-urls"]
+    try:
+        with raw_stdio(args, verbose=True) as s:
+            ok(Calls.run(s, "describe", {"images": [url], "max_new_tokens": 1, "budget": 70}))
+            log = s.log()
+    finally:
+        httpd.shutdown()
+    assert f"127.0.0.1:{httpd.server_port}/p.png" in log, log[-3000:]  # the fetch was logged ...
+    for secret in ("hunter2pw", "TOPSECRETSIG", "TOPSECRETTOK", "alice"):
+        assert secret not in log, secret  # ... without its secrets
+    record(class_10=1)
