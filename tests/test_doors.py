@@ -204,3 +204,48 @@ def test_verbose_logs_never_show_url_credentials_or_query_secrets(tiny_gemma4, f
     for secret in ("hunter2pw", "TOPSECRETSIG", "TOPSECRETTOK", "alice"):
         assert secret not in log, secret  # ... without its secrets
     record(class_10=1)
+
+
+# -- class 12: check-then-open race ------------------------------------------------------
+
+
+def test_a_parent_folder_swapped_for_a_symlink_never_leaks_the_outside_file(tiny_gemma4, tmp_path):
+    """A thread swaps allowed/sub between a real folder and a symlink to a folder outside while
+    the server reads allowed/sub/a.png: it may fail to read it, but never reads the outside one."""
+    import threading
+
+    from tools.images import image_id
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    sub, parked, link = allowed / "sub", allowed / "parked", allowed / "link"
+    for folder in (sub, outside):
+        folder.mkdir(parents=True)
+    sample_image(16, 16).save(sub / "a.png")
+    sample_image(17, 17).save(outside / "a.png")
+    secret_id = image_id((outside / "a.png").read_bytes())
+    link.symlink_to(outside, target_is_directory=True)
+    stop = threading.Event()
+
+    def swap() -> None:
+        # allowed/sub is the real folder, then the symlink to outside, then the real folder again.
+        while not stop.is_set():
+            os.rename(sub, parked)
+            os.rename(link, sub)
+            os.rename(sub, link)
+            os.rename(parked, sub)
+
+    args = ["--model", str(tiny_gemma4), "--allow-dir", str(allowed), "--out-dir", str(tmp_path / "o12")]
+    swapper = threading.Thread(target=swap, daemon=True)
+    answers: list[dict] = []
+    with raw_stdio(args) as s:
+        swapper.start()
+        try:
+            for _ in range(300):
+                answers.append(Calls.run(s, "ocr", {"image": str(sub / "a.png"), "max_new_tokens": 1, "budget": 70}))
+        finally:
+            stop.set()
+            swapper.join()
+    leaked = [a for a in answers if secret_id in json.dumps(a)]
+    assert not leaked, f"{len(leaked)} of {len(answers)} calls read the file outside"
+    assert any(not a.get("isError") for a in answers)  # the race was run, not refused wholesale
+    record(class_12=1)

@@ -36,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tools.cache import remember_image_key
 from tools.errors import AccessDenied, ImageError, InvalidRequest, UnknownImage
+from tools.safe_open import open_beneath
 
 __all__ = [
     "IMAGE_ID_RE",
@@ -149,6 +150,13 @@ class AccessPolicy:
             allow_private_urls=allow_private_urls,
             limits=limits or Limits(),
         )
+
+    def root_of(self, resolved: Path) -> Path:
+        """The folder an allowed path is opened from: its allowed folder, or an allowed file's own folder."""
+        for folder in self.allowed_dirs:
+            if resolved.is_relative_to(folder) and resolved != folder:
+                return folder
+        return resolved.parent
 
     def allows_path(self, resolved: Path) -> bool:
         """Whether a fully resolved path is one this policy may read."""
@@ -402,10 +410,8 @@ def _read_path(ref: str, policy: AccessPolicy) -> bytes:
         raise ImageError(f"{_cap(shown)} cannot be read.") from None
     # stat first: opening a FIFO or a device can block or never end.
     _check_regular(info, shown, limits)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(resolved, flags)
+        fd = open_beneath(policy.root_of(resolved), resolved)
     except PermissionError:
         raise ImageError(f"{_cap(shown)} cannot be read: permission denied.") from None
     except OSError:
