@@ -470,7 +470,8 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         lines = [f"{d.label}: {d.box}" for d in detected.detections] or ["nothing found"]
         notes = [f"note: {n}" for n in detected.notes]
         text = "\n".join([f"{len(detected.detections)} detections", *lines, *notes, stats(detected)])
-        return picture_result(text, out, detected)
+        # Decoding and scaling a big picture is CPU work: off the event loop, so pings and other calls go on.
+        return await anyio.to_thread.run_sync(picture_result, text, out, detected)
 
     @tool
     async def compare_budgets(
@@ -515,7 +516,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
                 f"recommended budget: {result.recommended_budget} (agreement >= {result.threshold})",
             ]
         )
-        return picture_result(text, out, result)
+        return await anyio.to_thread.run_sync(picture_result, text, out, result)
 
     @tool
     async def chat(
