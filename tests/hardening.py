@@ -33,6 +33,8 @@ SENTENCE_END_RE = re.compile(r"[.!?](?=\s|$)")
 INSTALL_PATHS = (str(Path(__file__).resolve().parents[1]), str(Path(httpx.__file__).resolve().parents[1]))
 
 TALLY: Counter[str] = Counter()
+#: the classes of the transport campaign (docs/security.md, "Through the real transports")
+TRANSPORT_CLASSES = 12
 
 
 def record(**counts: int) -> None:
@@ -59,6 +61,13 @@ def summary_line() -> str | None:
         parts.append(f"{t['busy']} calls told busy past the queue bound")
     if t["faults"]:
         parts.append(f"{t['faults']} faults survived")
+    classes = sorted(int(key.removeprefix("class_")) for key in t if key.startswith("class_") and t[key])
+    if classes:
+        parts.append(
+            f"{len(classes)} of {TRANSPORT_CLASSES} transport attack classes closed through the real doors "
+            f"(classes {', '.join(map(str, classes))}; {t['wire_refused']} raw stdio lines and "
+            f"{t['http_refused']} hand-made HTTP requests answered with an error)"
+        )
     kill = (
         f"chat killed mid-turn: {t['chat_turns_kept']} completed turns kept" if t["chat_turns_kept"]
         else "chat-history kill: not run"
