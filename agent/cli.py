@@ -414,9 +414,7 @@ def serve(args: argparse.Namespace) -> int:
     # Serving logs belong on stderr at INFO: load progress and the endpoint address.
     logging.getLogger("vlm_agent").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.transport == "stdio":
-        from mcp_server.stdio import run_stdio
-
-        run_stdio(server)
+        server.run()
     else:
         serve_http(server, args.host, args.port, token, args.allow_host)
     return 0

@@ -298,6 +298,12 @@ class VisionServer(MCPServer):
     #: labels of earlier calls, for argument completion
     seen: completion.Seen
 
+    async def run_stdio_async(self) -> None:
+        # Our stdio transport answers every line, even one the SDK's parser would drop silently.
+        from .stdio import serve_stdio
+
+        await serve_stdio(self)
+
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
         known = sorted(tool.name for tool in await self.list_tools())
         if name not in known:

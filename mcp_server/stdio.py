@@ -94,7 +94,3 @@ async def serve_stdio(server: MCPServer) -> None:
             tasks.start_soon(write_messages)
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
             tasks.cancel_scope.cancel()
-
-
-def run_stdio(server: MCPServer) -> None:
-    anyio.run(serve_stdio, server)
