@@ -35,6 +35,7 @@ from rich.text import Text
 from . import render
 from .session import HANDLE_RE, STRATEGIES, ChatError, ChatSession, TurnRecord, plural, without_handles
 from .store import Store
+from tools.outputs import OutputLimits, prune, write_atomic
 from tools.paths import data_home, outputs_dir
 
 COMMANDS: dict[str, str] = {
@@ -170,10 +171,9 @@ class TerminalView:
     def show_picture(self, record: TurnRecord, png: bytes, n: int) -> None:
         from PIL import Image
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        prune(self.out_dir, OutputLimits())
         image_id = ((record.result or {}).get("image_ids") or ["image"])[0]
-        path = self.out_dir / f"{record.tool}-{image_id}-{n}.png"
-        path.write_bytes(png)
+        path = write_atomic(self.out_dir / f"{record.tool}-{image_id}-{n}.png", lambda partial: partial.write_bytes(png))
         render.preview(self.console, Image.open(io.BytesIO(png)), self.protocol)
         self.console.print(f"[dim]picture: {path}[/]", highlight=False)
 

@@ -265,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on every HTTP request")
     p.add_argument("--out-dir", default=None, help="where annotated PNGs are written (default: the user data folder)")
+    p.add_argument(
+        "--out-max-mb", type=float, default=512, metavar="MB",
+        help="the output folder's size cap: the oldest pictures go first past it (default 512)",
+    )
+    p.add_argument(
+        "--out-max-days", type=float, default=7, metavar="DAYS",
+        help="pictures older than this are removed from the output folder (default 7)",
+    )
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the model before 'busy'")
 
     p = commands.add_parser(
@@ -392,6 +400,7 @@ async def run_script_command(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from mcp_server.server import Settings, build_server, default_out_dir
+    from tools.outputs import OutputLimits
     from mcp_server.transport import serve_http
 
     token = None
@@ -399,6 +408,8 @@ def serve(args: argparse.Namespace) -> int:
         token = os.environ.get(args.token_env)
         if not token:
             raise InvalidRequest(f"--token-env names ${args.token_env}, which is not set or empty.")
+    if not (args.out_max_mb > 0 and args.out_max_days > 0):
+        raise InvalidRequest("--out-max-mb and --out-max-days must be positive numbers.")
     settings = Settings(
         model=args.model,
         dtype=args.dtype,
@@ -408,6 +419,7 @@ def serve(args: argparse.Namespace) -> int:
         allow_dirs=args.allow_dir,
         allow_private_urls=args.allow_private_urls,
         out_dir=Path(args.out_dir) if args.out_dir else default_out_dir(),
+        out_limits=OutputLimits(max_bytes=int(args.out_max_mb * 1024 * 1024), max_age_s=args.out_max_days * 86400),
         max_queue=args.max_queue,
     )
     server = build_server(settings)

@@ -28,6 +28,7 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
 from tools.about import package_version
+from tools.outputs import OutputLimits, prune
 from tools.backends.openai import ApiSettings
 from tools.budgets import GEMMA4_BUDGETS
 from tools.drawing import fit_for_client
@@ -65,6 +66,8 @@ class Settings:
     allow_dirs: list[str] | None = None
     allow_private_urls: bool = False
     out_dir: Path = field(default_factory=lambda: default_out_dir())
+    #: what the output folder may hold; older and then oldest pictures go first
+    out_limits: OutputLimits = field(default_factory=OutputLimits)
     #: requests waiting for the model beyond this many get a "busy, retry" error
     max_queue: int = 16
     #: per-image caps: bytes, pixels, download time, redirects
@@ -186,6 +189,8 @@ class Engine:
             self.pending -= 1
 
     def output_path(self, kind: str) -> Path:
+        # Room first: the folder never grows past its limits by more than the new picture.
+        prune(self.settings.out_dir, self.settings.out_limits)
         return self.settings.out_dir / f"{kind}-{uuid.uuid4().hex[:12]}.png"
 
 

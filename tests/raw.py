@@ -12,7 +12,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,11 +35,17 @@ def call(id_: Any, tool: str, arguments: dict) -> bytes:
 class RawStdio:
     """A `vlm-agent serve` child spoken to in raw lines; answers are read with a deadline."""
 
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, verbose: bool = False) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        verbose: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.log_file = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [VLM_AGENT, *(["-v"] if verbose else []), "serve", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self.log_file, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            stderr=self.log_file, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, preexec_fn=preexec_fn,
         )
         self.lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -92,8 +98,13 @@ class RawStdio:
 
 
 @contextmanager
-def raw_stdio(args: Sequence[str], env: dict[str, str] | None = None, verbose: bool = False) -> Iterator[RawStdio]:
-    server = RawStdio(args, env, verbose)
+def raw_stdio(
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    verbose: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[RawStdio]:
+    server = RawStdio(args, env, verbose, preexec_fn)
     try:
         server.handshake()
         yield server

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from tools.detections import Detection, from_box_2d_json
-from tools.drawing import BLACK, PALETTE, WHITE, annotate, colors_for, fit_for_client, grid, save_png, text_color
+from tools.drawing import BLACK, PALETTE, WHITE, annotate, colors_for, fit_for_client, grid, text_color
+from tools.outputs import save_png
 
 GREY = (128, 128, 128)
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import zlib
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .detections import Detection
-from .errors import ImageError, InvalidRequest
+from .errors import InvalidRequest
 
 RGB = tuple[int, int, int]
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
@@ -131,18 +129,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
-    """Write ``image`` as a PNG at ``path``, creating its folders; returns the path."""
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        image.save(target, format="PNG")
-    except OSError as exc:
-        # the name only: the message may reach a remote client, which must not learn server paths
-        raise ImageError(f"Could not write the PNG {target.name}: {exc.strerror or exc}.") from exc
-    return target
 
 
 def fit_for_client(image: Image.Image, max_side: int = 1568, max_bytes: int = 1_000_000) -> bytes:

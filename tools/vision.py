@@ -22,7 +22,8 @@ from PIL import Image
 from .backends.base import Backend, Generation, Progress, Turn
 from . import compare
 from .detections import Detection, ParsedDetections
-from .drawing import annotate, grid, save_png
+from .drawing import annotate, grid
+from .outputs import cap_picture, save_png
 from .errors import InvalidRequest, Unsupported
 from .images import ImageLoader, LoadedImage
 from .ocr_engines import ENGINES, rapidocr
@@ -357,8 +358,16 @@ class Vision:
             generation, parsed = run(backend, picture)
         written = None
         if annotated_path is not None:
-            written = str(save_png(annotate(picture, parsed.detections), annotated_path))
+            written = self._save_picture(annotate(picture, parsed.detections), annotated_path, generation.notes)
         return self._boxes_result(cls, generation, parsed, loaded, started, labels, written)
+
+    @staticmethod
+    def _save_picture(image: Image.Image, path: str | Path, notes: list[str]) -> str:
+        """Write a full-size picture, capped to what a person can use; the cap goes in ``notes``."""
+        image, note = cap_picture(image)
+        if note:
+            notes.append(note)
+        return str(save_png(image, path))
 
     def _boxes_result(
         self,
@@ -474,10 +483,11 @@ class Vision:
             for i, (budget, r) in enumerate(zip(chosen, results))
         ]
         written = None
+        picture_notes: list[str] = []
         if picture_path is not None:
             shown = compare.varying_timings([run.timings.model_dump() for run in runs])
             panels = [(panel_title(run, shown), self.panel(loaded.image, run, b)) for run, b in zip(runs, boxes)]
-            written = str(save_png(grid(panels), picture_path))
+            written = self._save_picture(grid(panels), picture_path, picture_notes)
         return CompareResult(
             task=task,
             model=self.model.model_id,
@@ -494,7 +504,7 @@ class Vision:
             runs=runs,
             picture_path=written,
             total_ms=round((time.perf_counter() - started) * 1000, 2),
-            notes=[f"budget {b}: {note}" for b, r in zip(chosen, results) for note in r.notes],
+            notes=[f"budget {b}: {note}" for b, r in zip(chosen, results) for note in r.notes] + picture_notes,
         )
 
     def _run_concurrently(
