@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,8 +44,8 @@ COMMANDS: dict[str, str] = {
     "/images": "the attached images and their handles",
     "/forget": "[@n]: drop one image, or all",
     "/describe": "[prompt]: describe the current image(s) or ask about them",
-    "/ocr": "read the text of the current image",
-    "/detect": "LABEL...: find objects and draw their boxes",
+    "/ocr": "[--tiles auto|N]: read the text of the current image",
+    "/detect": "LABEL... [--tiles auto|N] [--consensus 280,560,1120] [--verify]: find objects and draw their boxes",
     "/budgets": "[prompt]: compare visual-token budgets on the current image",
     "/history": "the turns so far",
     "/reset": "start a new conversation",
@@ -323,13 +323,20 @@ class ChatApp:
                         "describe", {"prompt": prompt} if prompt else {})
 
     async def cmd_ocr(self, rest: str) -> None:
-        await self.turn(rest or "Read the text.", "ocr", {})
+        flags, rest = take_flags(rest, ("--tiles",))
+        await self.turn(rest or "Read the text.", "ocr", flags)
 
     async def cmd_detect(self, rest: str) -> None:
+        flags, rest = take_flags(rest, ("--tiles", "--consensus"), ("--verify",))
+        if "consensus" in flags:
+            try:
+                flags["consensus"] = [int(b) for b in flags["consensus"].split(",") if b.strip()]
+            except ValueError:
+                raise ChatError("--consensus takes budgets separated by commas, e.g. 280,560,1120.") from None
         labels = [label.strip() for label in rest.replace(",", " ").split() if label.strip()]
         if not labels:
             raise ChatError("Say what to find: /detect person car")
-        await self.turn(f"detect {', '.join(labels)}", "detect", {"labels": labels})
+        await self.turn(f"detect {', '.join(labels)}", "detect", {"labels": labels, **flags})
 
     async def cmd_budgets(self, rest: str) -> None:
         # Image marks choose the image; the prompt, run at every budget, is the rest of the line.
@@ -469,6 +476,32 @@ class ChatApp:
             self.console.print(f"[red]error:[/] {self.startup.error}", highlight=False, soft_wrap=True)
             return
         self.console.print(Text(self.goodbye(), style="dim"))
+
+
+def take_flags(rest: str, valued: Sequence[str], switches: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
+    """``--name VALUE`` options (and bare ``--switch`` ones) out of a command's text, and the rest of it."""
+    flags: dict[str, Any] = {}
+    words = rest.split()
+    kept: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        name, _, inline = word.partition("=")
+        if name in valued:
+            value = inline or (words[i + 1] if i + 1 < len(words) else "")
+            if not value or value.startswith("--"):
+                raise ChatError(f"{name} needs a value, for example {name} auto.")
+            flags[name[2:]] = value
+            i += 1 if inline else 2
+        elif word in switches:
+            flags[word[2:]] = True
+            i += 1
+        elif word.startswith("--"):
+            raise ChatError(f"Unknown option {word[:30]}; this command takes {', '.join([*valued, *switches])}.")
+        else:
+            kept.append(word)
+            i += 1
+    return flags, " ".join(kept)
 
 
 def key_bindings() -> KeyBindings:

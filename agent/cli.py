@@ -151,14 +151,38 @@ def sampling_of(args: argparse.Namespace) -> dict[str, float]:
     return {name: getattr(chosen, name) for name, value in given.items() if value is not None}
 
 
+def budget_value(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a budget number or 'auto'") from None
+
+
+def budget_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:30]!r} is not budgets separated by commas, e.g. 280,560,1120") from None
+
+
+def tiles_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tiles", default="off", metavar="auto|off|N",
+        help="read in overlapping tiles: auto tiles only an image the engine would shrink (rapidocr past "
+        "2000 px, Gemma 4 past what budget 1120 sees); N tiles across the long side, 1-8 (default off)",
+    )
+
+
 def call_options(parser: argparse.ArgumentParser) -> None:
     model_option(parser)
     parser.add_argument(
         "--budget",
-        type=int,
+        type=budget_value,
         default=None,
-        help=f"Gemma 4 visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280); "
-        "PaliGemma and BLIP-2 have a fixed resolution and take none",
+        help=f"Gemma 4 visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280), or auto: "
+        "the smallest that keeps what the task needs; PaliGemma and BLIP-2 have a fixed resolution and take none",
     )
     generation_options(parser)
     parser.add_argument(
@@ -202,12 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="vlm: the model (default); rapidocr: offline PP-OCR with line boxes, no model loaded "
         "(needs pip install 'vlm-agent[ocr]')",
     )
+    tiles_option(p)
     call_options(p)
 
     p = commands.add_parser("detect", help="find labelled objects and draw their boxes")
     p.add_argument("images", nargs=1, metavar="IMAGE")
     p.add_argument("labels", nargs="+", metavar="LABEL")
     p.add_argument("--out", default=None, help="annotated PNG to write (default: IMAGE-detections.png here)")
+    tiles_option(p)
+    p.add_argument(
+        "--consensus", type=budget_list, default=None, metavar="B1,B2,...",
+        help="run these budgets together and fuse their boxes (weighted box fusion), e.g. 280,560,1120; "
+        "each box says which budgets found it",
+    )
+    p.add_argument("--verify", action="store_true", help="ask the model about each box's crop at budget 1120")
     call_options(p)
 
     p = commands.add_parser("segment", help="find one labelled object: its box and mask codes (PaliGemma)")
@@ -314,6 +346,8 @@ def print_result(result: Result, as_json: bool) -> None:
     else:
         # stdout stays empty, as the answer is; the person reading is told why
         err.print("no text found" if getattr(result, "engine", None) else "(the model answered with no text)", markup=False)
+    if result.budget_reason:
+        err.print(f"budget {result.budget}: {result.budget_reason}", markup=False)
     for note in result.notes:
         err.print(f"note: {note}", markup=False)
     err.print(render.stats_line(data), style="dim", markup=False)
@@ -323,6 +357,7 @@ def run_call(args: argparse.Namespace) -> Result:
     from tools.backends import FAMILIES, detect_family, load_backend
     from tools.budgets import check_budget
     from tools.images import AccessPolicy, ImageLoader
+    from tools.tiling import parse_tiles
     from tools.vision import Vision, check_labels, check_text
 
     # Everything that can be checked before the slow model load is checked first.
@@ -332,6 +367,7 @@ def run_call(args: argparse.Namespace) -> Result:
     check_text(getattr(args, "prompt", ""), "The prompt")
     if args.command == "detect":
         check_labels(args.labels)
+    tiles = parse_tiles(getattr(args, "tiles", None))
     if args.command == "segment":
         check_labels([args.label])
     api = api_settings(args)
@@ -342,10 +378,10 @@ def run_call(args: argparse.Namespace) -> Result:
     ids = [loader.load(ref).image_id for ref in args.images]
     if getattr(args, "engine", "vlm") == "rapidocr":
         with err.status("reading with rapidocr", spinner="dots"):
-            return Vision(None, loader).ocr(ids[0], budget=args.budget, engine="rapidocr")
+            return Vision(None, loader).ocr(ids[0], budget=args.budget, engine="rapidocr", tiles=tiles)
     if api is None and args.model != NO_MODEL:
         family = FAMILIES.get(detect_family(args.model))
-        if family is not None and args.budget is not None and family.budgets:
+        if family is not None and isinstance(args.budget, int) and family.budgets:
             check_budget(args.budget, family.budgets, family.display_name)
     started = time.perf_counter()
     what = args.model if api is None else f"{api.model} at {api.root}"
@@ -359,12 +395,15 @@ def run_call(args: argparse.Namespace) -> Result:
         if args.command == "describe":
             return vision.describe(ids, args.prompt, budget=args.budget, options=options)
         if args.command == "ocr":
-            return vision.ocr(ids[0], budget=args.budget, options=options)
+            return vision.ocr(ids[0], budget=args.budget, options=options, tiles=tiles)
         if args.command == "segment":
             out_path = Path(args.out) if args.out else default_out(args.images[0], "segment")
             return vision.segment(ids[0], args.label, budget=args.budget, options=options, annotated_path=out_path)
         out_path = Path(args.out) if args.out else default_out(args.images[0])
-        return vision.detect(ids[0], args.labels, budget=args.budget, options=options, annotated_path=out_path)
+        return vision.detect(
+            ids[0], args.labels, budget=args.budget, options=options, annotated_path=out_path, tiles=tiles,
+            consensus=args.consensus, verify=args.verify,
+        )
 
 
 async def run_script_command(args: argparse.Namespace) -> int:

@@ -260,8 +260,18 @@ def detections_table(result: Mapping[str, Any]) -> Table:
     table.add_column("label")
     for name in ("x1", "y1", "x2", "y2"):
         table.add_column(name, justify="right")
+    # Columns for what tiles, consensus and verify add, only when some box has it.
+    columns = (
+        ("found at budgets", "agreement", lambda a: f"{', '.join(map(str, a['budgets']))} ({a['score']:.2f})"),
+        ("verified", "verified", lambda v: "yes" if v else "no"),
+        ("tiles", "tiles", lambda t: ", ".join(map(str, t))),
+    )
+    extras = [column for column in columns if any(d.get(column[1]) is not None for d in detections)]
+    for name, _, _ in extras:
+        table.add_column(name)
     for i, d in enumerate(detections, 1):
-        table.add_row(str(i), Text(d["label"]), *map(str, d["box"]))
+        cells = ["-" if d.get(key) is None else show(d[key]) for _, key, show in extras]
+        table.add_row(str(i), Text(d["label"]), *map(str, d["box"]), *cells)
     return table
 
 

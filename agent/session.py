@@ -371,13 +371,15 @@ class ChatSession:
                 self.dropped_total += record.dropped_turns
                 self.view.notice(f"dropped {plural(record.dropped_turns, 'older exchange')} to fit the model's context")
         elif tool == "ocr":
-            result, images = await self.call_tool("ocr", {"image": refs[0], "max_new_tokens": self.max_new_tokens, **extra})
+            payload = {"image": refs[0], "max_new_tokens": self.max_new_tokens, **extra, **tool_flags(args)}
+            result, images = await self.call_tool("ocr", payload)
         elif tool == "detect":
             labels = args.get("labels") or []
             if isinstance(labels, str):
                 labels = [part.strip() for part in labels.split(",")]
             result, images = await self.call_tool(
-                "detect", {"image": refs[0], "labels": labels, "max_new_tokens": self.max_new_tokens, **extra}
+                "detect",
+                {"image": refs[0], "labels": labels, "max_new_tokens": self.max_new_tokens, **extra, **tool_flags(args)},
             )
         elif tool == "compare_budgets":
             payload = {
@@ -467,6 +469,14 @@ def plural(count: int, noun: str) -> str:
 def without_handles(text: str) -> str:
     """``text`` with its image marks (``@2``, ``@photo.png``) taken out: what is left is the prompt."""
     return " ".join(HANDLE_RE.sub(" ", text).split())
+
+
+#: per-call options of ocr and detect that a chat command or the model may set
+TOOL_FLAGS = ("tiles", "consensus", "verify")
+
+
+def tool_flags(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: arguments[name] for name in TOOL_FLAGS if name in arguments}
 
 
 def answer_text(tool: str, result: Mapping[str, Any]) -> str:

@@ -36,7 +36,9 @@ from tools.errors import Busy, Cancelled, VlmError
 from tools.images import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.streaming import TextSink, streaming
-from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
+from tools.results import (
+    BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectionOut, DetectResult, OcrResult, Result,
+)
 from tools.vision import Vision
 
 from . import completion, logs, pictures, prompts
@@ -244,6 +246,8 @@ def options(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -
 
 def stats(result: Result) -> str:
     budget = f"budget {result.budget}, " if result.budget is not None else ""
+    if result.budget_reason:
+        budget = f"budget {result.budget} ({result.budget_reason}), "
     image = f"{result.image_tokens} image tokens, " if result.image_tokens is not None else ""
     cut = " (cut at max_new_tokens)" if result.finish_reason == "length" else ""
     return (
@@ -258,6 +262,17 @@ def split_ms(timings: BudgetTimings) -> str:
         return ""
     return (f" (encode {timings.preprocess_ms:.0f} + prefill {timings.prefill_ms:.0f} + "
             f"shared decode {timings.decode_ms:.0f})")
+
+
+def box_line(detection: DetectionOut) -> str:
+    extra = []
+    if detection.agreement is not None:
+        extra.append(f"found at budgets {', '.join(map(str, detection.agreement.budgets))}")
+    if detection.verified is not None:
+        extra.append("verified" if detection.verified else "not verified")
+    if detection.tiles is not None:
+        extra.append(f"tiles {', '.join(map(str, detection.tiles))}")
+    return f"{detection.label}: {detection.box}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def text_result(result: Result, text: str) -> CallToolResult:
@@ -289,9 +304,15 @@ def picture_result(text: str, picture: Path, structured: BaseModel) -> CallToolR
     )
 
 
+UNION_BRANCHES = {"int", "str", "float", "bool", "none"}
+
+
 def validation_message(error: ValidationError) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "arguments"
+    # An argument that takes one of several types (budget: a number or "auto") adds the type
+    # it tried to the place ("budget.int"); the caller named only the argument.
+    where = ".".join(str(part) for part in first["loc"] if str(part) not in UNION_BRANCHES and "[" not in str(part))
+    where = where or "arguments"
     more = f" (and {error.error_count() - 1} more problems)" if error.error_count() > 1 else ""
     return f"Argument '{where}': {first['msg']}{more}."
 
@@ -347,12 +368,23 @@ def explain(tool: str, error: ToolError) -> tuple[str, str]:
 
 
 Budget = Annotated[
-    int | None,
-    Field(description="visual-token budget (Gemma 4): 70, 140, 280, 560 or 1120; more keeps finer detail; default 280"),
+    int | Literal["auto"] | None,
+    Field(
+        description="visual-token budget (Gemma 4): 70, 140, 280, 560 or 1120; more keeps finer detail; default 280; "
+        "'auto' picks the smallest that keeps what the task needs and says why in budget_reason"
+    ),
 ]
 MaxNewTokens = Annotated[int, Field(description="cap on generated tokens; a cut answer says so")]
 Temperature = Annotated[float, Field(description="0 decodes greedily; above 0 samples")]
 TopP = Annotated[float, Field(description="nucleus sampling mass, used when temperature > 0")]
+Tiles = Annotated[
+    str | int,
+    Field(
+        description="read in overlapping tiles: 'auto' tiles only an image the engine would shrink "
+        "(rapidocr past 2000 px, Gemma 4 past what budget 1120 sees), 'off', or 1-8 tiles across the long side; "
+        "boxes come back in pixels of the whole image"
+    ),
+]
 
 
 #: what clients show for each tool
@@ -443,6 +475,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
                 "adds one box per text line (no budget)"
             ),
         ] = "vlm",
+        tiles: Tiles = "off",
     ) -> Annotated[CallToolResult, OcrResult]:
         """Read all text in an image, in reading order and in its original language and script.
 
@@ -452,7 +485,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         vision = await resident.ready(ctx) if engine == "vlm" else resident.offline
         chosen = options(max_new_tokens, temperature, top_p)
         result = await resident.run(
-            lambda cancel: vision.ocr(image, budget, chosen.with_cancel(cancel), engine),
+            lambda cancel: vision.ocr(image, budget, chosen.with_cancel(cancel), engine, tiles),
             stream_to=ctx, total=max_new_tokens,
         )
         return text_result(result, result.text)
@@ -466,6 +499,17 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         max_new_tokens: MaxNewTokens = 512,
         temperature: Temperature = 0.0,
         top_p: TopP = 1.0,
+        tiles: Tiles = "off",
+        consensus: Annotated[
+            list[int] | None,
+            Field(
+                description="budgets to run together and fuse (weighted box fusion), e.g. [280, 560, 1120]; "
+                "each box then reports which budgets found it (agreement); leave budget and tiles unset"
+            ),
+        ] = None,
+        verify: Annotated[
+            bool, Field(description="ask the model about each box's crop at budget 1120; each box reports verified")
+        ] = False,
     ) -> Annotated[CallToolResult, DetectResult]:
         """Find labelled objects: boxes [x1, y1, x2, y2] in pixels of the original image, plus an annotated picture.
 
@@ -476,9 +520,11 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         out = resident.output_path("detect")
         chosen = options(max_new_tokens, temperature, top_p)
         detected = await resident.run(
-            lambda cancel: vision.detect(image, labels, budget, chosen.with_cancel(cancel), out)
+            lambda cancel: vision.detect(
+                image, labels, budget, chosen.with_cancel(cancel), out, tiles, consensus, verify
+            )
         )
-        lines = [f"{d.label}: {d.box}" for d in detected.detections] or ["nothing found"]
+        lines = [box_line(d) for d in detected.detections] or ["nothing found"]
         notes = [f"note: {n}" for n in detected.notes]
         text = "\n".join([f"{len(detected.detections)} detections", *lines, *notes, stats(detected)])
         # Decoding and scaling a big picture is CPU work: off the event loop, so pings and other calls go on.
@@ -524,7 +570,7 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
             [
                 f"{task} at budgets {', '.join(str(r.budget) for r in result.runs)} ({result.metric} vs {result.reference_budget})",
                 *rows,
-                f"recommended budget: {result.recommended_budget} (agreement >= {result.threshold})",
+                f"recommended budget: {result.recommended_budget} ({result.recommendation_reason})",
             ]
         )
         return await anyio.to_thread.run_sync(picture_result, text, out, result)

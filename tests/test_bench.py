@@ -207,3 +207,19 @@ def test_the_gpu_suite_stops_short_at_its_time_limit_and_says_so(tmp_path):
         "describe at each budget", "compare_budgets", "follow-up turns", "compiled decoding"
     ]
     assert results["rows"] == [] and list(results["settings"]["stages_s"]) == ["build and warm up"]
+
+
+def test_ocr_tiles_bench_pages_and_score(monkeypatch, capsys):
+    from bench import ocr_tiles
+
+    assert ocr_tiles.score("ab c", "abc") == (3, 0.0)
+    assert ocr_tiles.score("", "abcd") == (0, 1.0)
+    assert ocr_tiles.score("abXd", "abcd")[0] == 3
+    page = ocr_tiles.make_page((400, 300), 12, "latin")
+    if page is not None:  # a machine without the font skips, as the bench does
+        assert page.image.size == (400, 300) and page.text.strip() and page.font_px == 12
+    monkeypatch.setitem(ocr_tiles.FONTS, "cjk", ["/no/such/font.ttc"])
+    assert ocr_tiles.make_page((400, 300), 12, "cjk") is None
+    if ocr_tiles.RapidOcr.available():
+        assert ocr_tiles.main(["--scripts", "cjk"]) == 0
+        assert "skipping cjk: no font found; install fonts-noto-cjk" in capsys.readouterr().err

@@ -579,3 +579,23 @@ async def test_ctrl_c_gives_up_a_message_waiting_for_the_model(tiny_gemma4, tmp_
     assert code == 0, transcript
     assert "error: Not sent: you gave up waiting for the model" in transcript
     assert [args["prompt"] for name, args in recorder.calls if name == "describe"] == ["second"]
+
+
+async def test_ocr_and_detect_options_reach_the_server(tiny_gemma4, tmp_path, home, photo):
+    lines = [
+        "/ocr --tiles 2",
+        "/detect --consensus 280,1120 --verify person",
+        "/detect --tiles auto --consensus 280,1120 person",
+        "/detect --consensus many person",
+        "/detect --bogus person",
+        "/quit",
+    ]
+    transcript, recorder = await chat(tiny_gemma4, tmp_path, lines, images=[photo])
+    calls = [(name, args) for name, args in recorder.calls if name in ("ocr", "detect")]
+    assert calls[0][0] == "ocr" and calls[0][1]["tiles"] == "2"
+    assert len(calls[0][1]) == 3 + ("budget" in calls[0][1])  # image, max_new_tokens, tiles
+    assert calls[1][1]["consensus"] == [280, 1120] and calls[1][1]["verify"] is True
+    assert calls[2][1]["tiles"] == "auto" and len(calls) == 3
+    assert "error: consensus runs its own budgets on the whole image; leave budget and tiles unset." in transcript
+    assert "error: --consensus takes budgets separated by commas, e.g. 280,560,1120." in transcript
+    assert "error: Unknown option --bogus" in transcript

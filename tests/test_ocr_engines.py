@@ -127,3 +127,32 @@ def test_vision_without_a_model(tmp_path):
         vision.describe([str(path)])
     with pytest.raises(InvalidRequest, match="use vlm or rapidocr"):
         vision.ocr(str(path), engine="tesseract")
+
+
+@needs_rapidocr
+@pytest.mark.anyio
+async def test_mcp_ocr_in_tiles_reads_a_line_the_seam_cuts_whole(page):
+    """Two tiles across the invoice: "Total due 42.50 EUR" crosses the seam, each tile sees part of it,
+    and the page reads exactly as untiled."""
+    path, _ = page
+    settings = Settings(model="none", allow_dirs=[str(path.parent)], out_dir=path.parent / "out")
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr", "tiles": "2"})
+        assert not result.is_error, result.content
+        data = result.structured_content
+        assert data["text"] == EXPECTED
+        assert [tile["box"] for tile in data["tiles"]] == [[0, 0, 473, 260], [427, 0, 900, 260]]
+        assert any("read again from the page" in note for note in data["notes"])
+        assert all(0 <= line["box"][0] < line["box"][2] <= 900 for line in data["lines"])
+        bad = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr", "tiles": "twelve"})
+        assert bad.is_error and bad.content[0].text.startswith("tiles 'twelve' is not")
+
+
+@needs_rapidocr
+def test_cli_ocr_tiles_auto_leaves_a_small_image_whole(page, capsys):
+    path, _ = page
+    assert main(["ocr", str(path), "--engine", "rapidocr", "--tiles", "auto", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] == EXPECTED and result["tiles"] is None
+    assert main(["ocr", str(path), "--engine", "rapidocr", "--tiles", "0"]) == 1
+    assert "tiles must be between 1 and 8" in capsys.readouterr().err

@@ -24,6 +24,10 @@ from .results import Timings
 #: ``ocr(engine=...)``: the loaded vision-language model, or the offline OCR
 ENGINES = ("vlm", "rapidocr")
 RAPIDOCR_PACKAGE = "rapidocr-onnxruntime"
+#: rapidocr 1.4's max_side_len: it shrinks a larger image to this many pixels on its long side
+DEFAULT_MAX_SIDE = 2000
+#: one piece of text the detector found: its (x1, y1, x2, y2) box in pixels, and what it says
+Piece = tuple[tuple[float, float, float, float], str]
 
 
 @dataclass
@@ -81,25 +85,56 @@ class RapidOcr:
             self._engine = RapidOCR()
         return self._engine
 
-    def read(self, image: Image.Image) -> Reading:
-        watch = Stopwatch()
+    @property
+    def max_side(self) -> int:
+        """The longest side the engine reads at full size: a larger image is shrunk to it first."""
+        engine = self._load()
+        return int(getattr(engine, "max_side_len", DEFAULT_MAX_SIDE) or DEFAULT_MAX_SIDE)
+
+    def pieces(self, image: Image.Image) -> list[Piece]:
+        """Every text piece the detector found, with its box in pixels of ``image``, in no order."""
         with self._lock:
             engine = self._load()
-            preprocess_ms = watch.lap()
             # A PIL image, not an array: the engine then knows it is RGB and converts to BGR itself.
             found, _ = engine(image)
-        generate_ms = watch.lap()
-        pieces: list[tuple[tuple[float, float, float, float], str]] = []
+        pieces: list[Piece] = []
         for quad, text, _score in found or []:
             text = " ".join(str(text).split())
             if text:
                 xs, ys = [p[0] for p in quad], [p[1] for p in quad]
                 pieces.append(((min(xs), min(ys), max(xs), max(ys)), text))
-        rows = reading_order([box for box, _ in pieces])
-        lines = [from_pixel_box(pieces[i][1], pieces[i][0], image.size, pieces[i][1]) for row in rows for i in row]
-        text = "\n".join(" ".join(pieces[i][1] for i in row) for row in rows)
+        return pieces
+
+    def recognise(self, crops: Sequence[Image.Image]) -> list[str]:
+        """The text of each crop, read as one line (no detection): for pieces put together from tiles."""
+        if not crops:
+            return []
+        import numpy as np
+
+        with self._lock:
+            engine = self._load()
+            # The recogniser wants BGR arrays, as the engine's own crops are.
+            arrays = [np.ascontiguousarray(np.asarray(crop.convert("RGB"))[:, :, ::-1]) for crop in crops]
+            results, _ = engine.text_rec(arrays)
+        return [" ".join(str(text).split()) for text, _score in results]
+
+    def read(self, image: Image.Image) -> Reading:
+        watch = Stopwatch()
+        self._load()
+        preprocess_ms = watch.lap()
+        found = self.pieces(image)
+        generate_ms = watch.lap()
+        text, lines = assemble(found, image.size)
         timings = Timings(preprocess_ms=preprocess_ms, generate_ms=generate_ms, total_ms=watch.total())
         return Reading(text=text, lines=lines, timings=timings)
+
+
+def assemble(pieces: Sequence[Piece], size: tuple[int, int]) -> tuple[str, list[Detection]]:
+    """The text in reading order and one box per piece, in the same order."""
+    rows = reading_order([box for box, _ in pieces])
+    lines = [from_pixel_box(pieces[i][1], pieces[i][0], size, pieces[i][1]) for row in rows for i in row]
+    text = "\n".join(" ".join(pieces[i][1] for i in row) for row in rows)
+    return text, lines
 
 
 _RAPIDOCR = RapidOcr()

@@ -52,6 +52,7 @@ class Result(BaseModel):
         description="model family: gemma4, paligemma or blip2; openai for a serving engine, rapidocr for the offline OCR"
     )
     budget: int | None = Field(description="visual-token budget used; null for fixed-resolution families")
+    budget_reason: str | None = Field(None, description="why this budget, when the call asked for budget 'auto'")
     image_ids: list[str] = Field(description="ids of this call's images, usable in later calls instead of the bytes")
     image_tokens: int | None = Field(
         description="image tokens actually in the prompt; null when unknown (a serving engine does not say)"
@@ -69,6 +70,14 @@ class DescribeResult(Result):
     task: Literal["describe"] = "describe"
 
 
+class Agreement(BaseModel):
+    """How far the budgets of a consensus detection agree on one fused box."""
+
+    budgets: list[int] = Field(description="the budgets whose boxes were fused into this one")
+    ious: list[float] = Field(description="each of those boxes' IoU with the fused box, in the same order")
+    score: float = Field(description="the share of the budgets that found it, 0..1")
+
+
 class DetectionOut(BaseModel):
     label: str
     box: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the original image, origin top left")
@@ -77,6 +86,22 @@ class DetectionOut(BaseModel):
     seg_codes: list[int] = Field(
         default_factory=list, description="PaliGemma's 16 mask codes, when the model gave them (segment)"
     )
+    tiles: list[int] | None = Field(
+        None, description="the tiles (TileOut.index) this box was found in, when the image was read in tiles"
+    )
+    agreement: Agreement | None = Field(None, description="which budgets found this box, when detect ran with consensus")
+    verified: bool | None = Field(
+        None, description="with verify: whether the model, shown this box's crop, said it is the label; "
+        "null when it was not asked or its answer was neither yes nor no"
+    )
+
+
+class TileOut(BaseModel):
+    """One tile of an image read in tiles."""
+
+    index: int
+    box: list[int] = Field(description="[x1, y1, x2, y2] of the tile in pixels of the original image")
+    text: str | None = Field(None, description="what the model read in this tile (ocr, engine vlm)")
 
 
 class OcrResult(Result):
@@ -84,6 +109,9 @@ class OcrResult(Result):
     engine: Literal["vlm", "rapidocr"] = Field("vlm", description="who read the text: the model, or the offline OCR")
     lines: list[DetectionOut] | None = Field(
         None, description="one box per text line, label = its text, in reading order (engine rapidocr)"
+    )
+    tiles: list[TileOut] | None = Field(
+        None, description="the tiles the image was read in, row by row; null when it was read whole"
     )
 
 
@@ -94,6 +122,12 @@ class BoxesResult(Result):
     image_size: list[int] = Field(description="[width, height] of the original image")
     detections: list[DetectionOut]
     annotated_path: str | None = Field(None, description="full-size annotated PNG, when one was written")
+    consensus: list[int] | None = Field(
+        None, description="detect: the budgets run together and fused (weighted box fusion); null for one budget"
+    )
+    tiles: list[TileOut] | None = Field(
+        None, description="the tiles the image was read in, row by row; null when it was read whole"
+    )
 
 
 class DetectResult(BoxesResult):
@@ -132,7 +166,14 @@ class CompareResult(BaseModel):
     metric: str
     metric_description: str
     threshold: float = Field(description="agreement at or above this counts as the same answer")
-    recommended_budget: int = Field(description="the smallest budget that agrees with the reference")
+    recommended_budget: int = Field(
+        description="the smallest budget that agrees with the reference and keeps what the task needs "
+        "(the rule of budget 'auto')"
+    )
+    recommendation_reason: str = Field("", description="why that budget")
+    fused: list[DetectionOut] | None = Field(
+        None, description="detect: every budget's boxes fused (weighted box fusion), each with its agreement"
+    )
     runs: list[BudgetRun]
     picture_path: str | None = Field(None, description="side-by-side PNG of every budget, when one was written")
     total_ms: float

@@ -20,8 +20,9 @@ from typing import Any
 from PIL import Image
 
 from .backends.base import Backend, Generation, Progress, Turn
-from . import compare
-from .detections import Detection, ParsedDetections
+from . import auto_budget, compare, fusion, tiled, tiling
+from .auto_budget import AUTO
+from .detections import Detection, ParsedDetections, from_pixel_box
 from .drawing import annotate, grid
 from .outputs import cap_picture, save_png
 from .errors import InvalidRequest, Unsupported
@@ -30,7 +31,9 @@ from .ocr_engines import ENGINES, rapidocr
 from .options import GenerationOptions
 from .streaming import streaming
 from .text import clean_model_text
+from .verify import verify as verify_boxes
 from .results import (
+    Agreement,
     BoxesResult,
     BudgetRun,
     BudgetTimings,
@@ -42,6 +45,7 @@ from .results import (
     OcrResult,
     Result,
     SegmentResult,
+    TileOut,
     ToolCallOut,
 )
 
@@ -106,14 +110,42 @@ def check_count(refs: Sequence[str]) -> None:
         raise InvalidRequest(f"{len(refs)} images given; send at most {MAX_IMAGES} in one call.")
 
 
-def detection_out(detection: Detection) -> DetectionOut:
+def detection_out(detection: Detection, tiles: Sequence[int] | None = None) -> DetectionOut:
     return DetectionOut(
         label=clean_model_text(detection.label),
         box=list(detection.box),
         box_normalized=list(detection.box_normalized),
         raw=clean_model_text(detection.raw),
         seg_codes=list(detection.seg_codes),
+        tiles=None if tiles is None else list(tiles),
     )
+
+
+def fused_outs(budgets: Sequence[int], boxes: Sequence[Sequence[Detection]], size: tuple[int, int]) -> list[DetectionOut]:
+    """The boxes each budget found, fused (weighted box fusion); each says which budgets found it."""
+    found = [
+        fusion.RunBox(n, d.label, tuple(float(v) for v in d.box))  # type: ignore[arg-type]
+        for n, run in enumerate(boxes) for d in run
+    ]
+    outs = []
+    for fused in fusion.fuse(found, len(budgets)):
+        found_by = [budgets[n] for n in fused.runs]
+        out = detection_out(from_pixel_box(fused.label, fused.box, size, f"fused from budgets {found_by}"))
+        out.agreement = Agreement(budgets=found_by, ious=fused.ious, score=fused.agreement)
+        outs.append(out)
+    return outs
+
+
+def detection_in(out: DetectionOut) -> Detection:
+    """A result's box as a Detection again, for drawing and cropping."""
+    return Detection(
+        label=out.label, box=tuple(out.box), box_normalized=tuple(out.box_normalized), raw=out.raw,  # type: ignore[arg-type]
+        seg_codes=tuple(out.seg_codes),
+    )
+
+
+def tile_out(tile: tiling.Tile, text: str | None = None) -> TileOut:
+    return TileOut(index=tile.index, box=list(tile.box), text=text)
 
 
 NO_MODEL_MESSAGE = (
@@ -237,7 +269,7 @@ class Vision:
         images: Sequence[str],
         prompt: str = "",
         history: Sequence[Mapping[str, Any] | Turn] = (),
-        budget: int | None = None,
+        budget: int | str | None = None,
         options: GenerationOptions | None = None,
     ) -> DescribeResult:
         started = time.perf_counter()
@@ -245,19 +277,20 @@ class Vision:
         check_count(images)
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0 if turns else 1)
+        budget, reason = self.auto_budget(budget, "describe", loaded)
         # An empty prompt stays empty: each family asks for a caption its own way.
         with self._turn(options) as backend:
             generation = backend.describe(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
             )
-        return self._result(DescribeResult, generation, loaded, started)
+        return self._result(DescribeResult, generation, loaded, started, budget_reason=reason)
 
     def chat(
         self,
         images: Sequence[str],
         prompt: str,
         history: Sequence[Mapping[str, Any] | Turn] = (),
-        budget: int | None = None,
+        budget: int | str | None = None,
         options: GenerationOptions | None = None,
     ) -> ChatResult:
         """One assistant turn that answers in text or picks vision tools to call (Gemma 4)."""
@@ -268,6 +301,7 @@ class Vision:
         check_count(images)
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0)
+        budget, reason = self.auto_budget(budget, "describe", loaded)
         with self._turn(options) as backend:
             generation, reply = backend.chat(
                 [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
@@ -275,28 +309,71 @@ class Vision:
         generation.text = clean_model_text(reply.text)
         generation.notes.extend(f"ignored {reason}" for reason in reply.invalid)
         calls = [ToolCallOut(name=call.name, arguments=call.arguments) for call in reply.calls]
-        return self._result(ChatResult, generation, loaded, started, tool_calls=calls)
+        return self._result(ChatResult, generation, loaded, started, tool_calls=calls, budget_reason=reason)
 
     def ocr(
-        self, image: str, budget: int | None = None, options: GenerationOptions | None = None, engine: str = "vlm"
+        self,
+        image: str,
+        budget: int | str | None = None,
+        options: GenerationOptions | None = None,
+        engine: str = "vlm",
+        tiles: str | int | None = None,
     ) -> OcrResult:
-        """Read all text; ``engine="rapidocr"`` reads offline, with no model, and adds line boxes."""
+        """Read all text; ``engine="rapidocr"`` reads offline, with no model, and adds line boxes.
+
+        ``tiles`` (auto, off or a number across the long side) reads a large image in overlapping tiles.
+        """
         if engine not in ENGINES:
             raise InvalidRequest(f"OCR engine {engine!r} does not exist; use {' or '.join(ENGINES)}.")
         started = time.perf_counter()
+        choice = tiling.parse_tiles(tiles)
         if engine == "rapidocr":
-            return self._offline_ocr(image, budget, started)
+            # The offline engine has no budget: "auto" asks for none.
+            return self._offline_ocr(image, None if budget == AUTO else budget, started, choice)
         loaded = self.load_images([image])
+        budget, reason = self.auto_budget(budget, "ocr", loaded)
+        options = options or GenerationOptions()
         with self._turn(options) as backend:
-            generation = backend.ocr(loaded[0].image, budget, options or GenerationOptions())
-        return self._result(OcrResult, generation, loaded, started)
+            plan = self._plan(backend, loaded[0].size, choice, budget)
+            if plan is None:
+                generation = backend.ocr(loaded[0].image, budget, options)
+                return self._result(OcrResult, generation, loaded, started, budget_reason=reason)
+            runs = tiled.vlm_tiled(backend, "ocr", loaded[0].image, (), plan, budget, options)
+        generation = tiled.combined(runs, tiled.page_text(runs))
+        outs = [tile_out(tile, g.text) for tile, (g, _) in zip(runs.tiles, runs.runs)]
+        return self._result(OcrResult, generation, loaded, started, tiles=outs, budget_reason=reason)
 
-    def _offline_ocr(self, image: str, budget: int | None, started: float) -> OcrResult:
+    def auto_budget(self, budget: int | str | None, task: str, loaded: Sequence[LoadedImage]) -> tuple[int | None, str | None]:
+        """The budget to use and, for ``"auto"``, why (``tools.auto_budget``); other values pass through."""
+        if budget != AUTO:
+            if isinstance(budget, str):
+                raise InvalidRequest(f"Budget {budget[:20]!r} is not a number or 'auto'.")
+            return budget, None
+        backend = self.model
+        if not backend.budgets:
+            return None, f"{backend.display_name} has a fixed resolution, so there is no budget to choose"
+        if not loaded:
+            return backend.default_budget, "no image, so the default budget"
+        # The largest image decides: it is the one a budget shrinks most.
+        size = max((image.size for image in loaded), key=lambda s: s[0] * s[1])
+        return auto_budget.choose(task, size, backend.budgets, backend.default_budget or max(backend.budgets), backend.seen_size)
+
+    @staticmethod
+    def _plan(backend: Backend, size: tuple[int, int], choice: str | int, budget: int | None) -> list[tiling.Tile] | None:
+        """The tiles to read, or None to read the image whole."""
+        if choice == tiling.TILES_OFF:
+            return None
+        plan = tiled.vlm_plan(backend, size, choice, tiled.tile_budget(backend, budget))
+        return plan if len(plan) > 1 else None
+
+    def _offline_ocr(self, image: str, budget: int | None, started: float, tiles: str | int) -> OcrResult:
         if budget is not None:
             raise InvalidRequest("The rapidocr engine has no visual-token budget; give none (no --budget flag, no budget argument).")
         reader = rapidocr()
         loaded = self.load_images([image])
-        reading = reader.read(loaded[0].image)
+        reading = tiled.rapidocr_tiled(reader, loaded[0].image, tiles)
+        read_in = [tile_out(tile) for tile in reading.tiles] if len(reading.tiles) > 1 else None
+        notes = [f"{reading.reread} pieces seen in parts or twice were read again from the page"] if reading.reread else []
         return OcrResult(
             text=reading.text,
             model=reader.model,
@@ -310,22 +387,99 @@ class Vision:
             timings=reading.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)}),
             engine="rapidocr",
             lines=[detection_out(line) for line in reading.lines],
+            tiles=read_in,
+            notes=notes,
         )
 
     def detect(
         self,
         image: str,
         labels: Sequence[str],
-        budget: int | None = None,
+        budget: int | str | None = None,
         options: GenerationOptions | None = None,
         annotated_path: str | Path | None = None,
+        tiles: str | int | None = None,
+        consensus: Sequence[int] | None = None,
+        verify: bool = False,
     ) -> DetectResult:
-        """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there."""
+        """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there.
+
+        ``tiles`` (auto, off or a number across the long side) looks in overlapping tiles and
+        maps every box back to the page; each box names the tiles it was found in.
+        """
         labels = [self._plain(label) for label in check_labels(labels)]
-        return self._boxes(
-            DetectResult, image, labels, annotated_path, options,
-            lambda backend, picture: backend.detect(picture, labels, budget, options or GenerationOptions()),
+        choice = tiling.parse_tiles(tiles)
+        if consensus:
+            if choice != tiling.TILES_OFF or budget is not None:
+                raise InvalidRequest("consensus runs its own budgets on the whole image; leave budget and tiles unset.")
+            result = self._consensus_detect(image, labels, consensus, options or GenerationOptions(), annotated_path)
+            return self._verified(result, verify, options, annotated_path)
+        reason = None
+        if budget == AUTO:
+            loaded = self.load_images([image])
+            budget, reason = self.auto_budget(budget, "detect", loaded)
+            image = loaded[0].image_id  # loaded once: the calls below find it by id
+        if choice != tiling.TILES_OFF:
+            result = self._tiled_detect(image, labels, budget, options or GenerationOptions(), annotated_path, choice)
+        else:
+            result = self._boxes(
+                DetectResult, image, labels, annotated_path, options,
+                lambda backend, picture: backend.detect(picture, labels, budget, options or GenerationOptions()),
+            )
+        result.budget_reason = reason
+        return self._verified(result, verify, options, annotated_path)
+
+    def _consensus_detect(
+        self,
+        image: str,
+        labels: list[str],
+        budgets: Sequence[int],
+        options: GenerationOptions,
+        annotated_path: str | Path | None,
+    ) -> DetectResult:
+        """The budgets in one batch (Gemma 4), their boxes fused; each box says which budgets found it."""
+        started = time.perf_counter()
+        chosen = self.check_budgets(budgets)
+        loaded = self.load_images([image])
+        picture = loaded[0].image
+        with self._turn(options) as backend:
+            runs = backend.at_budgets("detect", picture, "", labels, chosen, options)
+        outs = fused_outs(chosen, [parsed.detections if parsed else [] for _, parsed in runs], picture.size)
+        generation = tiled.combined(
+            tiled.TiledRuns([], runs, max(chosen)),
+            "\n".join(f"budget {b}: {g.text}" for b, (g, _) in zip(chosen, runs)),
+            [f"budget {b}" for b in chosen],
         )
+        generation.notes.extend(
+            f"budget {b}: dropped {reason}" for b, (_, p) in zip(chosen, runs) for reason in (p.dropped if p else [])
+        )
+        written = None
+        if annotated_path is not None:
+            written = str(save_png(annotate(picture, [detection_in(o) for o in outs]), annotated_path))
+        return self._result(
+            DetectResult, generation, loaded, started,
+            labels=labels, image_size=list(picture.size), detections=outs, annotated_path=written, consensus=chosen,
+        )
+
+    def _verified(
+        self, result: DetectResult, verify: bool, options: GenerationOptions | None, annotated_path: str | Path | None
+    ) -> DetectResult:
+        """With ``verify``, each box's crop asked whether it shows the label, all in one batch per label."""
+        if not verify or not result.detections:
+            return result
+        options = options or GenerationOptions()
+        picture = self.loader.load(result.image_ids[0]).image
+        with self._turn(options) as backend:
+            verdicts, generations = verify_boxes(backend, picture, [detection_in(d) for d in result.detections], options)
+        for out, verdict in zip(result.detections, verdicts):
+            out.verified = verdict
+        yes, no = verdicts.count(True), verdicts.count(False)
+        budget = generations[0].budget if generations else None
+        at = f" at budget {budget}" if budget is not None else ""
+        result.notes.append(
+            f"verify: asked about {len(verdicts)} crops{at}: {yes} yes, {no} no, {len(verdicts) - yes - no} unclear"
+        )
+        return result
 
     def segment(
         self,
@@ -368,6 +522,41 @@ class Vision:
         if note:
             notes.append(note)
         return str(save_png(image, path))
+
+    def _tiled_detect(
+        self,
+        image: str,
+        labels: list[str],
+        budget: int | None,
+        options: GenerationOptions,
+        annotated_path: str | Path | None,
+        choice: str | int,
+    ) -> DetectResult:
+        started = time.perf_counter()
+        loaded = self.load_images([image])
+        picture = loaded[0].image
+        with self._turn(options) as backend:
+            plan = self._plan(backend, picture.size, choice, budget)
+            if plan is None:
+                generation, parsed = backend.detect(picture, labels, budget, options)
+            else:
+                runs = tiled.vlm_tiled(backend, "detect", picture, labels, plan, budget, options)
+        if plan is None:
+            written = None if annotated_path is None else str(save_png(annotate(picture, parsed.detections), annotated_path))
+            return self._boxes_result(DetectResult, generation, parsed, loaded, started, labels, written)
+        detections, provenance, dropped = tiled.page_detections(runs, picture.size)
+        text = "\n".join(f"tile {tile.index}: {g.text}" for tile, (g, _) in zip(runs.tiles, runs.runs))
+        generation = tiled.combined(runs, text)
+        generation.notes.extend(f"dropped {reason}" for reason in dropped)
+        written = None if annotated_path is None else str(save_png(annotate(picture, detections), annotated_path))
+        return self._result(
+            DetectResult, generation, loaded, started,
+            labels=labels,
+            image_size=list(loaded[0].size),
+            detections=[detection_out(d, p) for d, p in zip(detections, provenance)],
+            annotated_path=written,
+            tiles=[tile_out(tile) for tile in runs.tiles],
+        )
 
     def _boxes_result(
         self,
@@ -482,11 +671,15 @@ class Vision:
             )
             for i, (budget, r) in enumerate(zip(chosen, results))
         ]
+        recommended, why = self._recommend(task, loaded.size, chosen, [r.agreement for r in runs], metric.threshold)
+        fused = fused_outs(chosen, boxes, loaded.size) if task == "detect" else None
         written = None
         picture_notes: list[str] = []
         if picture_path is not None:
             shown = compare.varying_timings([run.timings.model_dump() for run in runs])
             panels = [(panel_title(run, shown), self.panel(loaded.image, run, b)) for run, b in zip(runs, boxes)]
+            if fused is not None:
+                panels.append(("fused (weighted box fusion)", annotate(loaded.image, [detection_in(o) for o in fused])))
             written = self._save_picture(grid(panels), picture_path, picture_notes)
         return CompareResult(
             task=task,
@@ -500,12 +693,28 @@ class Vision:
             metric=metric.name,
             metric_description=metric.description,
             threshold=metric.threshold,
-            recommended_budget=compare.recommend(chosen, [r.agreement for r in runs], metric.threshold),
+            recommended_budget=recommended,
+            recommendation_reason=why,
+            fused=fused,
             runs=runs,
             picture_path=written,
             total_ms=round((time.perf_counter() - started) * 1000, 2),
             notes=[f"budget {b}: {note}" for b, r in zip(chosen, results) for note in r.notes] + picture_notes,
         )
+
+    def _recommend(
+        self, task: str, size: tuple[int, int], budgets: list[int], agreements: list[float], threshold: float
+    ) -> tuple[int, str]:
+        """The smallest budget that agrees with the highest and is not below what budget 'auto' would pick."""
+        agreeing = compare.recommend(budgets, agreements, threshold)
+        if auto_budget.needed_scale(task, size) is None:
+            return agreeing, f"the smallest budget whose agreement reaches {threshold}"
+        floor, reason = auto_budget.choose(
+            task, size, budgets, self.model.default_budget or max(budgets), self.model.seen_size
+        )
+        if floor <= agreeing:
+            return agreeing, f"the smallest budget whose agreement reaches {threshold}; budget 'auto' would pick {floor}"
+        return floor, f"agreement reaches {threshold} at {agreeing}, but {reason}"
 
     def _run_concurrently(
         self,

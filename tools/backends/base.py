@@ -196,5 +196,29 @@ class Backend(ABC):
                 runs.append((self.describe([image], prompt, (), budget, options), None))
         return runs
 
+    def on_images(
+        self,
+        task: Task,
+        images: Sequence[Image.Image],
+        prompt: str,
+        labels: Sequence[str],
+        budget: int | None,
+        options: GenerationOptions,
+    ) -> list[tuple[Generation, ParsedDetections | None]]:
+        """One task on each of several images (tiles, crops) at one budget, in order.
+
+        One call after another here; a family may run them together.
+        """
+        runs: list[tuple[Generation, ParsedDetections | None]] = []
+        for image in images:
+            options.check_cancelled()
+            if task == "detect":
+                runs.append(self.detect(image, labels, budget, options))
+            elif task == "ocr":
+                runs.append((self.ocr(image, budget, options), None))
+            else:
+                runs.append((self.describe([image], prompt, (), budget, options), None))
+        return runs
+
     def clear_caches(self) -> None:
         """Forget encoded images and kept prompts (benchmarks start cold with it)."""

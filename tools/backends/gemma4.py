@@ -298,6 +298,35 @@ class Gemma4Backend(HFBackend):
             runs.append((generation, parsed))
         return runs
 
+    def on_images(
+        self,
+        task: Task,
+        images: Sequence[Image.Image],
+        prompt: str,
+        labels: Sequence[str],
+        budget: int | None,
+        options: GenerationOptions,
+    ) -> list[tuple[Generation, ParsedDetections | None]]:
+        """The images (tiles, crops) at one budget as one batch, the way ``at_budgets`` runs budgets."""
+        if not self.reuses_encodings or len(images) < 2:
+            return super().on_images(task, images, prompt, labels, budget, options)
+        budget = check_budget(self.default_budget if budget is None else budget, self.budgets, self.display_name)
+        watch = Stopwatch()
+        rows, encode_ms = [], []
+        for image in images:
+            rows.append(self.prompt(self.task_messages(task, image, prompt, labels), budget))
+            encode_ms.append(watch.lap())
+        generations = self.generate_rows(
+            [(row.inputs, image_inputs(row.features)) for row in rows], options, budgets=[budget] * len(rows),
+            encode_ms=encode_ms,
+        )
+        runs: list[tuple[Generation, ParsedDetections | None]] = []
+        for generation, row, image in zip(generations, rows, images):
+            generation.cache = CacheReport(vision=row.vision)
+            parsed = from_box_2d_json(generation.text, image.size, grid=self.grid) if task == "detect" else None
+            runs.append((generation, parsed))
+        return runs
+
     def describe(
         self,
         images: Sequence[Image.Image],

@@ -1,0 +1,203 @@
+"""Reading and detecting in tiles on a tiny real Gemma 4: tile count, one batch, exact page boxes.
+
+The model is real (loaded through the production path, run on every tile); what it says in
+each tile is scripted where the parsers read it, since random weights write gibberish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sample_image
+from tools import tiled, tiling
+from tools.images import AccessPolicy, ImageLoader
+from tools.options import GenerationOptions
+from tools.vision import Vision
+
+
+@pytest.fixture
+def scripted(monkeypatch: pytest.MonkeyPatch, gemma4_backend) -> Iterator[tuple[list[str], list[int]]]:
+    """(texts, batch sizes): each generation's text is replaced, in order, by the next of ``texts``;
+    every call to ``generate_rows`` records how many rows it ran together."""
+    texts: list[str] = []
+    batches: list[int] = []
+    generation, generate_rows = gemma4_backend.generation, gemma4_backend.generate_rows
+
+    def scripted_generation(*args, **kwargs):
+        result = generation(*args, **kwargs)
+        result.text = texts.pop(0)
+        return result
+
+    def counted(rows, *args, **kwargs):
+        batches.append(len(rows))
+        return generate_rows(rows, *args, **kwargs)
+
+    monkeypatch.setattr(gemma4_backend, "generation", scripted_generation)
+    monkeypatch.setattr(gemma4_backend, "generate_rows", counted)
+    yield texts, batches
+
+
+def vision_on(backend, tmp_path: Path, size: tuple[int, int]) -> tuple[Vision, str]:
+    path = tmp_path / "page.png"
+    sample_image(*size).save(path)
+    return Vision(backend, ImageLoader(AccessPolicy.for_files([str(path)]))), str(path)
+
+
+def test_detect_in_tiles_maps_boxes_to_the_page_exactly_and_merges_the_seam(gemma4_backend, scripted, tmp_path):
+    texts, batches = scripted
+    vision, path = vision_on(gemma4_backend, tmp_path, (400, 200))
+    # 2 across a 400 x 200 page: tiles 210 x 200 at x 0 and x 190 (20 px overlap), one row.
+    texts += [
+        # tile 0: a car cut by its right edge (x 105..210 of 210)
+        '```json\n[{"box_2d": [100, 500, 500, 1000], "label": "car"}]\n```',
+        # tile 1: the rest of the car from its left edge, and a whole cat
+        '```json\n[{"box_2d": [100, 0, 500, 200], "label": "car"}, {"box_2d": [600, 600, 800, 800], "label": "cat"}]\n```',
+    ]
+    result = vision.detect(path, ["car", "cat"], budget=70, options=GenerationOptions(max_new_tokens=2), tiles=2)
+    assert batches == [2]  # both tiles in one batch
+    assert [t.box for t in result.tiles] == [[0, 0, 210, 200], [190, 0, 400, 200]]
+    found = [(d.label, d.box, d.tiles) for d in result.detections]
+    assert found == [("car", [105, 20, 232, 100], [0, 1]), ("cat", [316, 120, 358, 160], [1])]
+    assert result.detections[1].box_normalized == [0.79, 0.6, 0.895, 0.8]
+    assert result.budget == 70 and result.image_tokens > 0
+    assert result.text.startswith("tile 0: ```json")
+
+
+def test_ocr_in_tiles_reads_every_tile_in_one_batch_and_drops_the_overlap_repeat(gemma4_backend, scripted, tmp_path):
+    texts, batches = scripted
+    vision, path = vision_on(gemma4_backend, tmp_path, (200, 400))
+    texts += ["alpha\nbeta", "beta\ngamma"]  # the two tiles, stacked; "beta" lies in the overlap
+    result = vision.ocr(path, budget=70, options=GenerationOptions(max_new_tokens=2), tiles="2")
+    assert batches == [2]
+    assert [t.text for t in result.tiles] == ["alpha\nbeta", "beta\ngamma"]
+    assert [t.box for t in result.tiles] == [[0, 0, 200, 210], [0, 190, 200, 400]]
+    assert result.text == "alpha\nbeta\n\ngamma"
+    texts.append("one tile alone")
+    single = gemma4_backend.on_images("ocr", [sample_image(200, 210)], "", (), 70, GenerationOptions(max_new_tokens=2))
+    assert result.image_tokens == 2 * single[0][0].image_tokens
+
+
+def test_tiles_off_and_auto_on_a_small_image_read_it_whole(gemma4_backend, scripted, tmp_path):
+    texts, batches = scripted
+    vision, path = vision_on(gemma4_backend, tmp_path, (64, 48))
+    texts += ["whole", "whole"]
+    for choice in ("off", "auto"):
+        result = vision.ocr(path, budget=70, options=GenerationOptions(max_new_tokens=2), tiles=choice)
+        assert result.tiles is None and result.text == "whole"
+    assert batches == []
+
+
+@pytest.mark.parametrize(
+    "size, budget, shape",
+    [
+        ((4000, 3000), 1120, (3, 2)),  # 12 MP: shrunk at 1120, so tiles of at most 1584 px
+        ((1500, 1500), 1120, (1, 1)),  # seen whole at 1120 (1584 px square)
+        ((1600, 1600), 1120, (2, 2)),  # just too large: four tiles, each seen whole
+        ((1600, 1600), 280, (3, 3)),   # at 280 Gemma 4 sees 768 px: tiles of that size
+        ((64, 48), 70, (1, 1)),        # small images are enlarged, never tiled
+    ],
+)
+def test_auto_tiles_what_the_budget_would_shrink(gemma4_backend, size, budget, shape):
+    plan = tiled.vlm_plan(gemma4_backend, size, "auto", budget)
+    assert (1 + max(t.col for t in plan), 1 + max(t.row for t in plan)) == shape
+    side = min(gemma4_backend.seen_size((100_000, 100_000), budget))
+    assert all(max(t.size) <= side for t in plan) or len(plan) == 1
+
+
+def test_fixed_resolution_families_are_not_tiled_by_auto(paligemma_backend):
+    assert len(tiled.vlm_plan(paligemma_backend, (4000, 3000), "auto", None)) == 1
+    assert len(tiled.vlm_plan(paligemma_backend, (4000, 3000), 2, None)) == 4
+
+
+def test_a_bad_tiles_value_is_refused_before_the_model_runs(gemma4_backend, scripted, tmp_path):
+    from tools.errors import InvalidRequest
+
+    vision, path = vision_on(gemma4_backend, tmp_path, (64, 48))
+    with pytest.raises(InvalidRequest, match="between 1 and 8"):
+        vision.detect(path, ["cat"], tiles=12)
+    assert scripted[1] == []
+
+
+def test_page_text_keeps_side_by_side_tiles_apart():
+    plan = tiling.grid((400, 100), 2, 1, 20)
+    from tools.backends.base import Generation
+
+    runs = tiled.TiledRuns(plan, [(Generation("left", 1, 1, 1, "stop", 70), None),
+                                  (Generation("right", 1, 1, 1, "stop", 70), None)], 70)
+    assert tiled.page_text(runs) == "left\n\nright"
+
+
+CONSENSUS_TEXTS = [
+    # budgets 280, 560, 1120 on a 100 x 100 image, one batch, in that order
+    '[{"box_2d": [100, 100, 500, 500], "label": "cat"}]',
+    '[{"box_2d": [100, 120, 500, 520], "label": "cat"}, {"box_2d": [600, 600, 900, 900], "label": "dog"}]',
+    '[{"box_2d": [100, 140, 500, 540], "label": "cat"}]',
+    # verify: the cat's crop, then the dog's
+    "Yes, there is.",
+    "no",
+]
+
+
+def check_consensus(data: dict) -> None:
+    cat, dog = data["detections"]
+    assert (cat["label"], cat["box"], cat["agreement"]["budgets"], cat["agreement"]["score"]) == (
+        "cat", [12, 10, 52, 50], [280, 560, 1120], 1.0)
+    assert cat["agreement"]["ious"] == [0.9048, 1.0, 0.9048]
+    assert (dog["box"], dog["agreement"]["budgets"], dog["agreement"]["score"]) == ([60, 60, 90, 90], [560], 0.3333)
+    assert (cat["verified"], dog["verified"]) == (True, False)
+    assert data["consensus"] == [280, 560, 1120]
+    assert any(note.startswith("verify: asked about 2 crops at budget 1120: 1 yes, 1 no") for note in data["notes"])
+
+
+def test_consensus_fuses_the_budgets_of_one_batch_and_verify_asks_each_crop(gemma4_backend, scripted, tmp_path):
+    texts, batches = scripted
+    vision, path = vision_on(gemma4_backend, tmp_path, (100, 100))
+    texts += CONSENSUS_TEXTS
+    result = vision.detect(
+        path, ["cat", "dog"], options=GenerationOptions(max_new_tokens=2), consensus=[1120, 280, 560], verify=True
+    )
+    assert batches == [3]  # the three budgets together; each verify batch held one crop
+    check_consensus(result.model_dump())
+    assert not texts
+
+
+@pytest.mark.anyio
+async def test_mcp_detect_consensus_and_verify(gemma4_backend, scripted, tmp_path):
+    from mcp import Client
+
+    from mcp_server.server import Settings, build_server
+
+    texts, _ = scripted
+    _, path = vision_on(gemma4_backend, tmp_path, (100, 100))
+    settings = Settings(model="tiny", allow_dirs=[str(tmp_path)], out_dir=tmp_path / "out")
+    async with Client(build_server(settings, load=lambda *args, **kwargs: gemma4_backend)) as client:
+        texts += CONSENSUS_TEXTS
+        result = await client.call_tool(
+            "detect", {"image": path, "labels": ["cat", "dog"], "consensus": [280, 560, 1120], "verify": True,
+                       "max_new_tokens": 2},
+        )
+        assert not result.is_error, result.content
+        check_consensus(result.structured_content)
+        assert "cat: [12, 10, 52, 50] (found at budgets 280, 560, 1120; verified)" in result.content[0].text
+        both = await client.call_tool("detect", {"image": path, "labels": ["cat"], "consensus": [280, 1120], "budget": 280})
+        assert both.is_error and both.content[0].text == (
+            "consensus runs its own budgets on the whole image; leave budget and tiles unset.")
+        one = await client.call_tool("detect", {"image": path, "labels": ["cat"], "consensus": [280]})
+        assert one.is_error and "at least two different budgets" in one.content[0].text
+
+
+def test_compare_budgets_for_detect_shows_the_fused_boxes(gemma4_backend, scripted, tmp_path):
+    texts, batches = scripted
+    vision, path = vision_on(gemma4_backend, tmp_path, (100, 100))
+    texts += CONSENSUS_TEXTS[:3]
+    result = vision.compare_budgets(
+        path, "detect", labels=["cat", "dog"], budgets=[280, 560, 1120], options=GenerationOptions(max_new_tokens=2),
+        picture_path=tmp_path / "budgets.png",
+    )
+    assert batches == [3]
+    fused = [(d.label, d.box, d.agreement.budgets) for d in result.fused]
+    assert fused == [("cat", [12, 10, 52, 50], [280, 560, 1120]), ("dog", [60, 60, 90, 90], [560])]
+    assert result.recommendation_reason and (tmp_path / "budgets.png").stat().st_size > 0

@@ -1,0 +1,65 @@
+"""Crop-and-verify: each detected box's crop is asked whether it shows its label, at a high budget.
+
+A detector at a low budget (or a box fused from several) can be wrong about what is in the box;
+looking again at the crop alone, enlarged, is a cheap second opinion. All crops of one label go
+to the model as one batch (``Backend.on_images``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import replace
+
+from PIL import Image
+
+from .backends.base import Backend, Generation
+from .detections import Detection
+from .options import GenerationOptions
+
+#: crops are read at Gemma 4's highest budget
+VERIFY_BUDGET = 1120
+#: context around each box, as a fraction of its side, so that the object is not cut at the crop's edge
+MARGIN = 0.1
+#: a yes or no needs few tokens; a model that says more is read by its first word
+VERIFY_TOKENS = 8
+_FIRST_WORD = re.compile(r"[a-z]+")
+
+
+def question(label: str) -> str:
+    return f"Is there a {label} in this image? Answer yes or no."
+
+
+def answer(text: str) -> bool | None:
+    """True for yes, False for no, None for anything else (the box is then unverified, not refuted)."""
+    word = _FIRST_WORD.search(text.lower())
+    if word is None:
+        return None
+    return {"yes": True, "no": False}.get(word.group(0))
+
+
+def crop(image: Image.Image, box: Sequence[int]) -> Image.Image:
+    x1, y1, x2, y2 = box
+    dx, dy = round((x2 - x1) * MARGIN), round((y2 - y1) * MARGIN)
+    area = (max(0, x1 - dx), max(0, y1 - dy), min(image.width, x2 + dx), min(image.height, y2 + dy))
+    return image.crop(area)
+
+
+def verify(
+    backend: Backend, image: Image.Image, detections: Sequence[Detection], options: GenerationOptions
+) -> tuple[list[bool | None], list[Generation]]:
+    """Each detection's verdict, in order, and every generation that decided one."""
+    budget = VERIFY_BUDGET if backend.budgets else None
+    short = replace(options, max_new_tokens=min(options.max_new_tokens, VERIFY_TOKENS))
+    verdicts: list[bool | None] = [None] * len(detections)
+    generations: list[Generation] = []
+    by_label: dict[str, list[int]] = {}
+    for i, detection in enumerate(detections):
+        by_label.setdefault(detection.label, []).append(i)
+    for label, indices in by_label.items():
+        crops = [crop(image, detections[i].box) for i in indices]
+        runs = backend.on_images("describe", crops, question(label), (), budget, short)
+        for i, (generation, _) in zip(indices, runs):
+            verdicts[i] = answer(generation.text)
+            generations.append(generation)
+    return verdicts, generations
