@@ -455,7 +455,7 @@ class Vision:
         )
         written = None
         if annotated_path is not None:
-            written = str(save_png(annotate(picture, [detection_in(o) for o in outs]), annotated_path))
+            written = self._save_picture(annotate(picture, [detection_in(o) for o in outs]), annotated_path, generation.notes)
         return self._result(
             DetectResult, generation, loaded, started,
             labels=labels, image_size=list(picture.size), detections=outs, annotated_path=written, consensus=chosen,
@@ -542,13 +542,17 @@ class Vision:
             else:
                 runs = tiled.vlm_tiled(backend, "detect", picture, labels, plan, budget, options)
         if plan is None:
-            written = None if annotated_path is None else str(save_png(annotate(picture, parsed.detections), annotated_path))
+            written = None
+            if annotated_path is not None:
+                written = self._save_picture(annotate(picture, parsed.detections), annotated_path, generation.notes)
             return self._boxes_result(DetectResult, generation, parsed, loaded, started, labels, written)
         detections, provenance, dropped = tiled.page_detections(runs, picture.size)
         text = "\n".join(f"tile {tile.index}: {g.text}" for tile, (g, _) in zip(runs.tiles, runs.runs))
         generation = tiled.combined(runs, text)
         generation.notes.extend(f"dropped {reason}" for reason in dropped)
-        written = None if annotated_path is None else str(save_png(annotate(picture, detections), annotated_path))
+        written = None
+        if annotated_path is not None:
+            written = self._save_picture(annotate(picture, detections), annotated_path, generation.notes)
         return self._result(
             DetectResult, generation, loaded, started,
             labels=labels,
