@@ -33,7 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import render
-from .session import HANDLE_RE, STRATEGIES, ChatError, ChatSession, TurnRecord, plural, without_handles
+from .session import HANDLE_RE, ChatError, ChatSession, TurnRecord, plural, without_handles
 from .store import Store
 from tools.outputs import OutputLimits, prune, write_atomic
 from tools.paths import data_home, outputs_dir
@@ -53,7 +53,7 @@ COMMANDS: dict[str, str] = {
     "/load": "NAME: continue a named conversation",
     "/sessions": "recent conversations",
     "/model": "the model and what it can do",
-    "/context": "[auto|chat-template|concat]: show or set how history reaches the model",
+    "/context": "how the model keeps earlier turns (its family's policy) and how full its context is",
     "/budget": "N: visual-token budget for the next calls (Gemma 4)",
     "/quit": "leave (Ctrl-D too)",
 }
@@ -400,11 +400,10 @@ class ChatApp:
             highlight=False,
         )
 
-    async def cmd_context(self, rest: str) -> None:
-        if rest:
-            if rest not in STRATEGIES:
-                raise ChatError(f"Use one of {', '.join(STRATEGIES)}.")
-            self.session.strategy = rest
+    async def cmd_context(self, _: str) -> None:
+        described = (self.session.info.get("context") or {}).get("description")
+        if described:
+            self.console.print(f"context: {described}", highlight=False, markup=False)
         self.console.print(self.status_text())
 
     async def cmd_budget(self, rest: str) -> None:
@@ -425,8 +424,8 @@ class ChatApp:
         text, images = self.session.context_usage()
         info = self.session.info
         return render.status_line(
-            info.get("model", "?"), info.get("family", "?"), self.session.effective_strategy, text, images,
-            info.get("context_window"), self.session.dropped_total,
+            info.get("model", "?"), info.get("family", "?"), self.session.policy, text, images,
+            self.session.context_limit, self.session.dropped_total,
         )
 
     def toolbar_text(self) -> Any:
@@ -565,7 +564,6 @@ async def run_chat(
     serve: list[str] | None = None,
     server: str | None = None,
     token_env: str | None = None,
-    strategy: str = "auto",
     budget: int | None = None,
     max_new_tokens: int = 512,
     sampling: Mapping[str, float] | None = None,
@@ -588,7 +586,7 @@ async def run_chat(
     startup = Startup(label)
     try:
         session = ChatSession(
-            None, view, store, strategy=strategy, budget=budget, max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
+            None, view, store, budget=budget, max_new_tokens=max_new_tokens,  # type: ignore[arg-type]
             sampling=sampling,
         )
         app = ChatApp(session, console, store, startup)

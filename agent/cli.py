@@ -19,15 +19,15 @@ from urllib.parse import urlparse
 from rich.console import Console
 
 from tools.about import package_version
-from tools.backends import DEFAULT_MODEL, NO_MODEL
-from tools.backends.hf import QUANTIZE
-from tools.backends.openai import DEFAULT_KEY_ENV, ApiSettings
 from tools.budgets import GEMMA4_BUDGETS
 from tools.errors import InvalidRequest, VlmError
+from tools.families import BY_FAMILY, TINY
+from tools.model import DEFAULT_ENGINE_FAMILY, DEFAULT_MODEL, NO_MODEL
 from tools.ocr_engines import ENGINES
 from tools.options import PRESETS, resolve_options
 from tools.results import BoxesResult, Result
-from tools.tiny import FAMILIES as TINY_FAMILIES
+from tools.runtimes.engine import DEFAULT_KEY_ENV, ApiSettings
+from tools.runtimes.local import QUANTIZE
 
 MODEL_ENV = "VLM_AGENT_MODEL"
 
@@ -59,12 +59,16 @@ def model_option(parser: argparse.ArgumentParser) -> None:
     engine.add_argument("--base-url", help="the engine's API root, e.g. http://127.0.0.1:8000/v1")
     engine.add_argument("--api-model", help="the model name the engine serves (default: --model)")
     engine.add_argument(
+        "--api-family", choices=tuple(BY_FAMILY), default=DEFAULT_ENGINE_FAMILY,
+        help="the family of the model the engine serves, whose prompts and parsers to use (default gemma4)",
+    )
+    engine.add_argument(
         "--api-key-env", metavar="VAR",
         help=f"environment variable holding the engine's API key (default: ${DEFAULT_KEY_ENV}, if set)",
     )
     engine.add_argument(
         "--budgets-supported", action="store_true",
-        help="the engine takes Gemma 4 budgets per request (vLLM: mm_processor_kwargs); without it, "
+        help="the engine takes the family's budgets per request (vLLM: mm_processor_kwargs); without it, "
         "--budget and compare_budgets are refused",
     )
     engine.add_argument(
@@ -98,6 +102,7 @@ def api_settings(args: argparse.Namespace) -> ApiSettings | None:
     return ApiSettings(
         base_url=args.base_url,
         model=args.api_model or args.model,
+        family=args.api_family,
         key_env=args.api_key_env,
         budgets=args.budgets_supported,
         max_concurrency=args.max_concurrency,
@@ -119,7 +124,7 @@ def connect_options(parser: argparse.ArgumentParser) -> None:
 
 #: flags a chat or script hands on to the `vlm-agent serve` child it starts
 SERVE_FLAGS = (
-    "model", "dtype", "quantize", "backend", "base_url", "api_model", "api_key_env", "budgets_supported",
+    "model", "dtype", "quantize", "backend", "base_url", "api_model", "api_family", "api_key_env", "budgets_supported",
     "max_concurrency", "api_timeout", "api_send_urls", "compile",
 )
 
@@ -181,8 +186,9 @@ def call_options(parser: argparse.ArgumentParser) -> None:
         "--budget",
         type=budget_value,
         default=None,
-        help=f"Gemma 4 visual-token budget, one of {' / '.join(map(str, GEMMA4_BUDGETS))} (default 280), or auto: "
-        "the smallest that keeps what the task needs; PaliGemma and BLIP-2 have a fixed resolution and take none",
+        help=f"visual-token budget for families that take one (Gemma 4: {' / '.join(map(str, GEMMA4_BUDGETS))}, "
+        "default 280), or auto: the smallest that keeps what the task needs; PaliGemma and BLIP-2 have a fixed "
+        "resolution and take none",
     )
     generation_options(parser)
     parser.add_argument(
@@ -256,8 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="*", metavar="IMAGE", help="images to attach at the start")
     connect_options(p)
-    p.add_argument("--context", choices=("auto", "chat-template", "concat"), default="auto",
-                   help="how earlier turns reach the model (auto: the family's own way)")
     p.add_argument("--budget", type=int, default=None, help="visual-token budget (Gemma 4)")
     generation_options(p)
     p.add_argument("--resume", action="store_true", help="continue the last conversation")
@@ -271,8 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", metavar="SCRIPT")
     p.add_argument("--out", default=None, help="write the transcript JSON here (default: stdout)")
     connect_options(p)
-    p.add_argument("--context", choices=("auto", "chat-template", "concat"), default="auto",
-                   help="how earlier turns reach the model (auto: the family's own way)")
     p.add_argument("--budget", type=int, default=None, help="visual-token budget (Gemma 4)")
     generation_options(p)
 
@@ -315,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plumbing, never answers.",
     )
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--family", default="gemma4", choices=TINY_FAMILIES, help="blip2 has OPT inside, blip2-t5 Flan-T5")
+    p.add_argument("--family", default="gemma4", choices=tuple(TINY), help="blip2 has OPT inside, blip2-t5 Flan-T5")
     p.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -354,9 +356,9 @@ def print_result(result: Result, as_json: bool) -> None:
 
 
 def run_call(args: argparse.Namespace) -> Result:
-    from tools.backends import FAMILIES, detect_family, load_backend
-    from tools.budgets import check_budget
     from tools.images import AccessPolicy, ImageLoader
+    from tools.model import check_ask, load_model, plan
+    from tools.tasks import Ask
     from tools.tiling import parse_tiles
     from tools.vision import Vision, check_labels, check_text
 
@@ -364,33 +366,39 @@ def run_call(args: argparse.Namespace) -> Result:
     options = resolve_options(
         args.preset, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p
     )
-    check_text(getattr(args, "prompt", ""), "The prompt")
+    prompt = check_text(getattr(args, "prompt", ""), "The prompt").strip()
+    labels: list[str] = []
     if args.command == "detect":
-        check_labels(args.labels)
+        labels = check_labels(args.labels)
     tiles = parse_tiles(getattr(args, "tiles", None))
     if args.command == "segment":
-        check_labels([args.label])
+        labels = check_labels([args.label])
     api = api_settings(args)
     local = [ref for ref in args.images if "://" not in ref and not ref.startswith("data:")]
     policy = AccessPolicy.for_files(local, allow_private_urls=args.allow_private_urls)
     loader = ImageLoader(policy)
     # Bad images fail before the slow model load; later steps refer to them by id.
-    ids = [loader.load(ref).image_id for ref in args.images]
+    loaded = [loader.load(ref) for ref in args.images]
+    ids = [image.image_id for image in loaded]
     if getattr(args, "engine", "vlm") == "rapidocr":
         with err.status("reading with rapidocr", spinner="dots"):
             return Vision(None, loader).ocr(ids[0], budget=args.budget, engine="rapidocr", tiles=tiles)
-    if api is None and args.model != NO_MODEL:
-        family = FAMILIES.get(detect_family(args.model))
-        if family is not None and isinstance(args.budget, int) and family.budgets:
-            check_budget(args.budget, family.budgets, family.display_name)
+    # What the family can do comes from the checkpoint's config (or the engine's declared family):
+    # a task or budget it cannot take is refused here, before any weights load ("auto" is chosen later).
+    planned = plan(args.model, api)
+    budget = None if args.budget == "auto" else args.budget
+    ask = Ask(args.command, tuple(image.input for image in loaded), prompt, tuple(labels), budget=budget)
+    check_ask(planned.dialect, ask, engine=api is not None)
     started = time.perf_counter()
     what = args.model if api is None else f"{api.model} at {api.root}"
     err.print(f"{'loading' if api is None else 'connecting to'} {what} …", style="dim", markup=False)
     with err.status("loading model", spinner="dots"):
-        backend = load_backend(args.model, dtype=args.dtype, quantize=args.quantize, api=api, compile=args.compile)
+        model = load_model(
+            args.model, dtype=args.dtype, quantize=args.quantize, api=api, compile=args.compile, planned=planned
+        )
     if api is None:
-        err.print(f"loaded on {backend.device} in {time.perf_counter() - started:.1f} s", style="dim", markup=False)
-    vision = Vision(backend, loader)
+        err.print(f"loaded on {model.device} in {time.perf_counter() - started:.1f} s", style="dim", markup=False)
+    vision = Vision(model, loader)
     with err.status(f"running {args.command}", spinner="dots"):
         if args.command == "describe":
             return vision.describe(ids, args.prompt, budget=args.budget, options=options)
@@ -406,6 +414,17 @@ def run_call(args: argparse.Namespace) -> Result:
         )
 
 
+#: how this command line names the core's parameters where it does not simply say --NAME
+CLI_NAMES = {"images": "IMAGE", "labels": "LABEL", "backend": "--backend local", "compile": "--compile"}
+
+
+def cli_words(error: VlmError) -> str:
+    """The error's sentence, its parameter named by the flag (or argument) of this command line."""
+    if error.param is None:
+        return error.worded()
+    return error.worded({error.param: CLI_NAMES.get(error.param, "--" + error.param.replace("_", "-"))})
+
+
 async def run_script_command(args: argparse.Namespace) -> int:
     import json
 
@@ -419,7 +438,7 @@ async def run_script_command(args: argparse.Namespace) -> int:
         async with connect(serve_args(args), args.server, args.token_env, data_home() / "server.log") as client:
             session = ChatSession(
                 client, RecordingView(lambda line: err.print(line, markup=False, highlight=False)),
-                strategy=args.context, budget=args.budget, max_new_tokens=args.max_new_tokens,
+                budget=args.budget, max_new_tokens=args.max_new_tokens,
                 sampling=sampling_of(args),
             )
             await session.start()
@@ -479,9 +498,12 @@ def configure_logging(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactUrls())
     if not verbose:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
+        # Without importing transformers (seconds, with torch) for commands that never need it:
+        # it reads the variable when it is first imported.
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].logging.set_verbosity_error()
+        else:
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 run_chat(
                     args.images, serve=serve_args(args), server=args.server, token_env=args.token_env,
-                    strategy=args.context, budget=args.budget, resume=args.resume,
+                    budget=args.budget, resume=args.resume,
                     max_new_tokens=args.max_new_tokens, sampling=sampling_of(args), label=args.server or args.model,
                 )
             )
@@ -522,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_result(run_call(args), args.json)
         return 0
     except VlmError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {cli_words(exc)}", markup=False)
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

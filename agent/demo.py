@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from tools.backends import DEFAULT_MODEL
+from tools.model import DEFAULT_MODEL
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.results import DescribeResult, OcrResult
@@ -44,7 +44,7 @@ def tiny_checkpoint(folder: Path) -> tuple[Path, bool]:
 
 
 def run_demo(folder: Path) -> tuple[DescribeResult, OcrResult, dict[str, float | bool | Path]]:
-    from tools.backends import load_backend
+    from tools.model import load_model
     from tools.vision import Vision
 
     facts: dict[str, float | bool | Path] = {}
@@ -56,7 +56,7 @@ def run_demo(folder: Path) -> tuple[DescribeResult, OcrResult, dict[str, float |
     loader = ImageLoader(AccessPolicy.for_files([str(picture)]))
     image_id = loader.load(str(picture)).image_id
     started = time.perf_counter()
-    backend = load_backend(str(checkpoint))
+    backend = load_model(str(checkpoint))
     facts["load_s"] = time.perf_counter() - started
     vision = Vision(backend, loader)
     described = vision.describe(

@@ -338,18 +338,18 @@ def stats_line(result: Mapping[str, Any]) -> str:
 def status_line(
     model: str,
     family: str,
-    strategy: str,
+    policy: str,
     text_tokens: int,
     image_tokens: int,
     window: int | None,
     dropped: int,
 ) -> Text:
-    """The chat's status bar: model, context strategy and how full the context is."""
+    """The chat's status bar: model, the family's context policy and how full the context is (of its limit)."""
     context = f"context: {text_tokens:,} text + {image_tokens:,} image tokens"
     if window:
         used = text_tokens + image_tokens
         context += f" / {window:,} ({round(100 * used / window)}%)"
-    line = Text.assemble((model, "bold"), f" · {family} · {strategy} · {context}")
+    line = Text.assemble((model, "bold"), f" · {family} · {policy} · {context}")
     if dropped > 0:
         line.append(" · ")
         line.append(f"{dropped} older turn{'s' if dropped != 1 else ''} dropped", style="bold yellow")

@@ -97,7 +97,7 @@ async def run_script(session: ChatSession, turns: list[dict[str, Any]], base: Pa
     return {
         "model": session.info.get("model"),
         "family": session.info.get("family"),
-        "strategy": session.effective_strategy,
+        "context": session.policy,
         "started": started,
         "seconds": round(time.time() - started, 3),
         "turns": records,

@@ -1,9 +1,10 @@
 """A vision conversation held by the client and carried out through the MCP server's tools.
 
 The session never touches a model: it keeps the turns and the attached images, decides
-which tool a message goes to, sends the history in the form the chosen context strategy
-wants, uploads each image once (as a data: URI, so a remote server works too) and then
-refers to it by its image_id. What it does is reported to a ``View``, so the terminal
+which tool a message goes to, sends the earlier turns as structured history (the server
+folds them the way the model's family keeps context, and says what it left out), uploads
+each image once (as a data: URI, so a remote server works too) and then refers to it by
+its image_id. What it does is reported to a ``View``, so the terminal
 chat and scripted runs share every decision.
 """
 
@@ -24,7 +25,6 @@ from mcp import Client
 from .router import route
 from .store import Store
 
-STRATEGIES = ("auto", "chat-template", "concat")
 TOOLS = ("describe", "ocr", "detect", "compare_budgets")
 HANDLE_RE = re.compile(r"(?<![\w@])@(\S+)")
 MAX_UPLOAD = 20 * 1024 * 1024
@@ -99,12 +99,6 @@ def fit_history(
     return kept, len(records) - len(kept)
 
 
-def concat_prompt(records: list[TurnRecord], message: str) -> str:
-    """BLIP-2's chat by concatenation, for any model: earlier pairs, then the new question."""
-    pairs = [f"Question: {r.user} Answer: {r.answer.rstrip('.')}." for r in records]
-    return " ".join([*pairs, f"Question: {message} Answer:"])
-
-
 @dataclass
 class Conversation:
     images: dict[str, Attached] = field(default_factory=dict)
@@ -120,17 +114,13 @@ class ChatSession:
         client: Client,
         view: View,
         store: Store | None = None,
-        strategy: str = "auto",
         budget: int | None = None,
         max_new_tokens: int = 512,
         sampling: Mapping[str, float] | None = None,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise ChatError(f"Unknown context strategy '{strategy}'; use one of {', '.join(STRATEGIES)}.")
         self.client = client
         self.view = view
         self.store = store
-        self.strategy = strategy
         self.budget = budget
         self.max_new_tokens = max_new_tokens
         #: temperature and top_p for the tools that sample (describe, ocr, detect), when given
@@ -158,12 +148,15 @@ class ChatSession:
         return self.info
 
     @property
-    def effective_strategy(self) -> str:
-        if self.strategy != "auto":
-            return self.strategy
-        return {"gemma4": "chat-template", "blip2": "concat", "paligemma": "single-turn"}.get(
-            self.info.get("family", ""), "chat-template"
-        )
+    def policy(self) -> str:
+        """How the server's model keeps earlier turns (its family's context policy)."""
+        return str((self.info.get("context") or {}).get("policy", "chat-template"))
+
+    @property
+    def context_limit(self) -> int | None:
+        """The tokens the model keeps a conversation within, as the server advertises it."""
+        limit = (self.info.get("context") or {}).get("limit_tokens") or self.info.get("context_window")
+        return int(limit) if limit else None
 
     def ensure_conversation(self) -> int | None:
         if self.store is not None and self.conversation.id is None:
@@ -348,14 +341,8 @@ class ChatSession:
         extra.update(self.sampling)
         if tool == "describe":
             prompt = args.get("prompt") or record.user
-            strategy = self.effective_strategy
-            turns: list[dict[str, Any]] = []
-            if strategy == "concat":
-                # One text prompt carries no earlier images, so only the turn count bounds it.
-                kept, _ = fit_history(self.exchanges(), 64, 10**9, 0)
-                prompt = concat_prompt(kept, prompt) if kept else prompt
-            elif strategy == "chat-template":
-                turns, _, record.dropped_turns = self.history(len(refs))
+            # Always the structured turns: the server folds them its family's way.
+            turns, _, record.dropped_turns = self.history(len(refs))
             payload = {"images": refs, "prompt": prompt, "history": turns, "max_new_tokens": self.max_new_tokens, **extra}
             while True:
                 try:
@@ -367,6 +354,11 @@ class ChatSession:
                         raise
                     payload["history"] = payload["history"][2:]
                     record.dropped_turns += 1
+            # The server says how many earlier turns reached the model; a single-turn family
+            # sends none by design, which is its policy rather than a loss.
+            if self.policy != "single-turn":
+                left_out = len(payload["history"]) - int(result.get("history_turns", len(payload["history"])))
+                record.dropped_turns += max(0, left_out) // 2
             if record.dropped_turns:
                 self.dropped_total += record.dropped_turns
                 self.view.notice(f"dropped {plural(record.dropped_turns, 'older exchange')} to fit the model's context")

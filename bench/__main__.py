@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     picture = sample_picture(workdir / "picture.png")
     backend = build(config, device, workdir)
     if args.compile:
-        backend.enable_compile()
+        backend.runtime.enable_compile()
     if device == "cuda":
         backend.warm_up()
     bench = scenarios.Bench(backend, picture, tokens, repeats)
@@ -134,7 +134,7 @@ def report(args: argparse.Namespace, bench: scenarios.Bench, config: str, device
     import torch
     import transformers
 
-    backend = bench.backend
+    backend = bench.backend  # the runtime
     return {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": {
@@ -144,7 +144,7 @@ def report(args: argparse.Namespace, bench: scenarios.Bench, config: str, device
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         },
-        "config": {**describe_model(backend), "name": config},
+        "config": {**describe_model(bench.resident), "name": config},
         "settings": {
             "device": device, "compile": backend.compiled, "new_tokens_per_call": bench.tokens,
             "repeats": bench.repeats, "cpu_threads": torch.get_num_threads(),

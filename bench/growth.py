@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from tools.backends.base import Turn
 from tools.vision import MAX_HISTORY_TURNS
 
 from .measure import rss, sync
@@ -49,8 +48,7 @@ def long_chat(bench: Bench, turns: int = 20, budget: int = 280, shown: Sequence[
         )
         ours.append(timing)
         reused.append(result.cache.reused_prompt_tokens if result.cache else 0)
-        past = [Turn(role, text, tuple(refs)) for role, text, refs in said]  # type: ignore[arg-type]
-        seed.append(bench.seed(bench.messages(question, turn == 0, past), budget)[0])
+        seed.append(bench.seed(bench.messages(question, turn == 0, said), budget)[0])
         said += [("user", question, images), ("assistant", result.text, [])]
     rows = [
         [n, round(ours[n - 1].ttft_ms, 1), reused[n - 1], round(seed[n - 1].ttft_ms, 1)]

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from tools.accel import head_dims
-from tools.backends import load_backend
-from tools.backends.gemma4 import Gemma4Backend
+from tools.families.gemma4 import Gemma4, Gemma4Runtime
+from tools.model import Model, load_model
 from tools.tiny import build_tiny, gemma4_model, gemma4_processor
 
 REAL_VOCAB = 262_144
@@ -62,22 +62,24 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
-def build(config: str, device: str, workdir: Path) -> Gemma4Backend:
-    """The backend to benchmark: loaded through the production path for tiny, built in place at real size."""
+def build(config: str, device: str, workdir: Path) -> Model:
+    """The model to benchmark: loaded through the production path for tiny, built in place at real size."""
     if config == "tiny":
-        backend = load_backend(str(build_tiny(workdir / "tiny", "gemma4")), dtype="float32", device_map=device)
-        assert isinstance(backend, Gemma4Backend)
-        return backend
+        model = load_model(str(build_tiny(workdir / "tiny", "gemma4")), dtype="float32", device_map=device)
+        assert isinstance(model.runtime, Gemma4Runtime)
+        return model
     processor, ids = gemma4_processor()
     text, vision, vocab = REDUCED[config] if config in REDUCED else (CONFIGS[config], {}, REAL_VOCAB)
     # Built on the device in bf16: a real-size model initialised in float32 on a CPU takes minutes.
     with torch.device(device), default_dtype(torch.bfloat16):
         model = gemma4_model(processor, ids, text, vision, vocab_size=vocab)
     model.set_attn_implementation("sdpa")
-    return Gemma4Backend(f"random-{config}", model, processor)
+    return Model(Gemma4.for_config(model.config), Gemma4Runtime(f"random-{config}", model, processor))
 
 
-def describe_model(backend: Gemma4Backend) -> dict[str, Any]:
+def describe_model(resident: Model) -> dict[str, Any]:
+    backend = resident.runtime
+    assert isinstance(backend, Gemma4Runtime)
     model = backend.model
     text = model.config.get_text_config()
     vision = model.config.vision_config

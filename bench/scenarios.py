@@ -19,13 +19,15 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tools import prompts
-from tools.backends.base import Backend, Stopwatch, Turn
-from tools.backends.gemma4 import Gemma4Backend, build_messages, image_inputs, left_pad
+from tools.families.gemma4 import Gemma4Runtime, image_inputs, left_pad
+from tools.model import Model
+from tools.runtimes.local import LocalRuntime
+from tools.tasks import Ask, Stopwatch
 from tools.cache import DynamicPrefixCache
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
@@ -99,22 +101,25 @@ class Outcome:
 class Bench:
     """One model, our front door to it and the seed notebook's pipeline on the same weights."""
 
-    def __init__(self, backend: Gemma4Backend, image: Path, tokens: int, repeats: int) -> None:
+    def __init__(self, resident: Model, image: Path, tokens: int, repeats: int) -> None:
         from transformers import pipeline
 
-        self.backend = backend
-        self.model = backend.model
+        assert isinstance(resident.runtime, Gemma4Runtime)
+        self.resident = resident
+        #: the runtime, whose caches the ablations switch
+        self.backend: Gemma4Runtime = resident.runtime
+        self.model = self.backend.model
         self.image = image
         self.tokens = tokens
         self.repeats = repeats
-        self.vision = Vision(backend, ImageLoader(AccessPolicy.for_server([str(image.parent)])))
+        self.vision = Vision(resident, ImageLoader(AccessPolicy.for_server([str(image.parent)])))
         self.options = forced(tokens)
         # The seed builds its pipeline from the hub id with device_map="auto", dtype="auto"; given the
         # loaded model instead, it runs the same weights in the same precision and attention
         # (tests/test_bench.py checks that against the seed's own call).
-        self.pipe = pipeline("image-text-to-text", model=backend.model, processor=backend.processor)
+        self.pipe = pipeline("image-text-to-text", model=self.model, processor=self.backend.processor)
         # The seed's generation config: GenerationConfig.from_pretrained(MODEL_ID), the checkpoint's own.
-        self.seed_config = copy.deepcopy(backend.model.generation_config)
+        self.seed_config = copy.deepcopy(self.model.generation_config)
         self.seed_config.compile_config = None
         self.bytes_per_token = decode_bytes_per_token(self.model)
         self.bandwidth, self.bandwidth_source = memory_bandwidth(self.model.device)
@@ -138,9 +143,16 @@ class Bench:
         """Eager attention, for the ablation that measures what SDPA buys (the seed runs SDPA)."""
         return attention(self.model, "eager")
 
-    def messages(self, text: str, with_image: bool = True, history: Sequence[Turn] = ()) -> list[dict[str, Any]]:
-        """What our backend sends, with the image as a path for the pipeline to load, as the seed does."""
-        return build_messages([str(self.image)] if with_image else [], text, history)  # type: ignore[list-item]
+    def messages(
+        self, text: str, with_image: bool = True, history: Sequence[tuple[str, str, Sequence[str]]] = ()
+    ) -> list[dict[str, Any]]:
+        """What our model is sent, with the image as a path for the pipeline to load, as the seed does."""
+
+        def content(paths: Sequence[str], words: str) -> list[dict[str, Any]]:
+            return [*({"type": "image", "image": p} for p in paths), {"type": "text", "text": words}]
+
+        messages = [{"role": role, "content": content(refs, said)} for role, said, refs in history]
+        return [*messages, {"role": "user", "content": content([str(self.image)] if with_image else [], text)}]
 
     def fraction_of_bandwidth(self, tokens_per_s: float | None) -> float | None:
         return None if tokens_per_s is None else tokens_per_s * self.bytes_per_token / self.bandwidth
@@ -199,8 +211,7 @@ def conversation(bench: Bench, budget: int = 1120) -> Outcome:
                 follow_up_vision.append(result.cache.vision)
             said += [("user", question, images), ("assistant", result.text, [])]
         for turn, question in enumerate(QUESTIONS):
-            history = [Turn(role, text, tuple(refs)) for role, text, refs in said[: 2 * turn]]  # type: ignore[arg-type]
-            seed[turn].append(bench.seed(bench.messages(question, turn == 0, history), budget)[0])
+            seed[turn].append(bench.seed(bench.messages(question, turn == 0, said[: 2 * turn]), budget)[0])
     o = [median_timing(t) for t in ours]
     s = [median_timing(t) for t in seed]
     name = f"4-turn chat @{budget}"
@@ -286,11 +297,12 @@ def budgets(bench: Bench, chosen: Sequence[int] = BUDGETS, lengths: Sequence[int
     return outcome
 
 
-def padded_batch(backend: Gemma4Backend, image: Any, budgets: Sequence[int], options: GenerationOptions) -> None:
+def padded_batch(resident: Model, ask: Ask, budgets: Sequence[int], options: GenerationOptions) -> None:
     """The budgets as one left-padded ``generate`` (every row prefilled at the longest row's length): the
     way compare_budgets ran before each row was prefilled alone, kept to measure what that bought."""
-    messages = backend.task_messages("describe", image, QUESTIONS[0], ())
-    rows = [backend.prompt(messages, budget) for budget in budgets]
+    backend = resident.runtime
+    assert isinstance(backend, Gemma4Runtime)
+    rows = [backend.encoded(resident.dialect.prompt(resident.check(replace(ask, budget=b)))) for b in budgets]
     batch = left_pad([row.inputs for row in rows], backend.processor.tokenizer.pad_token_id)
     features = [f for row in rows for f in row.features]
     backend.generate_batch(batch, options, budgets=budgets, watch=Stopwatch(), model_kwargs=image_inputs(features))
@@ -321,14 +333,15 @@ def ablations(bench: Bench, budget: int = 1120, budgets: Sequence[int] = BUDGETS
 
     def at_budgets(way: str) -> float:
         backend.clear_caches()
-        image = bench.vision.load_images([path])[0].image
+        ask = Ask("describe", (bench.vision.load_images([path])[0].input,), QUESTIONS[0])
         started = time.perf_counter()
         if way == "one at a time":
-            Backend.at_budgets(backend, "describe", image, QUESTIONS[0], (), budgets, bench.options)
+            prompts = [bench.resident.dialect.prompt(bench.resident.check(replace(ask, budget=b))) for b in budgets]
+            LocalRuntime.generate_many(backend, prompts, bench.options)
         elif way == "padded":
-            padded_batch(backend, image, budgets, bench.options)
+            padded_batch(bench.resident, ask, budgets, bench.options)
         else:
-            backend.at_budgets("describe", image, QUESTIONS[0], (), budgets, bench.options)
+            bench.resident.run_budgets(ask, budgets, bench.options)
         return (time.perf_counter() - started) * 1000
 
     def median_of(measure: Callable[[], Any]) -> Any:
@@ -383,11 +396,11 @@ def mcp_overhead(checkpoint: Path, image: Path, calls: int) -> Outcome:
     The protocol's cost does not depend on the model, so the tiny one keeps the model's own time
     (and its noise) small next to what is measured.
     """
-    from tools.backends import load_backend
+    from tools.model import load_model
 
     arguments = {"images": [str(image)], "prompt": "What is it?", "budget": 70, "max_new_tokens": 1}
     stdio = asyncio.run(_stdio_calls(checkpoint, image.parent, arguments, calls))
-    vision = Vision(load_backend(str(checkpoint)), ImageLoader(AccessPolicy.for_server([str(image.parent)])))
+    vision = Vision(load_model(str(checkpoint)), ImageLoader(AccessPolicy.for_server([str(image.parent)])))
     options = GenerationOptions(max_new_tokens=1)
     local = []
     for n in range(calls + 1):

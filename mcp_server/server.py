@@ -1,9 +1,10 @@
 """The MCP server: the vision core's operations as typed, documented tools.
 
-Protocol glue only. Every tool validates nothing itself and computes nothing itself:
-it hands plain values to ``tools.vision.Vision`` on a worker thread and turns the
-structured result into MCP content (a short text, an image where there is one, and
-structured content matching the tool's output schema).
+Protocol glue only. Each tool is a module-level typed function that reads the resident
+``Engine`` from the lifespan context and goes through one helper (``run_tool``): wait for the
+model, build the generation options, run the ``tools.vision.Vision`` call on a worker thread,
+and return the structured result. The tool then only turns it into MCP content (a short
+text, an image where there is one, and structured content matching its output schema).
 """
 
 from __future__ import annotations
@@ -29,16 +30,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tools.about import package_version
 from tools.outputs import OutputLimits, prune
-from tools.backends.openai import ApiSettings
 from tools.budgets import GEMMA4_BUDGETS
+from tools.detections import Detection
 from tools.drawing import fit_for_client
 from tools.errors import Busy, Cancelled, VlmError
 from tools.images import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
+from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
+from tools.runtimes.engine import ApiSettings
 from tools.streaming import TextSink, streaming
-from tools.results import (
-    BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectionOut, DetectResult, OcrResult, Result,
-)
 from tools.vision import Vision
 
 from . import completion, logs, pictures, prompts
@@ -122,16 +122,16 @@ class Engine:
         return self.settings.model if api is None else f"{api.model} at {api.root}"
 
     def _load_model(self) -> None:
-        from tools.backends import NO_MODEL, load_backend
+        from tools.model import NO_MODEL, load_model
 
         try:
             # Only when asked: loaders passed in by tests need not know the flag.
             fast = {"compile": True} if self.settings.compile else {}
-            backend = (self._load or load_backend)(
+            model = (self._load or load_model)(
                 self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize,
                 api=self.settings.api, **fast,
             )
-            self.vision = Vision(backend, self.loader)
+            self.vision = Vision(model, self.loader)
         except VlmError as exc:
             if self.settings.model == NO_MODEL and self.settings.api is None:
                 log.info("no model loaded (--model none): only ocr with engine 'rapidocr' works")
@@ -240,10 +240,6 @@ class HistoryTurn(BaseModel):
     images: list[str] = Field(default_factory=list, description=f"the turn's images: each {IMAGE_REF}")
 
 
-def options(max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0) -> GenerationOptions:
-    return GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-
-
 def stats(result: Result) -> str:
     budget = f"budget {result.budget}, " if result.budget is not None else ""
     if result.budget_reason:
@@ -264,7 +260,7 @@ def split_ms(timings: BudgetTimings) -> str:
             f"shared decode {timings.decode_ms:.0f})")
 
 
-def box_line(detection: DetectionOut) -> str:
+def box_line(detection: Detection) -> str:
     extra = []
     if detection.agreement is not None:
         extra.append(f"found at budgets {', '.join(map(str, detection.agreement.budgets))}")
@@ -272,7 +268,7 @@ def box_line(detection: DetectionOut) -> str:
         extra.append("verified" if detection.verified else "not verified")
     if detection.tiles is not None:
         extra.append(f"tiles {', '.join(map(str, detection.tiles))}")
-    return f"{detection.label}: {detection.box}" + (f" ({'; '.join(extra)})" if extra else "")
+    return f"{detection.label}: {list(detection.box)}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
 def text_result(result: Result, text: str) -> CallToolResult:
@@ -347,36 +343,41 @@ class VisionServer(MCPServer):
         return result
 
 
-def error_result(message: str, code: str = "invalid_request") -> CallToolResult:
-    # The code lets programs (the chat client) react without parsing the sentence.
-    return CallToolResult(
-        content=[TextContent(type="text", text=message)], structured_content={"error": code}, is_error=True
-    )
+def error_result(message: str, code: str = "invalid_request", param: str | None = None) -> CallToolResult:
+    # The code (and the argument it is about) let programs (the chat client) react without parsing the sentence.
+    structured: dict[str, Any] = {"error": code}
+    if param is not None:
+        structured["param"] = param
+    return CallToolResult(content=[TextContent(type="text", text=message)], structured_content=structured, is_error=True)
 
 
-def explain(tool: str, error: ToolError) -> tuple[str, str]:
-    """The caller's sentence and error code for a failed tool call."""
+def explain(tool: str, error: ToolError) -> tuple[str, str, str | None]:
+    """The caller's sentence, error code and the argument it is about, for a failed tool call."""
     cause = error.__cause__
     if isinstance(cause, VlmError):
-        return str(cause), cause.code
+        # Worded with the tools' argument names, which is how the core names its parameters.
+        return cause.worded(), cause.code, cause.param
     if isinstance(cause, ValidationError):
-        return validation_message(cause), "invalid_request"
+        where = cause.errors()[0]["loc"]
+        return validation_message(cause), "invalid_request", str(where[0]) if where else None
     if cause is None:
-        return str(error), "invalid_request"  # e.g. an unknown tool name
+        return str(error), "invalid_request", None  # e.g. an unknown tool name
     log.error("tool %s crashed", tool, exc_info=cause)
-    return f"The {tool} tool failed unexpectedly; the server logged the details and keeps serving.", "internal"
+    return f"The {tool} tool failed unexpectedly; the server logged the details and keeps serving.", "internal", None
 
 
 Budget = Annotated[
     int | Literal["auto"] | None,
     Field(
-        description="visual-token budget (Gemma 4): 70, 140, 280, 560 or 1120; more keeps finer detail; default 280; "
-        "'auto' picks the smallest that keeps what the task needs and says why in budget_reason"
+        description="visual-token budget, for families that take one (Gemma 4: 70, 140, 280, 560 or 1120; "
+        "more keeps finer detail); vlm-agent://model lists the model's budgets and default; 'auto' picks the "
+        "smallest that keeps what the task needs and says why in budget_reason"
     ),
 ]
 MaxNewTokens = Annotated[int, Field(description="cap on generated tokens; a cut answer says so")]
 Temperature = Annotated[float, Field(description="0 decodes greedily; above 0 samples")]
 TopP = Annotated[float, Field(description="nucleus sampling mass, used when temperature > 0")]
+ImageRef = Annotated[str, Field(description=IMAGE_REF)]
 Tiles = Annotated[
     str | int,
     Field(
@@ -385,6 +386,200 @@ Tiles = Annotated[
         "boxes come back in pixels of the whole image"
     ),
 ]
+History = Annotated[
+    list[HistoryTurn] | None,
+    Field(
+        description="earlier turns, oldest first, always as structured turns: the server folds them into the "
+        "prompt the way the model's family keeps context, and says in notes what it left out"
+    ),
+]
+
+R = TypeVar("R")
+
+
+def engine_of(ctx: Context) -> Engine:
+    """The resident engine, which the server's lifespan put in the request context."""
+    return ctx.request_context.lifespan_context
+
+
+async def run_tool(
+    ctx: Context,
+    work: Callable[[Vision, GenerationOptions], R],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stream: bool = False,
+    model: bool = True,
+) -> R:
+    """What every tool does around its call: wait for the model (``model=False``: the offline
+    reader), build the options, run ``work`` on a worker thread with cancellation (and the
+    generated text streamed as progress with ``stream``), and hand back its result."""
+    engine = engine_of(ctx)
+    vision = await engine.ready(ctx) if model else engine.offline
+    chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    return await engine.run(
+        lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens
+    )
+
+
+def turns_of(history: list[HistoryTurn] | None) -> list[dict[str, Any]]:
+    return [turn.model_dump() for turn in history or []]
+
+
+async def describe(
+    images: Annotated[list[str], Field(description=f"one or more images; each {IMAGE_REF}")],
+    ctx: Context,
+    prompt: Annotated[str, Field(description="question or instruction; empty asks for a description")] = "",
+    history: History = None,
+    budget: Budget = None,
+    max_new_tokens: MaxNewTokens = 512,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+) -> Annotated[CallToolResult, DescribeResult]:
+    """Describe images or answer a question about them (captions, visual Q&A, comparisons, follow-ups).
+
+    Pass several images to compare them; pass `history` to continue a conversation: the server
+    keeps the context the way the model's family does (vlm-agent://model says how) and lists in
+    `notes` what it had to leave out.
+    """
+    result = await run_tool(
+        ctx, lambda vision, chosen: vision.describe(images, prompt, turns_of(history), budget, chosen),
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True,
+    )
+    return text_result(result, result.text)
+
+
+async def ocr(
+    image: ImageRef,
+    ctx: Context,
+    budget: Budget = None,
+    max_new_tokens: MaxNewTokens = 512,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    engine: Annotated[
+        Literal["vlm", "rapidocr"],
+        Field(
+            description="vlm: the loaded vision-language model; rapidocr: offline PP-OCR, no model needed, "
+            "adds one box per text line (no budget)"
+        ),
+    ] = "vlm",
+    tiles: Tiles = "off",
+) -> Annotated[CallToolResult, OcrResult]:
+    """Read all text in an image, in reading order and in its original language and script.
+
+    For small or dense text, a higher budget (560 or 1120) reads more accurately.
+    engine 'rapidocr' reads printed text offline without the model and returns line boxes.
+    """
+    result = await run_tool(
+        ctx, lambda vision, chosen: vision.ocr(image, budget, chosen, engine, tiles),
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True, model=engine == "vlm",
+    )
+    return text_result(result, result.text)
+
+
+async def detect(
+    image: ImageRef,
+    labels: Annotated[list[str], Field(description="what to find, e.g. ['person', 'car']")],
+    ctx: Context,
+    budget: Budget = None,
+    max_new_tokens: MaxNewTokens = 512,
+    temperature: Temperature = 0.0,
+    top_p: TopP = 1.0,
+    tiles: Tiles = "off",
+    consensus: Annotated[
+        list[int] | None,
+        Field(
+            description="budgets to run together and fuse (weighted box fusion), e.g. [280, 560, 1120]; "
+            "each box then reports which budgets found it (agreement); leave budget and tiles unset"
+        ),
+    ] = None,
+    verify: Annotated[
+        bool, Field(description="ask the model about each box's crop at budget 1120; each box reports verified")
+    ] = False,
+) -> Annotated[CallToolResult, DetectResult]:
+    """Find labelled objects: boxes [x1, y1, x2, y2] in pixels of the original image, plus an annotated picture.
+
+    The full-size annotated PNG is saved on the server (annotated_path); the picture
+    in the result is a downscaled copy.
+    """
+    out = engine_of(ctx).output_path("detect")
+    detected = await run_tool(
+        ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify),
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+    )
+    lines = [box_line(d) for d in detected.detections] or ["nothing found"]
+    notes = [f"note: {n}" for n in detected.notes]
+    text = "\n".join([f"{len(detected.detections)} detections", *lines, *notes, stats(detected)])
+    # Decoding and scaling a big picture is CPU work: off the event loop, so pings and other calls go on.
+    return await anyio.to_thread.run_sync(picture_result, text, out, detected)
+
+
+async def compare_budgets(
+    image: ImageRef,
+    ctx: Context,
+    prompt: Annotated[
+        str, Field(description="the question (describe) or the comma-separated labels (detect); unused for ocr")
+    ] = "",
+    task: Annotated[Literal["describe", "ocr", "detect"], Field(description="which tool to compare")] = "describe",
+    budgets: Annotated[list[int], Field(description="budgets to run, from the model's budgets")] = list(GEMMA4_BUDGETS),
+    max_new_tokens: MaxNewTokens = 512,
+) -> Annotated[CallToolResult, CompareResult]:
+    """Run one image and prompt at several visual-token budgets and compare them side by side.
+
+    Reports per budget the image tokens, output, timings and agreement with the
+    highest budget, recommends the smallest budget that agrees, and returns one
+    picture with every budget's result. Families with budgets only (vlm-agent://model lists them).
+    """
+    out = engine_of(ctx).output_path("budgets")
+
+    def progress(done: int, total: int, message: str) -> None:
+        anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+    result = await run_tool(
+        ctx, lambda vision, chosen: vision.compare_budgets(image, task, prompt, (), budgets, chosen, out, progress),
+        max_new_tokens=max_new_tokens,
+    )
+    rows = [
+        f"{run.budget:>5}  {'?' if run.image_tokens is None else run.image_tokens:>5} tokens  "
+        f"{run.timings.total_ms:>8.0f} ms{split_ms(run.timings)}  agreement {run.agreement:.2f}"
+        for run in result.runs
+    ]
+    text = "\n".join(
+        [
+            f"{task} at budgets {', '.join(str(r.budget) for r in result.runs)} ({result.metric} vs {result.reference_budget})",
+            *rows,
+            f"recommended budget: {result.recommended_budget} ({result.recommendation_reason})",
+        ]
+    )
+    return await anyio.to_thread.run_sync(picture_result, text, out, result)
+
+
+async def chat(
+    message: Annotated[str, Field(description="the user's message")],
+    ctx: Context,
+    images: Annotated[list[str], Field(description=f"images of this message; each {IMAGE_REF}")] = [],  # noqa: B006
+    history: History = None,
+    budget: Budget = None,
+    max_new_tokens: MaxNewTokens = 256,
+) -> Annotated[CallToolResult, ChatResult]:
+    """One assistant turn of a vision chat: the model answers in text or picks vision tools to call.
+
+    The model sees the conversation and declarations of describe, ocr, detect and
+    compare_budgets, and answers through its native function calling; `tool_calls`
+    lists the calls it chose (the caller runs them). Families with function calling only
+    (vlm-agent://model says `chat`): others answer with an error, and the caller picks a tool itself.
+    """
+    result = await run_tool(
+        ctx, lambda vision, chosen: vision.chat(images, message, turns_of(history), budget, chosen),
+        max_new_tokens=max_new_tokens, stream=True,
+    )
+    calls = [f"call {c.name}({json.dumps(c.arguments)})" for c in result.tool_calls]
+    return text_result(result, "\n".join([result.text, *calls]).strip() or "(no text)")
+
+
+#: every tool the server offers, in the order clients list them
+TOOLS = (describe, ocr, detect, compare_budgets, chat)
 
 
 #: what clients show for each tool
@@ -398,8 +593,7 @@ TITLES = {
 
 
 def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> VisionServer:
-    """The MCP server over one resident model; ``load`` replaces ``load_backend`` (tests)."""
-    # not `engine`: that name is the ocr tool's argument
+    """The MCP server over one resident model; ``load`` replaces ``load_model`` (tests)."""
     resident = Engine(settings, load)
 
     @asynccontextmanager
@@ -414,7 +608,8 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         icons=icon("server"),
         instructions=(
             "Vision tools over one resident vision-language model. Images are given as "
-            f"{IMAGE_REF}. Every result returns image_ids: reuse them instead of sending an image again."
+            f"{IMAGE_REF}. Every result returns image_ids: reuse them instead of sending an image again. "
+            "vlm-agent://model says what the model can do: tasks, budgets, and how it keeps a conversation's context."
         ),
         lifespan=lifespan,
     )
@@ -425,187 +620,15 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
     pictures.register(server, settings.out_dir)
     prompts.register(server)
     completion.register(server, resident, server.seen, settings.out_dir)
-
-    def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for tool in TOOLS:
         # Docstrings are indented in source; clients show the description verbatim.
-        return server.tool(
-            description=inspect.cleandoc(fn.__doc__ or ""), title=TITLES[fn.__name__], icons=icon(fn.__name__)
-        )(fn)
-
-    @tool
-    async def describe(
-        images: Annotated[list[str], Field(description=f"one or more images; each {IMAGE_REF}")],
-        ctx: Context,
-        prompt: Annotated[str, Field(description="question or instruction; empty asks for a description")] = "",
-        history: Annotated[
-            list[HistoryTurn] | None,
-            Field(description="earlier turns, oldest first, for follow-up questions"),
-        ] = None,
-        budget: Budget = None,
-        max_new_tokens: MaxNewTokens = 512,
-        temperature: Temperature = 0.0,
-        top_p: TopP = 1.0,
-    ) -> Annotated[CallToolResult, DescribeResult]:
-        """Describe images or answer a question about them (captions, visual Q&A, comparisons, follow-ups).
-
-        Pass several images to compare them; pass `history` to continue a conversation
-        (earlier turns and their images are shown to the model in order).
-        """
-        vision = await resident.ready(ctx)
-        turns = [turn.model_dump() for turn in history or []]
-        chosen = options(max_new_tokens, temperature, top_p)
-        result = await resident.run(
-            lambda cancel: vision.describe(images, prompt, turns, budget, chosen.with_cancel(cancel)),
-            stream_to=ctx, total=max_new_tokens,
-        )
-        return text_result(result, result.text)
-
-    @tool
-    async def ocr(
-        image: Annotated[str, Field(description=IMAGE_REF)],
-        ctx: Context,
-        budget: Budget = None,
-        max_new_tokens: MaxNewTokens = 512,
-        temperature: Temperature = 0.0,
-        top_p: TopP = 1.0,
-        engine: Annotated[
-            Literal["vlm", "rapidocr"],
-            Field(
-                description="vlm: the loaded vision-language model; rapidocr: offline PP-OCR, no model needed, "
-                "adds one box per text line (no budget)"
-            ),
-        ] = "vlm",
-        tiles: Tiles = "off",
-    ) -> Annotated[CallToolResult, OcrResult]:
-        """Read all text in an image, in reading order and in its original language and script.
-
-        For small or dense text, a higher budget (560 or 1120) reads more accurately.
-        engine 'rapidocr' reads printed text offline without the model and returns line boxes.
-        """
-        vision = await resident.ready(ctx) if engine == "vlm" else resident.offline
-        chosen = options(max_new_tokens, temperature, top_p)
-        result = await resident.run(
-            lambda cancel: vision.ocr(image, budget, chosen.with_cancel(cancel), engine, tiles),
-            stream_to=ctx, total=max_new_tokens,
-        )
-        return text_result(result, result.text)
-
-    @tool
-    async def detect(
-        image: Annotated[str, Field(description=IMAGE_REF)],
-        labels: Annotated[list[str], Field(description="what to find, e.g. ['person', 'car']")],
-        ctx: Context,
-        budget: Budget = None,
-        max_new_tokens: MaxNewTokens = 512,
-        temperature: Temperature = 0.0,
-        top_p: TopP = 1.0,
-        tiles: Tiles = "off",
-        consensus: Annotated[
-            list[int] | None,
-            Field(
-                description="budgets to run together and fuse (weighted box fusion), e.g. [280, 560, 1120]; "
-                "each box then reports which budgets found it (agreement); leave budget and tiles unset"
-            ),
-        ] = None,
-        verify: Annotated[
-            bool, Field(description="ask the model about each box's crop at budget 1120; each box reports verified")
-        ] = False,
-    ) -> Annotated[CallToolResult, DetectResult]:
-        """Find labelled objects: boxes [x1, y1, x2, y2] in pixels of the original image, plus an annotated picture.
-
-        The full-size annotated PNG is saved on the server (annotated_path); the picture
-        in the result is a downscaled copy.
-        """
-        vision = await resident.ready(ctx)
-        out = resident.output_path("detect")
-        chosen = options(max_new_tokens, temperature, top_p)
-        detected = await resident.run(
-            lambda cancel: vision.detect(
-                image, labels, budget, chosen.with_cancel(cancel), out, tiles, consensus, verify
-            )
-        )
-        lines = [box_line(d) for d in detected.detections] or ["nothing found"]
-        notes = [f"note: {n}" for n in detected.notes]
-        text = "\n".join([f"{len(detected.detections)} detections", *lines, *notes, stats(detected)])
-        # Decoding and scaling a big picture is CPU work: off the event loop, so pings and other calls go on.
-        return await anyio.to_thread.run_sync(picture_result, text, out, detected)
-
-    @tool
-    async def compare_budgets(
-        image: Annotated[str, Field(description=IMAGE_REF)],
-        ctx: Context,
-        prompt: Annotated[
-            str, Field(description="the question (describe) or the comma-separated labels (detect); unused for ocr")
-        ] = "",
-        task: Annotated[Literal["describe", "ocr", "detect"], Field(description="which tool to compare")] = "describe",
-        budgets: Annotated[list[int], Field(description="budgets to run, from 70, 140, 280, 560, 1120")] = list(
-            GEMMA4_BUDGETS
-        ),
-        max_new_tokens: MaxNewTokens = 512,
-    ) -> Annotated[CallToolResult, CompareResult]:
-        """Run one image and prompt at several visual-token budgets and compare them side by side.
-
-        Reports per budget the image tokens, output, timings and agreement with the
-        highest budget, recommends the smallest budget that agrees, and returns one
-        picture with every budget's result. Gemma 4 only.
-        """
-        vision = await resident.ready(ctx)
-        out = resident.output_path("budgets")
-
-        def progress(done: int, total: int, message: str) -> None:
-            anyio.from_thread.run(ctx.report_progress, done, total, message)
-
-        chosen = options(max_new_tokens)
-        result = await resident.run(
-            lambda cancel: vision.compare_budgets(
-                image, task, prompt, (), budgets, chosen.with_cancel(cancel), out, progress
-            )
-        )
-        rows = [
-            f"{run.budget:>5}  {'?' if run.image_tokens is None else run.image_tokens:>5} tokens  "
-            f"{run.timings.total_ms:>8.0f} ms{split_ms(run.timings)}  agreement {run.agreement:.2f}"
-            for run in result.runs
-        ]
-        text = "\n".join(
-            [
-                f"{task} at budgets {', '.join(str(r.budget) for r in result.runs)} ({result.metric} vs {result.reference_budget})",
-                *rows,
-                f"recommended budget: {result.recommended_budget} ({result.recommendation_reason})",
-            ]
-        )
-        return await anyio.to_thread.run_sync(picture_result, text, out, result)
-
-    @tool
-    async def chat(
-        message: Annotated[str, Field(description="the user's message")],
-        ctx: Context,
-        images: Annotated[list[str], Field(description=f"images of this message; each {IMAGE_REF}")] = [],  # noqa: B006
-        history: Annotated[
-            list[HistoryTurn] | None, Field(description="earlier turns, oldest first")
-        ] = None,
-        budget: Budget = None,
-        max_new_tokens: MaxNewTokens = 256,
-    ) -> Annotated[CallToolResult, ChatResult]:
-        """One assistant turn of a vision chat: the model answers in text or picks vision tools to call.
-
-        The model sees the conversation and declarations of describe, ocr, detect and
-        compare_budgets, and answers through its native function calling; `tool_calls`
-        lists the calls it chose (the caller runs them). Gemma 4 only: other families
-        answer with an error, and the caller picks a tool itself.
-        """
-        vision = await resident.ready(ctx)
-        turns = [turn.model_dump() for turn in history or []]
-        chosen = options(max_new_tokens)
-        result = await resident.run(
-            lambda cancel: vision.chat(images, message, turns, budget, chosen.with_cancel(cancel)),
-            stream_to=ctx, total=max_new_tokens,
-        )
-        calls = [f"call {c.name}({json.dumps(c.arguments)})" for c in result.tool_calls]
-        return text_result(result, "\n".join([result.text, *calls]).strip() or "(no text)")
+        server.tool(
+            description=inspect.cleandoc(tool.__doc__ or ""), title=TITLES[tool.__name__], icons=icon(tool.__name__)
+        )(tool)
 
     @server.resource("vlm-agent://model", mime_type="application/json")
     async def model_info() -> str:
-        """The resident model: id, family, budgets, context window and what it supports."""
+        """The resident model: family, tasks, budgets, context policy and limits."""
         try:
             vision = await resident.ready()
         except VlmError as exc:

@@ -22,22 +22,52 @@ def sample_image(width: int = 64, height: int = 48) -> Image.Image:
     return image
 
 
-def record_prompts(monkeypatch: pytest.MonkeyPatch, backend) -> list[str]:
-    """The text prompts a processor-prompt backend (PaliGemma, BLIP-2) sends, in order."""
+def sample_input(width: int = 64, height: int = 48):
+    """``sample_image`` as the model layers take it: pixels with their content hash."""
+    from tools.images import ImageInput
+
+    return ImageInput.from_pixels(sample_image(width, height))
+
+
+def run(model, task: str, images=(), prompt: str = "", history=(), budget=None, options=None, labels=()):
+    """One task on a loaded model through its one interface (``Model.run``); PIL images are wrapped."""
+    from PIL import Image as PILImage
+
+    from tools.images import ImageInput
+    from tools.options import GenerationOptions
+    from tools.tasks import Ask
+
+    inputs = tuple(ImageInput.from_pixels(i) if isinstance(i, PILImage.Image) else i for i in images)
+    ask = Ask(task, inputs, prompt, tuple(labels), tuple(history), budget)  # type: ignore[arg-type]
+    return model.run(ask, options or GenerationOptions())
+
+
+def boxes(answer):
+    """A detect or segment answer as (generation, parsed detections)."""
+    return answer.generation, answer.detections
+
+
+def replied(answer):
+    """A chat answer as (generation, parsed reply)."""
+    return answer.generation, answer.reply
+
+
+def record_prompts(monkeypatch: pytest.MonkeyPatch, model) -> list[str]:
+    """The text prompts a plain-text family (PaliGemma, BLIP-2) sends to its runtime, in order."""
     sent: list[str] = []
-    original = backend.run_prompt
+    original = model.runtime.generate
 
-    def spy(images, text, options, **kwargs):
-        sent.append(text)
-        return original(images, text, options, **kwargs)
+    def spy(prompt, options):
+        sent.append(prompt.text)
+        return original(prompt, options)
 
-    monkeypatch.setattr(backend, "run_prompt", spy)
+    monkeypatch.setattr(model.runtime, "generate", spy)
     return sent
 
 
-def model_says(monkeypatch: pytest.MonkeyPatch, backend, text: str) -> None:
+def model_says(monkeypatch: pytest.MonkeyPatch, model, text: str) -> None:
     """Make the whole pipeline run, with ``text`` as what the model's tokens decode to."""
-    monkeypatch.setattr(backend.processor, "decode", lambda *args, **kwargs: text)
+    monkeypatch.setattr(model.runtime.processor, "decode", lambda *args, **kwargs: text)
 
 
 @pytest.fixture
@@ -58,13 +88,13 @@ def tiny_checkpoint(family: str):
 
 
 def resident_backend(checkpoint: str):
-    """A session fixture: the named checkpoint fixture loaded through the production loader."""
+    """A session fixture: the named checkpoint fixture loaded through the production loader (a ``Model``)."""
 
     @pytest.fixture(scope="session")
     def load(request: pytest.FixtureRequest):
-        from tools.backends import load_backend
+        from tools.model import load_model
 
-        return load_backend(str(request.getfixturevalue(checkpoint)))
+        return load_model(str(request.getfixturevalue(checkpoint)))
 
     return load
 

@@ -155,7 +155,7 @@ def test_the_command_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_model_description_names_the_dimensions(bench):
-    described = describe_model(bench.backend)
+    described = describe_model(bench.resident)
     assert described["text"]["num_hidden_layers"] == 2 and described["head_dims"] == [16]
 
 

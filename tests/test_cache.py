@@ -6,10 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import sample_image
-from tools.backends import load_backend
-from tools.backends.base import Backend, Turn
-from tools.backends.gemma4 import build_messages
+from dataclasses import replace
+
+from tests.conftest import boxes, replied, run, sample_image
+from tools.families.base import chat_messages
+from tools.images import ImageInput
+from tools.model import load_model
+from tools.runtimes.local import local_messages
+from tools.tasks import Ask, Prompt, Turn
 from tools.cache import (
     BytesLRU,
     DynamicPrefixCache,
@@ -18,9 +22,7 @@ from tools.cache import (
     VisionCache,
     fork,
     image_blocks,
-    image_key,
     kv_length,
-    remember_image_key,
     reusable_prefix,
 )
 from tools.errors import InvalidRequest
@@ -36,7 +38,7 @@ I = 9  # the image token in the pure tests
 @pytest.fixture
 def backend(tiny_gemma4):
     """A backend of its own: these tests look at its caches, which the shared one fills in any order."""
-    return load_backend(str(tiny_gemma4))
+    return load_model(str(tiny_gemma4))
 
 
 # -- the pure parts -----------------------------------------------------------------------
@@ -117,28 +119,28 @@ def test_reusable_prefix(old, new, expected):
     assert reusable_prefix(old_ids, blocks(old_ids, old_keys), new_ids, blocks(new_ids, new_keys)) == expected
 
 
-def test_image_key_is_the_loader_id_or_a_pixel_hash(tmp_path):
+def test_the_cache_key_is_the_loader_id_or_a_pixel_hash(tmp_path):
     path = tmp_path / "a.png"
     sample_image().save(path)
     loaded = ImageLoader(AccessPolicy.for_files([str(path)])).load(str(path))
-    assert image_key(loaded.image) == loaded.image_id
-    # a copy is another object: it is hashed, never taken for the registered one
+    # identity travels with the image: the loader's id is the key, no registry involved
+    assert loaded.input.hash == loaded.image_id and loaded.input.pixels is loaded.image
+    # an image from anywhere else is known by its pixels
     copy = loaded.image.copy()
-    assert image_key(copy).startswith("px_") and image_key(copy) == image_key(loaded.image.copy())
-    # drawing on an unregistered image changes its key
+    key = ImageInput.from_pixels(copy).hash
+    assert key.startswith("px_") and key == ImageInput.from_pixels(loaded.image.copy()).hash
+    # drawing on it changes its key
     copy.putpixel((0, 0), (1, 2, 3))
-    assert image_key(copy) != image_key(loaded.image.copy())
-    assert image_key(Image.new("RGB", (4, 4))) != image_key(Image.new("L", (4, 4)))
+    assert ImageInput.from_pixels(copy).hash != ImageInput.from_pixels(loaded.image.copy()).hash
+    assert ImageInput.from_pixels(Image.new("RGB", (4, 4))).hash != ImageInput.from_pixels(Image.new("L", (4, 4))).hash
 
 
-def test_registered_keys_die_with_their_image():
-    from tools import cache
+def test_no_module_keeps_an_image_registry():
+    from tools import cache, images
 
-    picture = Image.new("RGB", (2, 2))
-    remember_image_key(picture, "img_0000000000000000")
-    ident = id(picture)
-    del picture
-    assert ident not in cache._known
+    for module in (cache, images):
+        assert not any(isinstance(value, dict) and "known" in name for name, value in vars(module).items())
+        assert not hasattr(module, "remember_image_key") and not hasattr(module, "image_key")
 
 
 def kv_of(length: int, layers: int = 2) -> object:
@@ -191,93 +193,93 @@ def test_prefix_cache_picks_the_longest_match_and_ignores_short_ones():
 
 def test_describe_ocr_detect_on_one_image_encode_it_once(backend):
     image = sample_image(512, 512)
-    first = backend.describe([image], "What is it?", (), 70, FORCED)
-    ocr = backend.ocr(image, 70, FORCED)
-    detect, _ = backend.detect(image, ["cat"], 70, FORCED)
+    first = run(backend, "describe", [image], "What is it?", budget=70, options=FORCED).generation
+    ocr = run(backend, "ocr", [image], budget=70, options=FORCED).generation
+    detect, _ = boxes(run(backend, "detect", [image], labels=["cat"], budget=70, options=FORCED))
     assert [g.cache.vision for g in (first, ocr, detect)] == ["miss", "hit", "hit"]
     # the header and the whole image block are shared, the task text is not
     assert first.cache.reused_prompt_tokens == 0
     assert ocr.cache.reused_prompt_tokens == detect.cache.reused_prompt_tokens > first.image_tokens
-    assert backend.vision_cache.stats.misses == 1 and len(backend.vision_cache) == 1
+    assert backend.runtime.vision_cache.stats.misses == 1 and len(backend.runtime.vision_cache) == 1
 
 
 def conversation(image: Image.Image, answer: str) -> list[Turn]:
-    return [Turn("user", "What is it?", (image,)), Turn("assistant", answer)]
+    return [Turn("user", "What is it?", (ImageInput.from_pixels(image),)), Turn("assistant", answer)]
 
 
 def test_follow_up_reuses_the_prefix_and_gives_the_same_tokens(backend, gemma4_backend):
     image = sample_image(512, 512)
-    first = backend.describe([image], "What is it?", (), 70, FORCED)
+    first = run(backend, "describe", [image], "What is it?", budget=70, options=FORCED).generation
     history = conversation(image, first.text)
-    warm = backend.describe([], "And the colours?", history, 70, FORCED)
+    warm = run(backend, "describe", [], "And the colours?", history=history, budget=70, options=FORCED).generation
     gemma4_backend.clear_caches()
-    cold = gemma4_backend.describe([], "And the colours?", history, 70, FORCED)
+    cold = run(gemma4_backend, "describe", [], "And the colours?", history=history, budget=70, options=FORCED).generation
     assert warm.cache.vision == "hit" and warm.cache.reused_prompt_tokens >= first.prompt_tokens
     assert cold.cache.reused_prompt_tokens == 0
     assert warm.token_ids == cold.token_ids and warm.prompt_tokens == cold.prompt_tokens
 
 
 def test_an_unrelated_prompt_reuses_nothing(backend):
-    backend.describe([sample_image(512, 512)], "What is it?", (), 70, FORCED)
-    other = backend.chat([], "Hello there, who are you?", (), 70, FORCED)[0]
+    run(backend, "describe", [sample_image(512, 512)], "What is it?", budget=70, options=FORCED).generation
+    other = replied(run(backend, "chat", [], "Hello there, who are you?", budget=70, options=FORCED))[0]
     assert other.cache.reused_prompt_tokens == 0 and other.cache.vision == "none"
 
 
 def test_another_image_with_identical_token_ids_is_not_served_the_first_ones_cache(backend, gemma4_backend):
     red, green = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "green")
-    first = backend.describe([red], "What is it?", (), 70, FORCED)
-    second = backend.describe([green], "What is it?", (), 70, FORCED)
+    first = run(backend, "describe", [red], "What is it?", budget=70, options=FORCED).generation
+    second = run(backend, "describe", [green], "What is it?", budget=70, options=FORCED).generation
     assert first.prompt_tokens == second.prompt_tokens and first.image_tokens == second.image_tokens
     assert second.cache.vision == "miss" and second.cache.reused_prompt_tokens == 0
     gemma4_backend.clear_caches()
-    assert second.token_ids == gemma4_backend.describe([green], "What is it?", (), 70, FORCED).token_ids
+    assert second.token_ids == run(gemma4_backend, "describe", [green], "What is it?", budget=70, options=FORCED).generation.token_ids
 
 
 def test_the_vision_cache_evicts_by_its_byte_cap(backend):
     images = [Image.new("RGB", (64, 48), color) for color in ("red", "green", "blue")]
-    backend.describe([images[0]], "x", (), 70, FORCED)
-    one_image = backend.vision_cache.nbytes
-    backend.vision_cache = VisionCache(max_bytes=int(one_image * 2.5))
-    reports = [backend.describe([image], "x", (), 70, FORCED).cache.vision for image in [*images, images[0], images[2]]]
+    run(backend, "describe", [images[0]], "x", budget=70, options=FORCED).generation
+    one_image = backend.runtime.vision_cache.nbytes
+    backend.runtime.vision_cache = VisionCache(max_bytes=int(one_image * 2.5))
+    reports = [run(backend, "describe", [image], "x", budget=70, options=FORCED).generation.cache.vision for image in [*images, images[0], images[2]]]
     # three fit in no cap of two and a half: the first is gone when it comes back, the last is not
     assert reports == ["miss", "miss", "miss", "miss", "hit"]
-    assert backend.vision_cache.stats.evictions >= 1 and backend.vision_cache.nbytes <= backend.vision_cache.max_bytes
+    assert backend.runtime.vision_cache.stats.evictions >= 1 and backend.runtime.vision_cache.nbytes <= backend.runtime.vision_cache.max_bytes
 
 
 def test_several_images_in_one_prompt_report_a_partial_hit(backend):
     known, new = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
-    backend.describe([known], "x", (), 70, FORCED)
-    generation = backend.describe([known, new, new], "Compare.", (), 70, FORCED)
+    run(backend, "describe", [known], "x", budget=70, options=FORCED).generation
+    generation = run(backend, "describe", [known, new, new], "Compare.", budget=70, options=FORCED).generation
     assert generation.cache.vision == "partial" and generation.image_tokens == 3 * 63
 
 
 def test_budgets_are_cached_separately(backend):
     image = sample_image(512, 512)
-    assert [backend.describe([image], "x", (), budget, FORCED).cache.vision for budget in (70, 140, 70)] == [
+    assert [run(backend, "describe", [image], "x", budget=budget, options=FORCED).generation.cache.vision for budget in (70, 140, 70)] == [
         "miss", "miss", "hit"
     ]
 
 
 def test_a_prefix_over_the_cap_is_not_kept(backend):
-    backend.prefix_cache = DynamicPrefixCache(max_bytes=1)
+    backend.runtime.prefix_cache = DynamicPrefixCache(max_bytes=1)
     image = sample_image()
-    backend.describe([image], "x", (), 70, FORCED)
-    assert backend.describe([image], "y", (), 70, FORCED).cache.reused_prompt_tokens == 0
+    run(backend, "describe", [image], "x", budget=70, options=FORCED).generation
+    assert run(backend, "describe", [image], "y", budget=70, options=FORCED).generation.cache.reused_prompt_tokens == 0
 
 
 def test_the_static_cache_resumes_like_the_dynamic_one(backend, gemma4_backend):
-    backend.prefix_cache = StaticPrefixCache(backend.model.config, min_capacity=512)
+    backend.runtime.prefix_cache = StaticPrefixCache(backend.runtime.model.config, min_capacity=512)
     image = sample_image(512, 512)
-    first = backend.describe([image], "What is it?", (), 70, FORCED)
-    follow_up = backend.describe([], "And then?", conversation(image, first.text), 70, FORCED)
-    unrelated = backend.describe([Image.new("RGB", (64, 48), "blue")], "x", (), 70, FORCED)
+    first = run(backend, "describe", [image], "What is it?", budget=70, options=FORCED).generation
+    follow_up = run(backend, "describe", [], "And then?", history=conversation(image, first.text), budget=70, options=FORCED).generation
+    unrelated = run(backend, "describe", [Image.new("RGB", (64, 48), "blue")], "x", budget=70, options=FORCED).generation
     assert follow_up.cache.reused_prompt_tokens >= first.prompt_tokens
     assert unrelated.cache.reused_prompt_tokens == 0
     gemma4_backend.clear_caches()
-    assert follow_up.token_ids == gemma4_backend.describe([], "And then?", conversation(image, first.text), 70, FORCED).token_ids
+    assert follow_up.token_ids == run(gemma4_backend, "describe", [], "And then?", history=conversation(image, first.text), budget=70, options=FORCED).generation.token_ids
     # a prompt past the capacity gets a larger cache and starts over
-    long = backend.describe([image], "x", (), 1120, FORCED)
-    assert backend.prefix_cache.capacity >= long.prompt_tokens + FORCED.max_new_tokens
+    long = run(backend, "describe", [image], "x", budget=1120, options=FORCED).generation
+    assert backend.runtime.prefix_cache.capacity >= long.prompt_tokens + FORCED.max_new_tokens
 
 
 @pytest.mark.parametrize(
@@ -290,36 +292,41 @@ def test_the_static_cache_resumes_like_the_dynamic_one(backend, gemma4_backend):
     ],
 )
 def test_prompts_built_from_cached_encodings_match_the_processor(gemma4_backend, images, history, tools):
-    pictures = [Image.new("RGB", size, "white") for size in images]
-    turns = [Turn(role, text, tuple(Image.new("RGB", s, "gray") for s in sizes)) for role, text, sizes in history]
-    messages = build_messages(pictures, "Describe.", turns)
+    pictures = [ImageInput.from_pixels(Image.new("RGB", size, "white")) for size in images]
+    turns = [
+        Turn(role, text, tuple(ImageInput.from_pixels(Image.new("RGB", s, "gray")) for s in sizes))
+        for role, text, sizes in history
+    ]
+    messages = chat_messages(pictures, "Describe.", turns)
     if tools:
         messages.insert(0, {"role": "system", "content": CHAT_SYSTEM})
     declared = CHAT_TOOLS if tools else None
     for budget in (70, 1120):
-        stock = gemma4_backend.processor.apply_chat_template(
-            messages, tools=declared, add_generation_prompt=True, tokenize=True, return_dict=True,
+        stock = gemma4_backend.runtime.processor.apply_chat_template(
+            local_messages(messages), tools=declared, add_generation_prompt=True, tokenize=True, return_dict=True,
             return_tensors="pt", processor_kwargs={"max_soft_tokens": budget},
         )
-        ours = gemma4_backend.prompt(messages, budget, declared).inputs
+        prompt = Prompt(images=[], messages=messages, budget=budget, tools=declared)
+        ours = gemma4_backend.runtime.encoded(prompt).inputs
         for name in ("input_ids", "attention_mask", "mm_token_type_ids"):
             assert torch.equal(ours[name], stock[name]), name
 
 
 def test_the_image_placeholder_typed_in_a_prompt_is_refused(gemma4_backend):
     with pytest.raises(InvalidRequest, match="image placeholder"):
-        gemma4_backend.describe([sample_image()], "look at <|image|> this", (), 70, FORCED)
+        run(gemma4_backend, "describe", [sample_image()], "look at <|image|> this", budget=70, options=FORCED).generation
 
 
 def plain_transformers(backend, task, image, budget, options):
     """The tokens plain transformers gives for one budget: the processor's own prompt, one ``generate``."""
-    messages = backend.task_messages(task, image, "What?", ["cat"])
-    inputs = backend.processor.apply_chat_template(
+    ask = Ask(task, (ImageInput.from_pixels(image),), "What?", ("cat",), budget=budget)
+    messages = local_messages(backend.dialect.prompt(ask).messages)
+    inputs = backend.runtime.processor.apply_chat_template(
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
         processor_kwargs={"max_soft_tokens": budget},
     )
     with torch.inference_mode():
-        output = backend.model.generate(**inputs, **options.generate_kwargs())
+        output = backend.runtime.model.generate(**inputs, **options.generate_kwargs())
     return output[0, inputs["input_ids"].shape[1]:].tolist()
 
 
@@ -338,7 +345,8 @@ def plain_transformers(backend, task, image, budget, options):
 def test_batched_budgets_give_plain_transformers_tokens(gemma4_backend, task, options):
     image = sample_image(512, 512)
     budgets = [70, 140, 280]
-    batched = gemma4_backend.at_budgets(task, image, "What?", ["cat"], budgets, options)
+    ask = Ask(task, (ImageInput.from_pixels(image),), "What?", ("cat",))
+    batched = [boxes(a) for a in gemma4_backend.run_budgets(ask, budgets, options)]
     assert [g.image_tokens for g, _ in batched] == [64, 121, 256]
     # greedy, float32 on the tiny model: neither the unpadded prefill nor the shared decode changes a token
     assert [g.token_ids for g, _ in batched] == [
@@ -348,8 +356,8 @@ def test_batched_budgets_give_plain_transformers_tokens(gemma4_backend, task, op
 
 
 def test_each_budget_reports_its_own_encoding_and_prefill_and_the_shared_decode(backend):
-    batched = backend.at_budgets("describe", sample_image(512, 512), "What?", (), [70, 1120], FORCED)
-    (low, _), (high, _) = batched
+    ask = Ask("describe", (ImageInput.from_pixels(sample_image(512, 512)),), "What?")
+    low, high = [answer.generation for answer in backend.run_budgets(ask, [70, 1120], FORCED)]
     for t in (low.timings, high.timings):
         assert t.preprocess_ms > 0 and t.prefill_ms > 0
         assert t.total_ms == pytest.approx(t.preprocess_ms + t.prefill_ms + t.decode_ms, abs=0.02)
@@ -359,7 +367,7 @@ def test_each_budget_reports_its_own_encoding_and_prefill_and_the_shared_decode(
 
 
 def test_results_report_the_cache(tiny_gemma4, square_png):
-    vision = Vision(load_backend(str(tiny_gemma4)), ImageLoader(AccessPolicy.for_files([str(square_png)])))
+    vision = Vision(load_model(str(tiny_gemma4)), ImageLoader(AccessPolicy.for_files([str(square_png)])))
     first = vision.describe([str(square_png)], "What?", budget=70, options=FORCED)
     second = vision.ocr(first.image_ids[0], budget=70, options=FORCED)
     assert first.cache.model_dump() == {"vision": "miss", "reused_prompt_tokens": 0}
@@ -369,23 +377,23 @@ def test_results_report_the_cache(tiny_gemma4, square_png):
 
 
 def test_without_encoded_image_support_the_processor_path_runs_uncached(backend):
-    backend.reuses_encodings = False
-    generation = backend.describe([sample_image()], "x", (), 70, FORCED)
-    runs = backend.at_budgets("ocr", sample_image(), "", (), [70, 140], FORCED)
+    backend.runtime.reuses_encodings = False
+    generation = run(backend, "describe", [sample_image()], "x", budget=70, options=FORCED).generation
+    runs = backend.run_budgets(Ask("ocr", (ImageInput.from_pixels(sample_image()),)), [70, 140], FORCED)
     assert generation.cache is None and generation.image_tokens == 63
-    assert [g.image_tokens for g, _ in runs] == [63, 130]
+    assert [answer.generation.image_tokens for answer in runs] == [63, 130]
 
 
 def test_running_out_of_memory_empties_the_caches(backend, monkeypatch):
     from tools.errors import OutOfMemory
 
-    backend.describe([sample_image()], "x", (), 70, FORCED)
-    assert len(backend.vision_cache) and len(backend.prefix_cache)
+    run(backend, "describe", [sample_image()], "x", budget=70, options=FORCED).generation
+    assert len(backend.runtime.vision_cache) and len(backend.runtime.prefix_cache)
 
     def exhausted(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(backend.model, "generate", exhausted)
+    monkeypatch.setattr(backend.runtime.model, "generate", exhausted)
     with pytest.raises(OutOfMemory):
-        backend.describe([sample_image()], "y", (), 70, FORCED)
-    assert not len(backend.vision_cache) and not len(backend.prefix_cache)
+        run(backend, "describe", [sample_image()], "y", budget=70, options=FORCED).generation
+    assert not len(backend.runtime.vision_cache) and not len(backend.runtime.prefix_cache)

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from agent.chat import ChatCompleter, run_chat
 from agent.cli import main
-from agent.session import ChatSession, TurnRecord, concat_prompt, fit_history
+from agent.session import ChatSession, TurnRecord, fit_history
 from agent.store import Store
 from mcp_server.server import Settings, build_server
 from tests.conftest import sample_image
@@ -54,8 +54,8 @@ class Recorder:
         return await self.client.read_resource(uri)
 
 
-async def chat(tiny_gemma4, tmp_path, lines: list[str], images=(), **kwargs) -> tuple[str, Recorder]:
-    server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"))
+async def chat(checkpoint, tmp_path, lines: list[str], images=(), **kwargs) -> tuple[str, Recorder]:
+    server = build_server(Settings(model=str(checkpoint), out_dir=tmp_path / "out"))
     console = Console(file=io.StringIO(), width=120, color_system=None)
     async with Client(server) as client:
         recorder = Recorder(client)
@@ -78,7 +78,7 @@ async def test_three_questions_detect_budgets_then_resume(tiny_gemma4, tmp_path,
         "/budgets",
         "/quit",
     ]
-    transcript, recorder = await chat(tiny_gemma4, tmp_path, lines, images=[photo], strategy="auto")
+    transcript, recorder = await chat(tiny_gemma4, tmp_path, lines, images=[photo])
     assert "attached @1 photo.png" in transcript
     assert transcript.count("→ describe(") == 2 and "→ ocr(" in transcript
     assert "→ detect(labels=['person', 'car']) by command" in transcript
@@ -117,7 +117,7 @@ async def test_commands_and_errors_stay_in_the_chat(tiny_gemma4, tmp_path, home,
         "/images",
         "/budget 99",
         "/budget 70",
-        "/context concat",
+        "/context",
         "/model",
         "/nonsense",
         "/save trip",
@@ -132,7 +132,7 @@ async def test_commands_and_errors_stay_in_the_chat(tiny_gemma4, tmp_path, home,
     assert "attached @1 photo.png" in transcript
     assert "error: Use one of 70 / 140 / 280 / 560 / 1120." in transcript
     assert "budget 70" in transcript
-    assert "concat" in transcript
+    assert "context: the chat template" in transcript and "chat-template" in transcript  # the policy, as served
     assert "Unknown command /nonsense" in transcript
     assert "saved as 'trip'" in transcript and "trip" in transcript.split("saved as 'trip'")[1]
     assert "forgot @1" in transcript and "new conversation" in transcript
@@ -157,15 +157,18 @@ async def test_trimming_is_announced(tiny_gemma4, tmp_path, home, photo, monkeyp
     assert [turn["content"] for turn in last["history"]][0] == "two"
 
 
-async def test_concat_strategy_sends_the_blip2_form(tiny_gemma4, tmp_path, home, photo):
-    _, recorder = await chat(
-        tiny_gemma4, tmp_path, ["/describe What is it?", "/describe Which colour?", "/quit"], images=[photo],
-        strategy="concat",
+async def test_blip2_history_goes_as_turns_and_the_server_folds_it(tiny_blip2, tmp_path, home, photo):
+    transcript, recorder = await chat(
+        tiny_blip2, tmp_path, ["/describe What is it?", "/describe Which colour?", "/context", "/quit"], images=[photo],
     )
-    last = [args for name, args in recorder.calls if name == "describe"][-1]
-    assert last["history"] == []
-    assert last["prompt"].startswith("Question: What is it? Answer: ")
-    assert last["prompt"].endswith(" Question: Which colour? Answer:")
+    first, last = [args for name, args in recorder.calls if name == "describe"]
+    # the client never folds: the question goes as it is, the earlier exchange as structured turns
+    assert last["prompt"] == "Which colour?"
+    assert [(turn["role"], turn["content"]) for turn in last["history"]][0] == ("user", "What is it?")
+    assert len(last["history"]) == 2 and first["history"] == []
+    # the meter shows the family's policy and its limit, as the model resource advertises them
+    assert "blip2 · concat · context:" in transcript and "/ 512 (" in transcript
+    assert "kept under 512 tokens by dropping the oldest pairs" in transcript
 
 
 def record(user: str, images: int = 0) -> TurnRecord:
@@ -189,19 +192,6 @@ def test_fit_history_keeps_the_newest(images, max_turns, max_images, current, ke
     records = [record(f"q{n}", count) for n, count in enumerate(images)]
     got, dropped_count = fit_history(records, max_turns, max_images, current)
     assert [r.user for r in got] == kept and dropped_count == dropped
-
-
-@pytest.mark.parametrize(
-    ("answers", "message", "expected"),
-    [
-        ([], "Where?", "Question: Where? Answer:"),
-        ([("What is it?", "A dinosaur")], "What colour?", "Question: What is it? Answer: A dinosaur. Question: What colour? Answer:"),
-        ([("a", "b."), ("c", "d")], "e", "Question: a Answer: b. Question: c Answer: d. Question: e Answer:"),
-    ],
-)
-def test_concat_prompt(answers, message, expected):
-    records = [TurnRecord(user=q, images=[], tool="describe", arguments={}, routed_by="", answer=a) for q, a in answers]
-    assert concat_prompt(records, message) == expected
 
 
 def test_completer_offers_commands_handles_and_paths(tmp_path):
@@ -360,9 +350,9 @@ async def test_ctrl_c_cancels_the_running_answer_and_keeps_the_chat(tiny_gemma4,
 async def test_the_model_chooses_the_tool_through_function_calling(tiny_gemma4, tmp_path, home, photo, monkeypatch):
     """When the model's reply holds a valid call, the chat runs that tool with the model's arguments."""
     from tests.conftest import model_says
-    from tools.backends import load_backend
+    from tools.model import load_model
 
-    backend = load_backend(str(tiny_gemma4))
+    backend = load_model(str(tiny_gemma4))
     # Random weights never call a tool: the real model runs, and its tokens decode to a call.
     model_says(monkeypatch, backend, '<|tool_call>call:detect{labels:[<|"|>bicycle<|"|>]}<tool_call|>')
     server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"), load=lambda *a, **k: backend)
@@ -385,13 +375,13 @@ async def test_the_prompt_comes_before_the_model(tiny_gemma4, tmp_path, home, ph
 
     import anyio
 
-    from tools.backends import load_backend
+    from tools.model import load_model
 
     release = threading.Event()
 
     def slow_load(*args, **kwargs):
         release.wait(60)  # the load goes on until the chat has shown it can be used meanwhile
-        return load_backend(*args, **kwargs)
+        return load_model(*args, **kwargs)
 
     server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"), load=slow_load)
     console = Console(file=io.StringIO(), width=120, color_system=None)
@@ -548,13 +538,13 @@ async def test_ctrl_c_gives_up_a_message_waiting_for_the_model(tiny_gemma4, tmp_
 
     import anyio
 
-    from tools.backends import load_backend
+    from tools.model import load_model
 
     release = threading.Event()
 
     def slow_load(*args, **kwargs):
         release.wait(60)
-        return load_backend(*args, **kwargs)
+        return load_model(*args, **kwargs)
 
     server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"), load=slow_load)
     console = Console(file=io.StringIO(), width=120, color_system=None)

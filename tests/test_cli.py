@@ -291,3 +291,31 @@ def test_a_script_turn_without_an_image_is_told_to_add_images(tiny_gemma4, tmp_p
     assert transcript["turns"][0]["error"] == "ocr needs an image: add images: [PATH] to the turn."
     assert "/image" not in transcript["turns"][0]["error"]
     assert transcript["turns"][1]["result"]["generated_tokens"] > 0  # the sampled turn ran
+
+
+@pytest.mark.parametrize(
+    ("family", "argv", "expected"),
+    [
+        ("blip2", ["detect", "{image}", "cat"], "BLIP-2 models cannot detect objects"),
+        ("gemma4", ["segment", "{image}", "cat"], "Gemma 4 models cannot segment objects"),
+        ("paligemma", ["describe", "{image}", "--budget", "1120"], "PaliGemma has a fixed resolution"),
+    ],
+)
+def test_what_a_family_cannot_do_is_refused_before_any_weights_load(
+    family, argv, expected, request, square_png, tmp_path
+):
+    """The capabilities come from the checkpoint's config: with its weights gone, the refusal is the same."""
+    import shutil
+
+    checkpoint = tmp_path / family
+    shutil.copytree(request.getfixturevalue(f"tiny_{family}"), checkpoint)
+    (checkpoint / "model.safetensors").unlink()  # anything that touched the weights would fail differently
+    script = Path(sys.executable).parent / "vlm-agent"
+    proc = subprocess.run(
+        [str(script), *(a.replace("{image}", str(square_png)) for a in argv), "--model", str(checkpoint)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert proc.stderr.startswith("error: ") and expected in proc.stderr
+    assert "Loading weights" not in proc.stderr and "loading" not in proc.stderr

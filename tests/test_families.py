@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from agent.cli import main
-from tests.conftest import sample_image
-from tools.backends import load_backend
-from tools.backends.hf import quantization_config
+from tests.conftest import run as run_task, sample_image
+from tools.model import load_model
+from tools.runtimes.local import quantization_config
 from tools.errors import InvalidRequest, Unsupported
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
@@ -159,7 +159,7 @@ def test_cli_preset(family, checkpoint, image, capsys, preset):
 def test_cli_tiny_model_builds_each_family(family, tmp_path, capsys):
     code, out, err = run(capsys, "tiny-model", str(tmp_path / family), "--family", family)
     assert code == 0, err
-    assert load_backend(out.strip()).family == family
+    assert load_model(out.strip()).family == family
 
 
 # ---------------------------------------------------------------- precision and memory
@@ -167,9 +167,9 @@ def test_cli_tiny_model_builds_each_family(family, tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_dtypes_load_and_run(family, checkpoint, dtype):
-    backend = load_backend(str(checkpoint), dtype=dtype)
-    assert backend.dtype == dtype
-    assert backend.ocr(sample_image(), None, SHORT).generated_tokens >= 1
+    backend = load_model(str(checkpoint), dtype=dtype)
+    assert backend.runtime.dtype == dtype
+    assert run_task(backend, "ocr", [sample_image()], options=SHORT).generation.generated_tokens >= 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -25,7 +25,7 @@ from mcp_server.transport import http_app
 from tests.conftest import sample_image
 from tests.hardening import check_tool_error, free_port, http_client, record
 from tests.test_mcp import make_server
-from tools.backends import load_backend
+from tools.model import load_model
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +50,7 @@ class LongGenerations:
     def __init__(self, backend) -> None:
         self.started = threading.Event()
         self.produced: list[int] = []
-        real = backend.model.generate
+        real = backend.runtime.model.generate
 
         def generate(**kwargs: Any) -> Any:
             if kwargs["max_new_tokens"] == LONG:
@@ -60,13 +60,13 @@ class LongGenerations:
             self.produced.append(int(output.shape[1] - kwargs["input_ids"].shape[1]))
             return output
 
-        backend.model.generate = generate
+        backend.runtime.model.generate = generate
 
 
 @pytest.fixture
 def rig(workdir: Path, tiny_gemma4: Path):
     """A server on its own backend (patched per test), with a long and a short call."""
-    backend = load_backend(str(tiny_gemma4))
+    backend = load_model(str(tiny_gemma4))
     long_calls = LongGenerations(backend)
     server = make_server(workdir, str(tiny_gemma4), backend)
     image = str(workdir / "images" / "small.png")
@@ -193,7 +193,7 @@ async def test_out_of_memory_mid_generation_is_reported_and_the_next_call_works(
     import torch
 
     server, _, _, short = rig
-    model = (await server.engine.ready()).backend.model
+    model = (await server.engine.ready()).model.runtime.model
     steps = {"n": 0}
     forward = model.forward
 
@@ -217,8 +217,8 @@ async def test_out_of_memory_mid_generation_is_reported_and_the_next_call_works(
 
 async def test_a_crashing_backend_leaks_nothing_and_the_server_keeps_serving(rig) -> None:
     server, _, _, short = rig
-    backend = (await server.engine.ready()).backend
-    real = backend.describe
+    backend = (await server.engine.ready()).model
+    real = backend.run
     calls = {"n": 0}
 
     def crash_once(*args: Any, **kwargs: Any) -> Any:
@@ -227,7 +227,7 @@ async def test_a_crashing_backend_leaks_nothing_and_the_server_keeps_serving(rig
             raise RuntimeError("boom in /srv/secret/model.py at 0x7f3a12345678, token=abc123")
         return real(*args, **kwargs)
 
-    backend.describe = crash_once
+    backend.run = crash_once
     async with Client(server) as client:
         first = await client.call_tool("describe", short)
         assert first.is_error

@@ -21,7 +21,7 @@ from PIL import Image
 from tests.conftest import HTTP_TOKEN
 from tests.hardening import check_tool_error, http_client, record
 from tests.test_mcp import Gate, make_server
-from tools.backends import load_backend
+from tools.model import load_model
 from tools.images import image_id
 
 pytestmark = pytest.mark.anyio
@@ -117,7 +117,7 @@ async def test_16_clients_x_25_mixed_calls_over_http_then_a_burst_past_the_queue
 
 async def test_the_queue_never_grows_past_its_bound(workdir, tiny_gemma4) -> None:
     """20 calls at once against a bound of 4: 16 told busy at once, 4 served, ``pending`` never above 4."""
-    backend = load_backend(str(tiny_gemma4))
+    backend = load_model(str(tiny_gemma4))
     gate = Gate(backend)
     server = make_server(workdir, str(tiny_gemma4), backend, max_queue=4)
     engine = server.engine

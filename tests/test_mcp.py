@@ -14,7 +14,7 @@ from PIL import Image
 
 from mcp_server.server import Settings, build_server
 from tests.conftest import sample_image
-from tools.backends import load_backend
+from tools.model import load_model
 
 pytestmark = pytest.mark.anyio
 
@@ -260,20 +260,20 @@ class Gate:
         self.backend = backend
         self.entered = threading.Event()
         self.release = threading.Event()
-        real = backend.describe
+        real = backend.run
 
-        def describe(*args, **kwargs):
+        def run(*args, **kwargs):
             self.entered.set()
             self.release.wait(30)
             return real(*args, **kwargs)
 
-        backend.describe = describe
+        backend.run = run
 
 
 async def test_requests_past_the_queue_depth_are_told_to_retry(workdir, tiny_gemma4):
     import anyio
 
-    backend = load_backend(str(tiny_gemma4))
+    backend = load_model(str(tiny_gemma4))
     gate = Gate(backend)
     server = make_server(workdir, str(tiny_gemma4), backend, max_queue=2)
     call = {"images": [img(workdir, "square.png")], "max_new_tokens": 2}
@@ -297,8 +297,8 @@ async def test_requests_past_the_queue_depth_are_told_to_retry(workdir, tiny_gem
 async def test_out_of_memory_is_reported_and_the_next_call_works(workdir, tiny_gemma4):
     import torch
 
-    backend = load_backend(str(tiny_gemma4))
-    real = backend.model.generate
+    backend = load_model(str(tiny_gemma4))
+    real = backend.runtime.model.generate
     calls = {"n": 0}
 
     def generate(*args, **kwargs):
@@ -307,7 +307,7 @@ async def test_out_of_memory_is_reported_and_the_next_call_works(workdir, tiny_g
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(*args, **kwargs)
 
-    backend.model.generate = generate
+    backend.runtime.model.generate = generate
     server = make_server(workdir, str(tiny_gemma4), backend)
     call = {"images": [img(workdir, "square.png")], "max_new_tokens": 2}
     async with Client(server) as client:
@@ -353,6 +353,9 @@ async def test_model_resource_describes_the_resident_model(server, tiny_gemma4):
     assert info["model"] == str(tiny_gemma4) and info["family"] == "gemma4"
     assert info["budgets"] == [70, 140, 280, 560, 1120] and info["default_budget"] == 280
     assert info["chat"] is True and info["detect"] is True and info["context_window"] > 0
+    # how the server keeps a conversation's context, and within what
+    assert info["context"]["policy"] == "chat-template" and info["context"]["limit_tokens"] == info["context_window"]
+    assert info["runtime"] == "local" and info["tasks"] == ["chat", "describe", "detect", "ocr"]
 
 
 async def test_tool_errors_carry_a_machine_readable_code(server, workdir):
@@ -362,4 +365,31 @@ async def test_tool_errors_carry_a_machine_readable_code(server, workdir):
         bad = await client.call_tool("ocr", {"image": 5})
     assert missing.structured_content == {"error": "bad_image"}
     assert unknown.structured_content == {"error": "unknown_image"}
-    assert bad.structured_content == {"error": "invalid_request"}
+    assert bad.structured_content == {"error": "invalid_request", "param": "image"}
+
+
+async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir, gemma4_backend, tiny_gemma4):
+    """The tools read the resident engine from the request's lifespan context: one can be called
+    directly, with nothing but a context that holds an engine."""
+    import inspect
+    from types import SimpleNamespace
+
+    import mcp_server.server as server_module
+
+    assert {tool.__name__ for tool in server_module.TOOLS} == TOOLS
+    for tool in server_module.TOOLS:
+        assert getattr(server_module, tool.__name__) is tool and inspect.iscoroutinefunction(tool)
+        assert "ctx" in inspect.signature(tool).parameters and tool.__doc__
+    engine = server_module.Engine(
+        Settings(model=str(tiny_gemma4), allow_dirs=[str(workdir / "images")], out_dir=workdir / "out"),
+        load=lambda *a, **k: gemma4_backend,
+    )
+    progress: list[tuple] = []
+
+    async def report_progress(*args) -> None:
+        progress.append(args)
+
+    ctx = SimpleNamespace(request_context=SimpleNamespace(lifespan_context=engine), report_progress=report_progress)
+    result = await server_module.describe([img(workdir, "square.png")], ctx, max_new_tokens=3)
+    assert not result.is_error and result.structured_content["generated_tokens"] <= 3
+    assert result.structured_content["family"] == "gemma4" and progress  # the load, then streamed text

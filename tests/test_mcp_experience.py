@@ -14,7 +14,7 @@ from mcp_types import PromptReference, ResourceTemplateReference
 
 from mcp_server.server import Settings, build_server
 from tests.conftest import sample_image
-from tools.backends import load_backend
+from tools.model import load_model
 
 pytestmark = pytest.mark.anyio
 
@@ -64,7 +64,7 @@ async def test_log_messages_reach_clients_that_ask_and_only_them(tiny_gemma4, im
 
     def gated(*args, **kwargs):
         release.wait(60)
-        return load_backend(*args, **kwargs)
+        return load_model(*args, **kwargs)
 
     server = server_on(images, str(tiny_gemma4), load=gated)
     photo = str(images / "photo.png")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import sample_image
+from tests.conftest import run, sample_image
 from tools import tiled, tiling
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
@@ -24,7 +24,8 @@ def scripted(monkeypatch: pytest.MonkeyPatch, gemma4_backend) -> Iterator[tuple[
     every call to ``generate_rows`` records how many rows it ran together."""
     texts: list[str] = []
     batches: list[int] = []
-    generation, generate_rows = gemma4_backend.generation, gemma4_backend.generate_rows
+    runtime = gemma4_backend.runtime
+    generation, generate_rows = runtime.generation, runtime.generate_rows
 
     def scripted_generation(*args, **kwargs):
         result = generation(*args, **kwargs)
@@ -35,8 +36,8 @@ def scripted(monkeypatch: pytest.MonkeyPatch, gemma4_backend) -> Iterator[tuple[
         batches.append(len(rows))
         return generate_rows(rows, *args, **kwargs)
 
-    monkeypatch.setattr(gemma4_backend, "generation", scripted_generation)
-    monkeypatch.setattr(gemma4_backend, "generate_rows", counted)
+    monkeypatch.setattr(runtime, "generation", scripted_generation)
+    monkeypatch.setattr(runtime, "generate_rows", counted)
     yield texts, batches
 
 
@@ -60,8 +61,8 @@ def test_detect_in_tiles_maps_boxes_to_the_page_exactly_and_merges_the_seam(gemm
     assert batches == [2]  # both tiles in one batch
     assert [t.box for t in result.tiles] == [[0, 0, 210, 200], [190, 0, 400, 200]]
     found = [(d.label, d.box, d.tiles) for d in result.detections]
-    assert found == [("car", [105, 20, 232, 100], [0, 1]), ("cat", [316, 120, 358, 160], [1])]
-    assert result.detections[1].box_normalized == [0.79, 0.6, 0.895, 0.8]
+    assert found == [("car", (105, 20, 232, 100), (0, 1)), ("cat", (316, 120, 358, 160), (1,))]
+    assert result.detections[1].box_normalized == (0.79, 0.6, 0.895, 0.8)
     assert result.budget == 70 and result.image_tokens > 0
     assert result.text.startswith("tile 0: ```json")
 
@@ -76,8 +77,8 @@ def test_ocr_in_tiles_reads_every_tile_in_one_batch_and_drops_the_overlap_repeat
     assert [t.box for t in result.tiles] == [[0, 0, 200, 210], [0, 190, 200, 400]]
     assert result.text == "alpha\nbeta\n\ngamma"
     texts.append("one tile alone")
-    single = gemma4_backend.on_images("ocr", [sample_image(200, 210)], "", (), 70, GenerationOptions(max_new_tokens=2))
-    assert result.image_tokens == 2 * single[0][0].image_tokens
+    single = run(gemma4_backend, "ocr", [sample_image(200, 210)], budget=70, options=GenerationOptions(max_new_tokens=2))
+    assert result.image_tokens == 2 * single.generation.image_tokens
 
 
 def test_tiles_off_and_auto_on_a_small_image_read_it_whole(gemma4_backend, scripted, tmp_path):
@@ -123,7 +124,7 @@ def test_a_bad_tiles_value_is_refused_before_the_model_runs(gemma4_backend, scri
 
 def test_page_text_keeps_side_by_side_tiles_apart():
     plan = tiling.grid((400, 100), 2, 1, 20)
-    from tools.backends.base import Generation
+    from tools.tasks import Generation
 
     runs = tiled.TiledRuns(plan, [(Generation("left", 1, 1, 1, "stop", 70), None),
                                   (Generation("right", 1, 1, 1, "stop", 70), None)], 70)
@@ -160,7 +161,7 @@ def test_consensus_fuses_the_budgets_of_one_batch_and_verify_asks_each_crop(gemm
         path, ["cat", "dog"], options=GenerationOptions(max_new_tokens=2), consensus=[1120, 280, 560], verify=True
     )
     assert batches == [3]  # the three budgets together; each verify batch held one crop
-    check_consensus(result.model_dump())
+    check_consensus(result.model_dump(mode="json"))
     assert not texts
 
 
@@ -199,5 +200,5 @@ def test_compare_budgets_for_detect_shows_the_fused_boxes(gemma4_backend, script
     )
     assert batches == [3]
     fused = [(d.label, d.box, d.agreement.budgets) for d in result.fused]
-    assert fused == [("cat", [12, 10, 52, 50], [280, 560, 1120]), ("dog", [60, 60, 90, 90], [560])]
+    assert fused == [("cat", (12, 10, 52, 50), (280, 560, 1120)), ("dog", (60, 60, 90, 90), (560,))]
     assert result.recommendation_reason and (tmp_path / "budgets.png").stat().st_size > 0

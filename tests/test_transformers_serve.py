@@ -31,10 +31,13 @@ pytest.importorskip("openai", reason="needs the transformers[serving] extra")
 from mcp import Client  # noqa: E402
 
 from mcp_server.server import Settings, build_server  # noqa: E402
-from tests.conftest import sample_image  # noqa: E402
-from tools.backends.openai import ApiSettings, OpenAIBackend  # noqa: E402
+from agent.cli import cli_words  # noqa: E402
+from tests.conftest import run, sample_image  # noqa: E402
 from tools.errors import ModelNotFound  # noqa: E402
+from tools.families.gemma4 import Gemma4  # noqa: E402
+from tools.model import Model  # noqa: E402
 from tools.options import GenerationOptions  # noqa: E402
+from tools.runtimes.engine import ApiSettings, EngineRuntime  # noqa: E402
 
 pytestmark = [pytest.mark.serving, pytest.mark.anyio]
 
@@ -114,12 +117,14 @@ def scripted(tiny_gemma4: Path, tokenizer, pieces: list[str]) -> dict:
     return {"generation_config": json.dumps(config)}
 
 
-def connect(engine_url: str, tiny_gemma4: Path, **settings) -> OpenAIBackend:
-    return OpenAIBackend.connect(ApiSettings(base_url=engine_url, model=str(tiny_gemma4), **settings))
+def connect(engine_url: str, tiny_gemma4: Path, **settings) -> Model:
+    """Gemma 4's dialect over the engine runtime, as ``load_model`` pairs them for --backend openai."""
+    runtime = EngineRuntime.connect(ApiSettings(base_url=engine_url, model=str(tiny_gemma4), **settings))
+    return Model(Gemma4.for_engine(budgets=runtime.settings.budgets), runtime)
 
 
 @pytest.fixture(scope="module")
-def letters(engine_url: str, tiny_gemma4: Path, tokenizer) -> OpenAIBackend:
+def letters(engine_url: str, tiny_gemma4: Path, tokenizer) -> Model:
     """A backend whose answers are plain lowercase letters and spaces (float logit_bias values)."""
     bias = {str(i): 100.0 for i in token_ids(tokenizer, ["abcdefghijklmnopqrstuvwxyz", "▁"])}
     return connect(engine_url, tiny_gemma4, max_concurrency=2, extra_body={"logit_bias": bias})
@@ -133,7 +138,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def server_over(backend: OpenAIBackend, workdir: Path):
+def server_over(backend: Model, workdir: Path):
     settings = Settings(model=backend.model_id, allow_dirs=[str(workdir)], out_dir=workdir / "out")
     return build_server(settings, load=lambda *args, **kwargs: backend)
 
@@ -150,7 +155,7 @@ async def test_describe_sends_every_image_and_reports_engine_counts(letters, wor
     square, street = str(workdir / "square.png"), str(workdir / "street.jpg")
     one = await call(server, "describe", {"images": [square], "prompt": "Compare.", "max_new_tokens": 6})
     two = await call(server, "describe", {"images": [square, street], "prompt": "Compare.", "max_new_tokens": 6})
-    assert (one["family"], one["image_tokens"], one["budget"]) == ("openai", None, None)
+    assert (one["family"], one["runtime"], one["image_tokens"], one["budget"]) == ("gemma4", "engine", None, None)
     assert LETTERS.fullmatch(one["text"]) and one["generated_tokens"] == 6
     assert one["finish_reason"] == "length" and any("max_new_tokens=6" in n for n in one["notes"])
     # The engine's own prompt count: the second picture (266 tokens at the engine's default) got there.
@@ -175,7 +180,7 @@ async def test_history_turns_reach_the_engine(letters, workdir):
 
 async def test_ocr_through_the_engine(letters, workdir):
     result = await call(server_over(letters, workdir), "ocr", {"image": str(workdir / "street.jpg"), "max_new_tokens": 5})
-    assert (result["task"], result["engine"], result["family"]) == ("ocr", "vlm", "openai")
+    assert (result["task"], result["engine"], result["family"], result["runtime"]) == ("ocr", "vlm", "gemma4", "engine")
     assert LETTERS.fullmatch(result["text"]) and result["lines"] is None
 
 
@@ -195,7 +200,7 @@ def test_streamed_pieces_make_up_the_answer(letters):
 
     pieces: list[str] = []
     with streaming(lambda piece, count: pieces.append(piece)):
-        generation = letters.describe([sample_image()], "Describe.", (), None, GenerationOptions(max_new_tokens=8))
+        generation = run(letters, "describe", [sample_image()], "Describe.", options=GenerationOptions(max_new_tokens=8)).generation
     assert len(pieces) >= 2 and "".join(pieces).strip() == generation.text
     assert generation.generated_tokens == 8
 
@@ -213,14 +218,14 @@ def test_tool_call_round_trip(engine_url, tiny_gemma4, tokenizer, letters):
     caller = connect(engine_url, tiny_gemma4, extra_body=scripted(
         tiny_gemma4, tokenizer, ["<|tool_call>", "call:get_time{city:", '<|"|>', "Paris", '<|"|>', "}", "<tool_call|>"]
     ))
-    plain = letters.complete_chat(messages, options=GenerationOptions(max_new_tokens=2))
-    asked = caller.complete_chat(messages, tools, GenerationOptions(max_new_tokens=64))
+    plain = letters.runtime.complete_chat(messages, options=GenerationOptions(max_new_tokens=2))
+    asked = caller.runtime.complete_chat(messages, tools, GenerationOptions(max_new_tokens=64))
     assert asked.finish_reason == "tool_calls" and asked.text == ""
-    assert [(c.name, json.loads(c.arguments)) for c in asked.tool_calls] == [("get_time", {"city": "Paris"})]
+    assert [(c.name, c.arguments) for c in asked.tool_calls] == [("get_time", {"city": "Paris"})]
     assert asked.prompt_tokens > plain.prompt_tokens  # the tool declarations were in the prompt
     call_id = asked.tool_calls[0].id
     messages += [asked.message(), {"role": "tool", "tool_call_id": call_id, "name": "get_time", "content": "12:00"}]
-    answer = letters.complete_chat(messages, tools, GenerationOptions(max_new_tokens=4))
+    answer = letters.runtime.complete_chat(messages, tools, GenerationOptions(max_new_tokens=4))
     assert LETTERS.fullmatch(answer.text) and answer.tool_calls == [] and answer.generated_tokens == 4
     assert answer.prompt_tokens > asked.prompt_tokens  # the call and its result went back in
 
@@ -230,11 +235,12 @@ async def test_compare_budgets_is_refused_clearly_rather_than_run_identically(en
     undeclared = server_over(letters, workdir)
     # Declared, but transformers serve refuses the mm_processor_kwargs field outright.
     declared = server_over(connect(engine_url, tiny_gemma4, budgets=True), workdir)
-    for server, expected in [(undeclared, "--budgets-supported"), (declared, "does not take per-request budgets")]:
+    for server, expected in [(undeclared, "budgets_supported"), (declared, "does not take per-request budgets")]:
         async with Client(server) as client:
             refused = await client.call_tool("compare_budgets", arguments)
         assert refused.is_error and expected in refused.content[0].text, refused.content
-        assert "\n" not in refused.content[0].text
+        assert "\n" not in refused.content[0].text and "--" not in refused.content[0].text
+        assert refused.structured_content["param"] == "budgets_supported"
 
 
 def test_a_model_the_engine_does_not_serve_is_named(engine_url):
@@ -243,11 +249,13 @@ def test_a_model_the_engine_does_not_serve_is_named(engine_url):
     # at connect; an engine that lists nothing useful refuses the first request instead.
     # Either way the user is told which model is missing and how to name the right one.
     try:
-        backend = OpenAIBackend.connect(ApiSettings(base_url=engine_url, model="google/gemma-4-E2B-it"))
+        backend = connect(engine_url, Path("google/gemma-4-E2B-it"))
     except ModelNotFound as exc:
         refusal = exc
     else:
         with pytest.raises(ModelNotFound) as caught:
-            backend.ocr(sample_image(), None, GenerationOptions(max_new_tokens=2))
+            run(backend, "ocr", [sample_image()], options=GenerationOptions(max_new_tokens=2)).generation
         refusal = caught.value
-    assert "'google/gemma-4-E2B-it'" in str(refusal) and "--api-model" in str(refusal)
+    # flags only in the command line's wording; the core names the setting
+    assert "'google/gemma-4-E2B-it'" in str(refusal) and "--api-model" in cli_words(refusal)
+    assert refusal.param == "api_model" and "--" not in str(refusal)

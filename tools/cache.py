@@ -21,15 +21,12 @@ masks apply the window, the cache only holds more than the window.
 
 from __future__ import annotations
 
-import hashlib
 import threading
-import weakref
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from PIL import Image
 
 MiB = 1024 * 1024
 
@@ -38,41 +35,6 @@ MIN_REUSE = 32
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-# -- image keys -----------------------------------------------------------------------
-
-_known_lock = threading.Lock()
-#: id(image) -> (weak reference, key); the weak reference tells a live image from a recycled id
-_known: dict[int, tuple[weakref.ref[Image.Image], str]] = {}
-
-
-def remember_image_key(image: Image.Image, key: str) -> None:
-    """Record the content hash of a decoded image the caller promises never to modify (the image store's)."""
-    ident = id(image)
-
-    def forget(_: object) -> None:
-        with _known_lock:
-            if ident in _known and _known[ident][0]() is None:
-                del _known[ident]
-
-    with _known_lock:
-        _known[ident] = (weakref.ref(image, forget), key)
-
-
-def image_key(image: Image.Image) -> str:
-    """The image's content hash: its image id when the loader decoded it, else a hash of its pixels.
-
-    Pixel hashes are recomputed on every call rather than remembered: an image the caller still
-    holds may be drawn on between calls, and a stale key would serve another picture's features.
-    """
-    with _known_lock:
-        entry = _known.get(id(image))
-    if entry is not None and entry[0]() is image:
-        return entry[1]
-    digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
-    digest.update(image.tobytes())
-    return "px_" + digest.hexdigest()
-
 
 # -- a bytes-capped LRU ---------------------------------------------------------------------
 

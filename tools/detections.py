@@ -25,7 +25,9 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from .errors import InvalidRequest
 
@@ -43,16 +45,46 @@ _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
 @dataclass(frozen=True)
+class Agreement:
+    """How far the budgets of a consensus detection agree on one fused box."""
+
+    budgets: Annotated[tuple[int, ...], Field(description="the budgets whose boxes were fused into this one")]
+    ious: Annotated[
+        tuple[float, ...], Field(description="each of those boxes' IoU with the fused box, in the same order")
+    ]
+    score: Annotated[float, Field(description="the share of the budgets that found it, 0..1")]
+
+
+@dataclass(frozen=True)
 class Detection:
+    """One labelled box: what the parsers return, drawing draws, scoring matches and results carry."""
+
     label: str
-    #: pixels of the original image: x1, y1, x2, y2, origin top left, within 0..w and 0..h
-    box: tuple[int, int, int, int]
-    #: the same box as fractions of width and height, x first, 4 decimals
-    box_normalized: tuple[float, float, float, float]
-    #: exactly what the model wrote for this item
-    raw: str
-    #: PaliGemma mask codes, when the model gave all 16
-    seg_codes: tuple[int, ...] = ()
+    box: Annotated[
+        tuple[int, int, int, int],
+        Field(description="[x1, y1, x2, y2] in pixels of the original image, origin top left"),
+    ]
+    box_normalized: Annotated[
+        tuple[float, float, float, float], Field(description="the same box as fractions of width and height")
+    ]
+    raw: Annotated[str, Field(description="the model text this box came from")]
+    seg_codes: Annotated[
+        tuple[int, ...], Field(description="PaliGemma's 16 mask codes, when the model gave them (segment)")
+    ] = ()
+    tiles: Annotated[
+        tuple[int, ...] | None,
+        Field(description="the tiles (TileOut.index) this box was found in, when the image was read in tiles"),
+    ] = None
+    agreement: Annotated[
+        Agreement | None, Field(description="which budgets found this box, when detect ran with consensus")
+    ] = None
+    verified: Annotated[
+        bool | None,
+        Field(
+            description="with verify: whether the model, shown this box's crop, said it is the label; "
+            "null when it was not asked or its answer was neither yes nor no"
+        ),
+    ] = None
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,11 +1,18 @@
 """Errors meant for people.
 
 Every failure a user can cause or fix is one of these. The message is a single
-actionable sentence: no traceback, no server path, no memory address. Adapters
-(CLI, MCP server) print ``str(error)`` and keep going.
+actionable sentence: no traceback, no server path, no memory address. Each error carries
+a ``code`` (its kind) and, where it is about one, the ``param`` it is about. The core
+writes that parameter as ``{param}`` in the message and never names a command-line flag:
+each adapter words it its own way (``worded``), the MCP server with its argument names
+(``str(error)``), the CLI with its flags.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+PARAM = "{param}"
 
 
 class VlmError(Exception):
@@ -14,12 +21,25 @@ class VlmError(Exception):
     #: short machine-readable kind, stable across releases
     code: str = "error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
+        #: the message, with ``{param}`` where the parameter is named
+        self.template = message
+        #: the request parameter the error is about (its API name), if one
+        self.param = param
+
+    def worded(self, names: Mapping[str, str] | None = None) -> str:
+        """The message with the parameter named as ``names`` calls it (default: its API name)."""
+        if self.param is None:
+            return self.template
+        return self.template.replace(PARAM, (names or {}).get(self.param, self.param))
+
+    @property
+    def message(self) -> str:
+        return self.worded()
 
     def __str__(self) -> str:
-        return self.message
+        return self.worded()
 
 
 class InvalidRequest(VlmError):

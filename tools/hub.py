@@ -43,14 +43,17 @@ def check_reachable(model_id: str) -> None:
     name = model_id.rstrip("/").rsplit("/", 1)[-1] or "model"
     fix = (
         f"download it once on a machine with network (for example `hf download {model_id} --local-dir ./{name}`) "
-        "and pass that directory with --model or VLM_AGENT_MODEL"
+        "and pass that directory as {param} (or VLM_AGENT_MODEL)"
     )
     if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
-        raise ModelNotFound(f"Model '{model_id}' is not on this machine and hub downloads are switched off; {fix}.")
+        raise ModelNotFound(
+            f"Model '{model_id}' is not on this machine and hub downloads are switched off; {fix}.", param="model"
+        )
     try:
         httpx.head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
     except httpx.HTTPError as exc:
         log.debug("hub probe failed: %r", exc)
         raise ModelNotFound(
-            f"Model '{model_id}' is not on this machine and the model hub could not be reached to fetch it; {fix}."
+            f"Model '{model_id}' is not on this machine and the model hub could not be reached to fetch it; {fix}.",
+            param="model",
         ) from None

@@ -34,7 +34,6 @@ import httpx
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tools.cache import remember_image_key
 from tools.errors import AccessDenied, ImageError, InvalidRequest, UnknownImage
 from tools.safe_open import open_beneath
 
@@ -44,16 +43,13 @@ __all__ = [
     "ImageLoader",
     "ImageStore",
     "Limits",
+    "ImageInput",
     "LoadedImage",
-    "SOURCE_URL",
     "decode_image",
     "image_id",
-    "source_url",
 ]
 
 IMAGE_ID_RE = re.compile(r"^img_[0-9a-f]{16}$")
-#: key in a decoded image's ``info`` holding the URL it was fetched from
-SOURCE_URL = "vlm_agent_source_url"
 
 Source = Literal["path", "url", "data", "id"]
 
@@ -168,6 +164,32 @@ class AccessPolicy:
 
 
 @dataclass(frozen=True, eq=False)
+class ImageInput:
+    """An image as the model layers take it: pixels, content hash and source travel together.
+
+    The hash keys the runtimes' caches (an encoded image is reused only for the same content);
+    the URL lets an engine fetch the picture itself. Treat ``pixels`` as read-only.
+    """
+
+    pixels: Image.Image
+    #: the content hash: the image_id of its bytes, or a hash of its pixels (``from_pixels``)
+    hash: str
+    #: the http(s) URL its bytes came from, if any
+    url: str | None = None
+
+    @classmethod
+    def from_pixels(cls, image: Image.Image, url: str | None = None) -> ImageInput:
+        """An image that did not come through the loader, known by a hash of its pixels."""
+        digest = hashlib.blake2b(f"{image.mode}:{image.size}".encode(), digest_size=16)
+        digest.update(image.tobytes())
+        return cls(image, "px_" + digest.hexdigest(), url)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.size
+
+
+@dataclass(frozen=True, eq=False)
 class LoadedImage:
     """A decoded RGB image and where it came from. Treat ``image`` as read-only:
     the same object is shared through the store."""
@@ -176,6 +198,13 @@ class LoadedImage:
     image_id: str
     source: Source
     format: str
+    #: the http(s) URL it was fetched from, when it was
+    url: str | None = None
+
+    @property
+    def input(self) -> ImageInput:
+        """The image with its identity, as the model layers take it."""
+        return ImageInput(self.image, self.image_id, self.url)
 
     @property
     def width(self) -> int:
@@ -241,12 +270,6 @@ class ImageStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
-
-
-def source_url(image: Image.Image) -> str | None:
-    """The http(s) URL whose bytes decoded to ``image``, when it came from one."""
-    url = image.info.get(SOURCE_URL)
-    return url if isinstance(url, str) else None
 
 
 def image_id(data: bytes) -> str:
@@ -342,9 +365,10 @@ class ImageLoader:
                     "Fetching URLs is turned off here; pass a local file or a data: URI instead."
                 )
             data = _fetch_url(ref, self.policy)
-            loaded = self._finish(data, "url", _show_url(ref))
-            # A serving engine may fetch the picture itself rather than receive its bytes.
-            loaded.image.info[SOURCE_URL] = ref
+            # A serving engine may fetch the picture itself rather than receive its bytes; kept
+            # in the store, so a later image_id reference still knows its URL.
+            loaded = replace(self._finish(data, "url", _show_url(ref)), url=ref)
+            self.store.put(loaded)
             return loaded
         scheme = _SCHEME_RE.match(ref)
         if scheme:
@@ -364,10 +388,8 @@ class ImageLoader:
         # Same bytes decode to the same picture, so skip the work, unless the
         # shared store holds it from a loader with laxer limits.
         if cached is not None and cached.width * cached.height <= limits.max_pixels:
-            return replace(cached, source=source)
+            return replace(cached, source=source, url=None)
         rgb, fmt = decode_image(data, limits, what=what)
-        # The model's caches then know the picture by its id instead of hashing its pixels.
-        remember_image_key(rgb, key)
         loaded = LoadedImage(image=rgb, image_id=key, source=source, format=fmt)
         self.store.put(loaded)
         return loaded
@@ -582,7 +604,7 @@ class _Fetch:
                 peer = None
             if peer is None or not _is_public_ip(peer):
                 stream.close()
-                raise AccessDenied(_private_message(self.url))
+                raise AccessDenied(_private_message(self.url), param="allow_private_urls")
 
     def _get(self) -> bytes:
         limits = self.limits
@@ -653,7 +675,7 @@ class _Fetch:
             ) from None
         if not addresses or not all(_is_public_ip(ip) for ip in addresses):
             if first:
-                raise AccessDenied(_private_message(self.url))
+                raise AccessDenied(_private_message(self.url), param="allow_private_urls")
             raise AccessDenied(
                 f"{shown} redirects to a private or local network address, which is never "
                 "fetched here; pass a public image URL or send the file."
@@ -745,7 +767,7 @@ def _timeout_error(url: str, limits: Limits) -> ImageError:
 def _private_message(url: str) -> str:
     return (
         f"{_cap(_show_url(url))} points to a private or local network address, which is refused "
-        "unless private URLs are allowed (--allow-private-urls); pass a public image URL or send the file."
+        "unless private URLs are allowed ({param}); pass a public image URL or send the file."
     )
 
 

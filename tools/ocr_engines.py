@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from .backends.base import Stopwatch
+from .tasks import Stopwatch
 from .detections import Detection, from_pixel_box
 from .errors import Unsupported
 from .results import Timings

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from .detections import Detection
+from .toolcalls import ToolCall
 
 
 class Timings(BaseModel):
@@ -48,8 +51,9 @@ class CacheReport(BaseModel):
 class Result(BaseModel):
     text: str = Field(description="the model's answer")
     model: str = Field(description="hub id or local path of the model")
-    family: str = Field(
-        description="model family: gemma4, paligemma or blip2; openai for a serving engine, rapidocr for the offline OCR"
+    family: str = Field(description="model family (gemma4, paligemma, blip2, ...); rapidocr for the offline OCR")
+    runtime: Literal["local", "engine", "offline"] = Field(
+        "local", description="where the model ran: in the server, on a serving engine, or no model (offline OCR)"
     )
     budget: int | None = Field(description="visual-token budget used; null for fixed-resolution families")
     budget_reason: str | None = Field(None, description="why this budget, when the call asked for budget 'auto'")
@@ -70,32 +74,6 @@ class DescribeResult(Result):
     task: Literal["describe"] = "describe"
 
 
-class Agreement(BaseModel):
-    """How far the budgets of a consensus detection agree on one fused box."""
-
-    budgets: list[int] = Field(description="the budgets whose boxes were fused into this one")
-    ious: list[float] = Field(description="each of those boxes' IoU with the fused box, in the same order")
-    score: float = Field(description="the share of the budgets that found it, 0..1")
-
-
-class DetectionOut(BaseModel):
-    label: str
-    box: list[int] = Field(description="[x1, y1, x2, y2] in pixels of the original image, origin top left")
-    box_normalized: list[float] = Field(description="the same box as fractions of width and height")
-    raw: str = Field(description="the model text this box came from")
-    seg_codes: list[int] = Field(
-        default_factory=list, description="PaliGemma's 16 mask codes, when the model gave them (segment)"
-    )
-    tiles: list[int] | None = Field(
-        None, description="the tiles (TileOut.index) this box was found in, when the image was read in tiles"
-    )
-    agreement: Agreement | None = Field(None, description="which budgets found this box, when detect ran with consensus")
-    verified: bool | None = Field(
-        None, description="with verify: whether the model, shown this box's crop, said it is the label; "
-        "null when it was not asked or its answer was neither yes nor no"
-    )
-
-
 class TileOut(BaseModel):
     """One tile of an image read in tiles."""
 
@@ -107,7 +85,7 @@ class TileOut(BaseModel):
 class OcrResult(Result):
     task: Literal["ocr"] = "ocr"
     engine: Literal["vlm", "rapidocr"] = Field("vlm", description="who read the text: the model, or the offline OCR")
-    lines: list[DetectionOut] | None = Field(
+    lines: list[Detection] | None = Field(
         None, description="one box per text line, label = its text, in reading order (engine rapidocr)"
     )
     tiles: list[TileOut] | None = Field(
@@ -120,7 +98,7 @@ class BoxesResult(Result):
 
     labels: list[str]
     image_size: list[int] = Field(description="[width, height] of the original image")
-    detections: list[DetectionOut]
+    detections: list[Detection]
     annotated_path: str | None = Field(None, description="full-size annotated PNG, when one was written")
     consensus: list[int] | None = Field(
         None, description="detect: the budgets run together and fused (weighted box fusion); null for one budget"
@@ -148,7 +126,7 @@ class BudgetRun(BaseModel):
     generated_tokens: int
     finish_reason: Literal["stop", "length"]
     text: str
-    detections: list[DetectionOut] | None = Field(None, description="boxes, for task detect")
+    detections: list[Detection] | None = Field(None, description="boxes, for task detect")
     agreement: float = Field(description="agreement with the highest budget's output, 0..1")
     timings: BudgetTimings
     cache: CacheReport | None = None
@@ -171,7 +149,7 @@ class CompareResult(BaseModel):
         "(the rule of budget 'auto')"
     )
     recommendation_reason: str = Field("", description="why that budget")
-    fused: list[DetectionOut] | None = Field(
+    fused: list[Detection] | None = Field(
         None, description="detect: every budget's boxes fused (weighted box fusion), each with its agreement"
     )
     runs: list[BudgetRun]
@@ -180,13 +158,8 @@ class CompareResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-class ToolCallOut(BaseModel):
-    name: str = Field(description="describe, ocr, detect or compare_budgets")
-    arguments: dict[str, Any] = Field(description="the arguments the model chose")
-
-
 class ChatResult(Result):
     task: Literal["chat"] = "chat"
-    tool_calls: list[ToolCallOut] = Field(
+    tool_calls: list[ToolCall] = Field(
         default_factory=list, description="vision tools the model chose to call, in order; empty for a text answer"
     )

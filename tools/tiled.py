@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from . import tiling
-from .backends.base import Backend, Generation, Stopwatch, Task
 from .detections import Detection, ParsedDetections
+from .images import ImageInput
+from .model import Model
 from .options import GenerationOptions
 from .ocr_engines import RapidOcr, Reading, assemble
 from .results import CacheReport, Timings
+from .tasks import Ask, Generation, Stopwatch, Task
 
 
 @dataclass
@@ -75,28 +77,28 @@ class TiledRuns:
     budget: int | None
 
 
-def vlm_plan(backend: Backend, size: tuple[int, int], tiles: str | int, budget: int | None) -> list[tiling.Tile]:
+def vlm_plan(model: Model, size: tuple[int, int], tiles: str | int, budget: int | None) -> list[tiling.Tile]:
     """The tiles for the model: ``auto`` tiles only an image the encoder would shrink at ``budget``,
     into tiles it sees whole (Gemma 4 at 1120: about 1600 px square); fixed-resolution families
     are not tiled by ``auto``, since no budget says what they see."""
     if tiles == tiling.TILES_AUTO:
-        if not backend.budgets:
+        if not model.capabilities.budgets:
             return tiling.plan(size, tiling.TILES_OFF, 0)
-        seen = backend.seen_size(size, budget)
+        seen = model.seen_size(size, budget)
         if seen[0] >= size[0] and seen[1] >= size[1]:
             return tiling.plan(size, tiling.TILES_OFF, 0)
-        side = min(backend.seen_size((_HUGE, _HUGE), budget))
+        side = min(model.seen_size((_HUGE, _HUGE), budget))
         return tiling.plan(size, tiling.TILES_AUTO, side)
     return tiling.plan(size, tiles, 0)
 
 
-def tile_budget(backend: Backend, budget: int | None) -> int | None:
+def tile_budget(model: Model, budget: int | None) -> int | None:
     """The budget tiles are read at: the call's, else the highest (families with budgets)."""
-    return budget if budget is not None or not backend.budgets else TILE_BUDGET
+    return budget if budget is not None or not model.capabilities.budgets else TILE_BUDGET
 
 
 def vlm_tiled(
-    backend: Backend,
+    model: Model,
     task: Task,
     image: Image.Image,
     labels: Sequence[str],
@@ -105,9 +107,10 @@ def vlm_tiled(
     options: GenerationOptions,
 ) -> TiledRuns:
     """``task`` (ocr or detect) on each tile of ``plan``, as one batch where the family batches."""
-    budget = tile_budget(backend, budget)
-    crops = [image.crop(tile.box) for tile in plan]
-    return TiledRuns(plan, backend.on_images(task, crops, "", labels, budget, options), budget)
+    budget = tile_budget(model, budget)
+    asks = [Ask(task, (ImageInput.from_pixels(image.crop(tile.box)),), labels=tuple(labels), budget=budget) for tile in plan]
+    answers = model.run_many(asks, options)
+    return TiledRuns(plan, [(answer.generation, answer.detections) for answer in answers], budget)
 
 
 def combined(runs: TiledRuns, text: str, names: Sequence[str] | None = None) -> Generation:

@@ -14,8 +14,6 @@ from typing import Any
 
 from .errors import InvalidRequest
 
-#: what ``build_tiny`` builds; blip2 is the OPT variant, blip2-t5 the Flan-T5 one
-FAMILIES = ("gemma4", "paligemma", "blip2", "blip2-t5")
 
 # Byte-fallback vocab: every string is encodable, so prompts never hit <unk>.
 _CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"-()[]{}_/*#@\n "
@@ -289,20 +287,15 @@ def build_blip2_t5(out_dir: str | Path, *, seed: int = 0) -> Path:
     return _build_blip2(out, tokenizer, text, {"eos_token_id": eos, "pad_token_id": pad, "decoder_start_token_id": pad})
 
 
-_BUILDERS = {
-    "gemma4": build_gemma4,
-    "paligemma": build_paligemma,
-    "blip2": build_blip2,
-    "blip2-t5": build_blip2_t5,
-}
 
 
 def build_tiny(out_dir: str | Path, family: str = "gemma4", *, seed: int = 0) -> Path:
     """Build a tiny random-weight checkpoint of ``family`` in ``out_dir``."""
+    # The builders are registered with the families (tools.families.TINY), one entry each.
+    from .families import TINY
+
     try:
-        builder = _BUILDERS[family]
+        builder = TINY[family]
     except KeyError:
-        raise InvalidRequest(
-            f"Unknown family '{family}'; choose one of: {', '.join(_BUILDERS)}."
-        ) from None
+        raise InvalidRequest(f"Unknown family '{family}'; choose one of: {', '.join(TINY)}.", param="family") from None
     return builder(out_dir, seed=seed)

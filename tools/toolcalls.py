@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 CALL_RE = re.compile(r"<\|tool_call>call:(?P<name>[A-Za-z_][\w.-]*)(?P<body>.*?)<tool_call\|>", re.S)
 STRING_DELIM = '<|"|>'
@@ -19,8 +21,12 @@ SPECIAL_RE = re.compile(r"<\|?[a-z_\"]+\|?>")
 
 @dataclass(frozen=True)
 class ToolCall:
-    name: str
-    arguments: dict[str, Any]
+    """A call of one tool: the one type from parser (or engine) to result."""
+
+    name: Annotated[str, Field(description="describe, ocr, detect or compare_budgets")]
+    arguments: Annotated[dict[str, Any], Field(description="the arguments the model chose")]
+    #: the engine's id for the call, to answer it in the next turn; None where the model wrote it as text
+    id: Annotated[str | None, Field(description="the engine's call id, where it gave one")] = None
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A detector at a low budget (or a box fused from several) can be wrong about what is in the box;
 looking again at the crop alone, enlarged, is a cheap second opinion. All crops of one label go
-to the model as one batch (``Backend.on_images``).
+to the model as one batch (``Model.run_many``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from dataclasses import replace
 
 from PIL import Image
 
-from .backends.base import Backend, Generation
 from .detections import Detection
+from .images import ImageInput
+from .model import Model
 from .options import GenerationOptions
+from .tasks import Ask, Generation
 
 #: crops are read at Gemma 4's highest budget
 VERIFY_BUDGET = 1120
@@ -46,10 +48,10 @@ def crop(image: Image.Image, box: Sequence[int]) -> Image.Image:
 
 
 def verify(
-    backend: Backend, image: Image.Image, detections: Sequence[Detection], options: GenerationOptions
+    model: Model, image: Image.Image, detections: Sequence[Detection], options: GenerationOptions
 ) -> tuple[list[bool | None], list[Generation]]:
     """Each detection's verdict, in order, and every generation that decided one."""
-    budget = VERIFY_BUDGET if backend.budgets else None
+    budget = VERIFY_BUDGET if model.capabilities.budgets else None
     short = replace(options, max_new_tokens=min(options.max_new_tokens, VERIFY_TOKENS))
     verdicts: list[bool | None] = [None] * len(detections)
     generations: list[Generation] = []
@@ -57,9 +59,11 @@ def verify(
     for i, detection in enumerate(detections):
         by_label.setdefault(detection.label, []).append(i)
     for label, indices in by_label.items():
-        crops = [crop(image, detections[i].box) for i in indices]
-        runs = backend.on_images("describe", crops, question(label), (), budget, short)
-        for i, (generation, _) in zip(indices, runs):
-            verdicts[i] = answer(generation.text)
-            generations.append(generation)
+        asks = [
+            Ask("describe", (ImageInput.from_pixels(crop(image, detections[i].box)),), question(label), budget=budget)
+            for i in indices
+        ]
+        for i, result in zip(indices, model.run_many(asks, short)):
+            verdicts[i] = answer(result.generation.text)
+            generations.append(result.generation)
     return verdicts, generations

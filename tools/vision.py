@@ -11,43 +11,42 @@ from __future__ import annotations
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from .backends.base import Backend, Generation, Progress, Turn
 from . import auto_budget, compare, fusion, tiled, tiling
 from .auto_budget import AUTO
-from .detections import Detection, ParsedDetections, from_pixel_box
+from .detections import Agreement, Detection, from_pixel_box
 from .drawing import annotate, grid
 from .outputs import cap_picture, save_png
 from .errors import InvalidRequest, Unsupported
 from .images import ImageLoader, LoadedImage
+from .model import Model
 from .ocr_engines import ENGINES, rapidocr
 from .options import GenerationOptions
-from .streaming import streaming
-from .text import clean_model_text
-from .verify import verify as verify_boxes
 from .results import (
-    Agreement,
     BoxesResult,
     BudgetRun,
     BudgetTimings,
     ChatResult,
     CompareResult,
     DescribeResult,
-    DetectionOut,
     DetectResult,
     OcrResult,
     Result,
     SegmentResult,
     TileOut,
-    ToolCallOut,
 )
+from .streaming import streaming
+from .text import clean_model_text
+from .verify import verify as verify_boxes
+from .tasks import Answer, Ask, Generation, Progress, Task, Turn
 
 MAX_PROMPT_CHARS = 32_000
 #: an earlier answer sent back as history: the longest answer (8192 tokens) the model can write
@@ -64,33 +63,35 @@ PANEL_SIDE = 768
 CANCEL_POLL_S = 0.05
 
 
-def check_text(text: str, what: str, limit: int = MAX_PROMPT_CHARS) -> str:
+def check_text(text: str, what: str, param: str | None = None, limit: int = MAX_PROMPT_CHARS) -> str:
+    """``text`` if it is usable prompt text; ``param`` names the request parameter it came in."""
     if not isinstance(text, str):
-        raise InvalidRequest(f"{what} must be text.")
+        raise InvalidRequest(f"{what} must be text.", param=param)
     if "\x00" in text:
-        raise InvalidRequest(f"{what} contains a NUL byte; remove it and send the text again.")
+        raise InvalidRequest(f"{what} contains a NUL byte; remove it and send the text again.", param=param)
     if len(text) > limit:
-        raise InvalidRequest(f"{what} is {len(text)} characters; the limit is {limit}.")
+        raise InvalidRequest(f"{what} is {len(text)} characters; the limit is {limit}.", param=param)
     try:
         # Lone surrogates (undecodable bytes in argv, or an in-process caller) crash tokenizers.
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest(f"{what} is not valid Unicode text; send it as UTF-8.") from None
+        raise InvalidRequest(f"{what} is not valid Unicode text; send it as UTF-8.", param=param) from None
     return text
 
 
 def check_labels(labels: Sequence[str]) -> list[str]:
     if isinstance(labels, str):
         labels = [labels]
-    cleaned = [check_text(label, "A label").strip() for label in labels]
+    cleaned = [check_text(label, "A label", "labels").strip() for label in labels]
     if not cleaned or not all(cleaned):
-        raise InvalidRequest("Give at least one non-empty label to detect, for example 'person'.")
+        raise InvalidRequest("Give at least one non-empty label to detect, for example 'person'.", param="labels")
     if len(cleaned) > MAX_LABELS:
-        raise InvalidRequest(f"{len(cleaned)} labels given; detect at most {MAX_LABELS} at once.")
+        raise InvalidRequest(f"{len(cleaned)} labels given; detect at most {MAX_LABELS} at once.", param="labels")
     for label in cleaned:
         if len(label) > MAX_LABEL_CHARS or any(_breaks_line(char) for char in label):
             raise InvalidRequest(
-                f"Labels must be one line of at most {MAX_LABEL_CHARS} characters, without control characters."
+                f"Labels must be one line of at most {MAX_LABEL_CHARS} characters, without control characters.",
+                param="labels",
             )
     return list(dict.fromkeys(cleaned))
 
@@ -107,41 +108,21 @@ def _breaks_line(char: str) -> bool:
 def check_count(refs: Sequence[str]) -> None:
     """The image cap, counted from the references before any is read."""
     if not isinstance(refs, str) and len(refs) > MAX_IMAGES:
-        raise InvalidRequest(f"{len(refs)} images given; send at most {MAX_IMAGES} in one call.")
+        raise InvalidRequest(f"{len(refs)} images given; send at most {MAX_IMAGES} in one call.", param="images")
 
 
-def detection_out(detection: Detection, tiles: Sequence[int] | None = None) -> DetectionOut:
-    return DetectionOut(
-        label=clean_model_text(detection.label),
-        box=list(detection.box),
-        box_normalized=list(detection.box_normalized),
-        raw=clean_model_text(detection.raw),
-        seg_codes=list(detection.seg_codes),
-        tiles=None if tiles is None else list(tiles),
-    )
-
-
-def fused_outs(budgets: Sequence[int], boxes: Sequence[Sequence[Detection]], size: tuple[int, int]) -> list[DetectionOut]:
+def fused_boxes(budgets: Sequence[int], boxes: Sequence[Sequence[Detection]], size: tuple[int, int]) -> list[Detection]:
     """The boxes each budget found, fused (weighted box fusion); each says which budgets found it."""
     found = [
         fusion.RunBox(n, d.label, tuple(float(v) for v in d.box))  # type: ignore[arg-type]
         for n, run in enumerate(boxes) for d in run
     ]
-    outs = []
+    out = []
     for fused in fusion.fuse(found, len(budgets)):
         found_by = [budgets[n] for n in fused.runs]
-        out = detection_out(from_pixel_box(fused.label, fused.box, size, f"fused from budgets {found_by}"))
-        out.agreement = Agreement(budgets=found_by, ious=fused.ious, score=fused.agreement)
-        outs.append(out)
-    return outs
-
-
-def detection_in(out: DetectionOut) -> Detection:
-    """A result's box as a Detection again, for drawing and cropping."""
-    return Detection(
-        label=out.label, box=tuple(out.box), box_normalized=tuple(out.box_normalized), raw=out.raw,  # type: ignore[arg-type]
-        seg_codes=tuple(out.seg_codes),
-    )
+        box = from_pixel_box(fused.label, fused.box, size, f"fused from budgets {found_by}")
+        out.append(replace(box, agreement=Agreement(tuple(found_by), tuple(fused.ious), fused.agreement)))
+    return out
 
 
 def tile_out(tile: tiling.Tile, text: str | None = None) -> TileOut:
@@ -154,30 +135,30 @@ NO_MODEL_MESSAGE = (
 
 
 class Vision:
-    """One backend behind validated operations: one at a time on a local model, concurrent on an engine.
+    """One model behind validated operations: one at a time on a local model, concurrent on an engine.
 
-    ``backend`` may be None where no model is loaded: then only the offline OCR engine works.
+    ``resident`` may be None where no model is loaded: then only the offline OCR engine works.
     """
 
-    def __init__(self, backend: Backend | None, loader: ImageLoader) -> None:
-        self.backend = backend
+    def __init__(self, resident: Model | None, loader: ImageLoader) -> None:
+        self.resident = resident
         self.loader = loader
         # One request on a local model at a time: generate() is not re-entrant.
         self._lock = threading.Lock()
 
     @property
-    def model(self) -> Backend:
-        if self.backend is None:
+    def model(self) -> Model:
+        if self.resident is None:
             raise Unsupported(NO_MODEL_MESSAGE)
-        return self.backend
+        return self.resident
 
     def _plain(self, text: str) -> str:
         """User text with the model's control strings broken, so it cannot forge turns."""
-        return text if self.backend is None else self.backend.neutralise(text)
+        return text if self.resident is None else self.resident.neutralise(text)
 
     @contextmanager
-    def _turn(self, options: GenerationOptions | None) -> Iterator[Backend]:
-        """The backend, held for one call unless it takes concurrent calls; a request cancelled
+    def _turn(self, options: GenerationOptions | None) -> Iterator[Model]:
+        """The model, held for one call unless it takes concurrent calls; a request cancelled
         while it waits for its turn gives the turn up."""
         backend = self.model
         options = options or GenerationOptions()
@@ -199,14 +180,14 @@ class Vision:
         if isinstance(refs, str):
             refs = [refs]
         if len(refs) < at_least:
-            raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.")
+            raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.", param="images")
         check_count(refs)
         return [self.loader.load(ref) for ref in refs]
 
     def parse_history(self, history: Sequence[Mapping[str, Any] | Turn]) -> list[Turn]:
         """Prior turns from plain dicts: ``{"role", "content", "images"}``."""
         if len(history) > MAX_HISTORY_TURNS:
-            raise InvalidRequest(f"History has {len(history)} turns; send at most {MAX_HISTORY_TURNS}.")
+            raise InvalidRequest(f"History has {len(history)} turns; send at most {MAX_HISTORY_TURNS}.", param="history")
         # Every entry is checked and its images counted before one image is read or decoded.
         checked: list[Turn | tuple[str, str, list[str]]] = []
         for n, entry in enumerate(history, start=1):
@@ -214,28 +195,28 @@ class Vision:
                 checked.append(entry)
                 continue
             if not isinstance(entry, Mapping):
-                raise InvalidRequest(f"History entry {n} must be an object with 'role' and 'content'.")
+                raise InvalidRequest(f"History entry {n} must be an object with 'role' and 'content'.", param="history")
             role = entry.get("role")
             if role not in ("user", "assistant"):
-                raise InvalidRequest(f"History entry {n} has role {role!r}; use 'user' or 'assistant'.")
+                raise InvalidRequest(f"History entry {n} has role {role!r}; use 'user' or 'assistant'.", param="history")
             # An answer the model wrote may be longer than a prompt; it must never be refused on the way back.
             limit = MAX_ANSWER_CHARS if role == "assistant" else MAX_PROMPT_CHARS
-            text = self._plain(check_text(entry.get("content", ""), f"History entry {n}", limit))
+            text = self._plain(check_text(entry.get("content", ""), f"History entry {n}", "history", limit))
             refs = entry.get("images") or []
             if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-                raise InvalidRequest(f"History entry {n} has 'images' that is not a list of image strings.")
+                raise InvalidRequest(f"History entry {n} has 'images' that is not a list of image strings.", param="history")
             checked.append((role, text, refs))
         count = sum(len(c.images) if isinstance(c, Turn) else len(c[2]) for c in checked)
         if count > MAX_IMAGES:
-            raise InvalidRequest(f"History holds {count} images, more than {MAX_IMAGES}; drop older turns.")
+            raise InvalidRequest(f"History holds {count} images, more than {MAX_IMAGES}; drop older turns.", param="history")
         turns: list[Turn] = []
         for item in checked:
             if isinstance(item, Turn):
                 turns.append(item)
                 continue
             role, text, refs = item
-            images = tuple(loaded.image for loaded in self.load_images(refs, at_least=0))
-            turns.append(Turn(role=role, text=text, images=images))
+            images = tuple(loaded.input for loaded in self.load_images(refs, at_least=0))
+            turns.append(Turn(role=role, text=text, images=images))  # type: ignore[arg-type]
         return turns
 
     # -- operations -------------------------------------------------------------
@@ -251,6 +232,7 @@ class Vision:
             text=generation.text,
             model=self.model.model_id,
             family=self.model.family,
+            runtime=self.model.runtime.kind,
             budget=generation.budget,
             image_ids=[loaded.image_id for loaded in images],
             image_tokens=generation.image_tokens,
@@ -264,6 +246,13 @@ class Vision:
             **extra,
         )
 
+    def _run(self, ask: Ask, options: GenerationOptions | None) -> Answer:
+        """One task on the model: checked against its capabilities first, then run in its turn."""
+        # Refused before waiting for the model: what the family cannot do does not queue.
+        self.model.check(ask)
+        with self._turn(options) as model:
+            return model.run(ask, options or GenerationOptions())
+
     def describe(
         self,
         images: Sequence[str],
@@ -273,17 +262,14 @@ class Vision:
         options: GenerationOptions | None = None,
     ) -> DescribeResult:
         started = time.perf_counter()
-        prompt = self._plain(check_text(prompt, "The prompt").strip())
+        prompt = self._plain(check_text(prompt, "The prompt", "prompt").strip())
         check_count(images)
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0 if turns else 1)
-        budget, reason = self.auto_budget(budget, "describe", loaded)
+        chosen, reason = self.auto_budget(budget, "describe", loaded)
         # An empty prompt stays empty: each family asks for a caption its own way.
-        with self._turn(options) as backend:
-            generation = backend.describe(
-                [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
-            )
-        return self._result(DescribeResult, generation, loaded, started, budget_reason=reason)
+        ask = Ask("describe", tuple(image.input for image in loaded), prompt, history=tuple(turns), budget=chosen)
+        return self._result(DescribeResult, self._run(ask, options).generation, loaded, started, budget_reason=reason)
 
     def chat(
         self,
@@ -293,23 +279,24 @@ class Vision:
         budget: int | str | None = None,
         options: GenerationOptions | None = None,
     ) -> ChatResult:
-        """One assistant turn that answers in text or picks vision tools to call (Gemma 4)."""
+        """One assistant turn that answers in text or picks vision tools to call (families with function calling)."""
         started = time.perf_counter()
-        prompt = self._plain(check_text(prompt, "The message").strip())
+        prompt = self._plain(check_text(prompt, "The message", "message").strip())
         if not prompt:
-            raise InvalidRequest("The message is empty; say what you want to know about the images.")
+            raise InvalidRequest("The {param} is empty; say what you want to know about the images.", param="message")
         check_count(images)
         turns = self.parse_history(history)
         loaded = self.load_images(images, at_least=0)
-        budget, reason = self.auto_budget(budget, "describe", loaded)
-        with self._turn(options) as backend:
-            generation, reply = backend.chat(
-                [image.image for image in loaded], prompt, turns, budget, options or GenerationOptions()
-            )
+        chosen, budget_reason = self.auto_budget(budget, "describe", loaded)
+        ask = Ask("chat", tuple(image.input for image in loaded), prompt, history=tuple(turns), budget=chosen)
+        answer = self._run(ask, options)
+        generation, reply = answer.generation, answer.reply
+        assert reply is not None
         generation.text = clean_model_text(reply.text)
         generation.notes.extend(f"ignored {reason}" for reason in reply.invalid)
-        calls = [ToolCallOut(name=call.name, arguments=call.arguments) for call in reply.calls]
-        return self._result(ChatResult, generation, loaded, started, tool_calls=calls, budget_reason=reason)
+        return self._result(
+            ChatResult, generation, loaded, started, tool_calls=list(reply.calls), budget_reason=budget_reason
+        )
 
     def ocr(
         self,
@@ -324,51 +311,56 @@ class Vision:
         ``tiles`` (auto, off or a number across the long side) reads a large image in overlapping tiles.
         """
         if engine not in ENGINES:
-            raise InvalidRequest(f"OCR engine {engine!r} does not exist; use {' or '.join(ENGINES)}.")
+            raise InvalidRequest(f"OCR engine {engine!r} does not exist; use {' or '.join(ENGINES)}.", param="engine")
         started = time.perf_counter()
         choice = tiling.parse_tiles(tiles)
         if engine == "rapidocr":
             # The offline engine has no budget: "auto" asks for none.
-            return self._offline_ocr(image, None if budget == AUTO else budget, started, choice)
+            return self._offline_ocr(image, None if budget == AUTO else budget, started, choice)  # type: ignore[arg-type]
         loaded = self.load_images([image])
-        budget, reason = self.auto_budget(budget, "ocr", loaded)
+        chosen, reason = self.auto_budget(budget, "ocr", loaded)
         options = options or GenerationOptions()
-        with self._turn(options) as backend:
-            plan = self._plan(backend, loaded[0].size, choice, budget)
+        ask = Ask("ocr", (loaded[0].input,), budget=chosen)
+        self.model.check(ask)
+        with self._turn(options) as model:
+            plan = self._plan(model, loaded[0].size, choice, chosen)
             if plan is None:
-                generation = backend.ocr(loaded[0].image, budget, options)
-                return self._result(OcrResult, generation, loaded, started, budget_reason=reason)
-            runs = tiled.vlm_tiled(backend, "ocr", loaded[0].image, (), plan, budget, options)
+                answer = model.run(ask, options)
+                return self._result(OcrResult, answer.generation, loaded, started, budget_reason=reason)
+            runs = tiled.vlm_tiled(model, "ocr", loaded[0].image, (), plan, chosen, options)
         generation = tiled.combined(runs, tiled.page_text(runs))
         outs = [tile_out(tile, g.text) for tile, (g, _) in zip(runs.tiles, runs.runs)]
         return self._result(OcrResult, generation, loaded, started, tiles=outs, budget_reason=reason)
 
-    def auto_budget(self, budget: int | str | None, task: str, loaded: Sequence[LoadedImage]) -> tuple[int | None, str | None]:
+    def auto_budget(
+        self, budget: int | str | None, task: str, loaded: Sequence[LoadedImage]
+    ) -> tuple[int | None, str | None]:
         """The budget to use and, for ``"auto"``, why (``tools.auto_budget``); other values pass through."""
         if budget != AUTO:
             if isinstance(budget, str):
-                raise InvalidRequest(f"Budget {budget[:20]!r} is not a number or 'auto'.")
+                raise InvalidRequest(f"Budget {budget[:20]!r} is not a number or 'auto'.", param="budget")
             return budget, None
-        backend = self.model
-        if not backend.budgets:
-            return None, f"{backend.display_name} has a fixed resolution, so there is no budget to choose"
+        model = self.model
+        caps = model.capabilities
+        if not caps.budgets:
+            return None, f"{model.display_name} has a fixed resolution, so there is no budget to choose"
         if not loaded:
-            return backend.default_budget, "no image, so the default budget"
+            return caps.default_budget, "no image, so the default budget"
         # The largest image decides: it is the one a budget shrinks most.
         size = max((image.size for image in loaded), key=lambda s: s[0] * s[1])
-        return auto_budget.choose(task, size, backend.budgets, backend.default_budget or max(backend.budgets), backend.seen_size)
+        return auto_budget.choose(task, size, caps.budgets, caps.default_budget or max(caps.budgets), model.seen_size)
 
     @staticmethod
-    def _plan(backend: Backend, size: tuple[int, int], choice: str | int, budget: int | None) -> list[tiling.Tile] | None:
+    def _plan(model: Model, size: tuple[int, int], choice: str | int, budget: int | None) -> list[tiling.Tile] | None:
         """The tiles to read, or None to read the image whole."""
         if choice == tiling.TILES_OFF:
             return None
-        plan = tiled.vlm_plan(backend, size, choice, tiled.tile_budget(backend, budget))
+        plan = tiled.vlm_plan(model, size, choice, tiled.tile_budget(model, budget))
         return plan if len(plan) > 1 else None
 
     def _offline_ocr(self, image: str, budget: int | None, started: float, tiles: str | int) -> OcrResult:
         if budget is not None:
-            raise InvalidRequest("The rapidocr engine has no visual-token budget; give none (no --budget flag, no budget argument).")
+            raise InvalidRequest("The rapidocr engine has no visual-token budget; leave {param} unset.", param="budget")
         reader = rapidocr()
         loaded = self.load_images([image])
         reading = tiled.rapidocr_tiled(reader, loaded[0].image, tiles)
@@ -378,6 +370,7 @@ class Vision:
             text=reading.text,
             model=reader.model,
             family=reader.name,
+            runtime="offline",
             budget=None,
             image_ids=[loaded[0].image_id],
             image_tokens=None,
@@ -386,7 +379,7 @@ class Vision:
             finish_reason="stop",
             timings=reading.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)}),
             engine="rapidocr",
-            lines=[detection_out(line) for line in reading.lines],
+            lines=list(reading.lines),
             tiles=read_in,
             notes=notes,
         )
@@ -405,13 +398,17 @@ class Vision:
         """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there.
 
         ``tiles`` (auto, off or a number across the long side) looks in overlapping tiles and
-        maps every box back to the page; each box names the tiles it was found in.
+        maps every box back to the page; each box names the tiles it was found in. ``consensus``
+        runs those budgets together and fuses their boxes; ``verify`` asks the model about each
+        box's crop.
         """
         labels = [self._plain(label) for label in check_labels(labels)]
         choice = tiling.parse_tiles(tiles)
         if consensus:
             if choice != tiling.TILES_OFF or budget is not None:
-                raise InvalidRequest("consensus runs its own budgets on the whole image; leave budget and tiles unset.")
+                raise InvalidRequest(
+                    "consensus runs its own budgets on the whole image; leave budget and tiles unset.", param="consensus"
+                )
             result = self._consensus_detect(image, labels, consensus, options or GenerationOptions(), annotated_path)
             return self._verified(result, verify, options, annotated_path)
         reason = None
@@ -422,10 +419,7 @@ class Vision:
         if choice != tiling.TILES_OFF:
             result = self._tiled_detect(image, labels, budget, options or GenerationOptions(), annotated_path, choice)
         else:
-            result = self._boxes(
-                DetectResult, image, labels, annotated_path, options,
-                lambda backend, picture: backend.detect(picture, labels, budget, options or GenerationOptions()),
-            )
+            result = self._boxes(DetectResult, "detect", image, labels, budget, options, annotated_path)  # type: ignore[arg-type]
         result.budget_reason = reason
         return self._verified(result, verify, options, annotated_path)
 
@@ -442,9 +436,11 @@ class Vision:
         chosen = self.check_budgets(budgets)
         loaded = self.load_images([image])
         picture = loaded[0].image
-        with self._turn(options) as backend:
-            runs = backend.at_budgets("detect", picture, "", labels, chosen, options)
-        outs = fused_outs(chosen, [parsed.detections if parsed else [] for _, parsed in runs], picture.size)
+        ask = Ask("detect", (loaded[0].input,), labels=tuple(labels))
+        with self._turn(options) as model:
+            answers = model.run_budgets(ask, chosen, options)
+        runs = [(answer.generation, answer.detections) for answer in answers]
+        fused = fused_boxes(chosen, [parsed.detections if parsed else [] for _, parsed in runs], picture.size)
         generation = tiled.combined(
             tiled.TiledRuns([], runs, max(chosen)),
             "\n".join(f"budget {b}: {g.text}" for b, (g, _) in zip(chosen, runs)),
@@ -455,10 +451,10 @@ class Vision:
         )
         written = None
         if annotated_path is not None:
-            written = self._save_picture(annotate(picture, [detection_in(o) for o in outs]), annotated_path, generation.notes)
+            written = self._save_picture(annotate(picture, fused), annotated_path, generation.notes)
         return self._result(
             DetectResult, generation, loaded, started,
-            labels=labels, image_size=list(picture.size), detections=outs, annotated_path=written, consensus=chosen,
+            labels=labels, image_size=list(picture.size), detections=fused, annotated_path=written, consensus=chosen,
         )
 
     def _verified(
@@ -469,10 +465,9 @@ class Vision:
             return result
         options = options or GenerationOptions()
         picture = self.loader.load(result.image_ids[0]).image
-        with self._turn(options) as backend:
-            verdicts, generations = verify_boxes(backend, picture, [detection_in(d) for d in result.detections], options)
-        for out, verdict in zip(result.detections, verdicts):
-            out.verified = verdict
+        with self._turn(options) as model:
+            verdicts, generations = verify_boxes(model, picture, result.detections, options)
+        result.detections = [replace(d, verified=verdict) for d, verdict in zip(result.detections, verdicts)]
         yes, no = verdicts.count(True), verdicts.count(False)
         budget = generations[0].budget if generations else None
         at = f" at budget {budget}" if budget is not None else ""
@@ -480,48 +475,6 @@ class Vision:
             f"verify: asked about {len(verdicts)} crops{at}: {yes} yes, {no} no, {len(verdicts) - yes - no} unclear"
         )
         return result
-
-    def segment(
-        self,
-        image: str,
-        label: str,
-        budget: int | None = None,
-        options: GenerationOptions | None = None,
-        annotated_path: str | Path | None = None,
-    ) -> SegmentResult:
-        """The box and mask codes of ``label`` (families that segment); ``annotated_path`` as for detect."""
-        labels = [self._plain(label) for label in check_labels([label])]
-        return self._boxes(
-            SegmentResult, image, labels, annotated_path, options,
-            lambda backend, picture: backend.segment(picture, labels[0], budget, options or GenerationOptions()),
-        )
-
-    def _boxes(
-        self,
-        cls: type[BoxesResult],
-        image: str,
-        labels: list[str],
-        annotated_path: str | Path | None,
-        options: GenerationOptions | None,
-        run: Callable[[Backend, Image.Image], tuple[Generation, ParsedDetections]],
-    ) -> Any:
-        started = time.perf_counter()
-        loaded = self.load_images([image])
-        picture = loaded[0].image
-        with self._turn(options) as backend:
-            generation, parsed = run(backend, picture)
-        written = None
-        if annotated_path is not None:
-            written = self._save_picture(annotate(picture, parsed.detections), annotated_path, generation.notes)
-        return self._boxes_result(cls, generation, parsed, loaded, started, labels, written)
-
-    @staticmethod
-    def _save_picture(image: Image.Image, path: str | Path, notes: list[str]) -> str:
-        """Write a full-size picture, capped to what a person can use; the cap goes in ``notes``."""
-        image, note = cap_picture(image)
-        if note:
-            notes.append(note)
-        return str(save_png(image, path))
 
     def _tiled_detect(
         self,
@@ -535,82 +488,122 @@ class Vision:
         started = time.perf_counter()
         loaded = self.load_images([image])
         picture = loaded[0].image
-        with self._turn(options) as backend:
-            plan = self._plan(backend, picture.size, choice, budget)
+        ask = Ask("detect", (loaded[0].input,), labels=tuple(labels), budget=budget)
+        self.model.check(ask)
+        with self._turn(options) as model:
+            plan = self._plan(model, picture.size, choice, budget)
             if plan is None:
-                generation, parsed = backend.detect(picture, labels, budget, options)
+                answer = model.run(ask, options)
             else:
-                runs = tiled.vlm_tiled(backend, "detect", picture, labels, plan, budget, options)
+                runs = tiled.vlm_tiled(model, "detect", picture, labels, plan, budget, options)
         if plan is None:
-            written = None
-            if annotated_path is not None:
-                written = self._save_picture(annotate(picture, parsed.detections), annotated_path, generation.notes)
-            return self._boxes_result(DetectResult, generation, parsed, loaded, started, labels, written)
+            assert answer.detections is not None
+            written = None if annotated_path is None else self._save_picture(
+                annotate(picture, answer.detections.detections), annotated_path, answer.generation.notes
+            )
+            return self._boxes_result(DetectResult, answer, loaded, started, labels, written)
         detections, provenance, dropped = tiled.page_detections(runs, picture.size)
         text = "\n".join(f"tile {tile.index}: {g.text}" for tile, (g, _) in zip(runs.tiles, runs.runs))
         generation = tiled.combined(runs, text)
         generation.notes.extend(f"dropped {reason}" for reason in dropped)
-        written = None
-        if annotated_path is not None:
-            written = self._save_picture(annotate(picture, detections), annotated_path, generation.notes)
+        written = None if annotated_path is None else self._save_picture(
+            annotate(picture, detections), annotated_path, generation.notes
+        )
         return self._result(
             DetectResult, generation, loaded, started,
             labels=labels,
             image_size=list(loaded[0].size),
-            detections=[detection_out(d, p) for d, p in zip(detections, provenance)],
+            detections=[
+                replace(d, label=clean_model_text(d.label), raw=clean_model_text(d.raw), tiles=tuple(p))
+                for d, p in zip(detections, provenance)
+            ],
             annotated_path=written,
             tiles=[tile_out(tile) for tile in runs.tiles],
         )
 
+    def segment(
+        self,
+        image: str,
+        label: str,
+        budget: int | None = None,
+        options: GenerationOptions | None = None,
+        annotated_path: str | Path | None = None,
+    ) -> SegmentResult:
+        """The box and mask codes of ``label`` (families that segment); ``annotated_path`` as for detect."""
+        labels = [self._plain(one) for one in check_labels([label])]
+        return self._boxes(SegmentResult, "segment", image, labels, budget, options, annotated_path)
+
+    def _boxes(
+        self,
+        cls: type[BoxesResult],
+        task: Task,
+        image: str,
+        labels: list[str],
+        budget: int | None,
+        options: GenerationOptions | None,
+        annotated_path: str | Path | None,
+    ) -> Any:
+        started = time.perf_counter()
+        loaded = self.load_images([image])
+        answer = self._run(Ask(task, (loaded[0].input,), labels=tuple(labels), budget=budget), options)
+        written = None
+        if annotated_path is not None:
+            assert answer.detections is not None
+            written = self._save_picture(
+                annotate(loaded[0].image, answer.detections.detections), annotated_path, answer.generation.notes
+            )
+        return self._boxes_result(cls, answer, loaded, started, labels, written)
+
+    @staticmethod
+    def _save_picture(image: Image.Image, path: str | Path, notes: list[str]) -> str:
+        """Write a full-size picture, capped to what a person can use; the cap goes in ``notes``."""
+        image, note = cap_picture(image)
+        if note:
+            notes.append(note)
+        return str(save_png(image, path))
+
     def _boxes_result(
         self,
         cls: type[BoxesResult],
-        generation: Generation,
-        parsed: ParsedDetections,
+        answer: Answer,
         loaded: list[LoadedImage],
         started: float | None,
         labels: list[str],
         annotated_path: str | None = None,
     ) -> Any:
-        generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
+        parsed = answer.detections
+        assert parsed is not None
+        answer.generation.notes.extend(f"dropped {reason}" for reason in parsed.dropped)
         return self._result(
             cls,
-            generation,
+            answer.generation,
             loaded,
             started,
             labels=labels,
             image_size=list(loaded[0].size),
-            detections=[detection_out(d) for d in parsed.detections],
+            detections=[replace(d, label=clean_model_text(d.label), raw=clean_model_text(d.raw)) for d in parsed.detections],
             annotated_path=annotated_path,
         )
 
     def model_info(self) -> dict[str, Any]:
         """What a client needs to know of the resident model to plan its requests."""
-        backend = self.model
-        return {
-            "model": backend.model_id,
-            "family": backend.family,
-            "display_name": backend.display_name,
-            "budgets": list(backend.budgets),
-            "default_budget": backend.default_budget,
-            "context_window": getattr(backend, "max_positions", None),
-            "chat": type(backend).chat is not Backend.chat,
-            "detect": type(backend).detect is not Backend.detect,
-            "max_images": MAX_IMAGES,
-            "max_history_turns": MAX_HISTORY_TURNS,
-        }
+        return {**self.model.info(), "max_images": MAX_IMAGES, "max_history_turns": MAX_HISTORY_TURNS}
 
     def check_budgets(self, budgets: Sequence[int]) -> list[int]:
-        allowed = self.model.budgets
+        allowed = self.model.capabilities.budgets
         if not allowed:
-            raise Unsupported(self.model.no_budgets_reason())
+            raise self.model.no_budgets_error()
         chosen = sorted(set(budgets))
         if len(chosen) < 2:
-            raise InvalidRequest("Give at least two different budgets to compare, for example [70, 280, 1120].")
+            raise InvalidRequest(
+                "Give at least two different {param} to compare, for example [70, 280, 1120].", param="budgets"
+            )
         bad = [b for b in chosen if b not in allowed]
         if bad:
             choices = " / ".join(map(str, allowed))
-            raise InvalidRequest(f"Budget {bad[0]} is not available for {self.model.display_name}; use {choices}.")
+            raise InvalidRequest(
+                f"Budget {bad[0]} is not available for {self.model.display_name}; use {choices}.", param="budgets"
+            )
         return chosen
 
     def compare_budgets(
@@ -631,33 +624,35 @@ class Vision:
         """
         started = time.perf_counter()
         if task not in compare.METRICS:
-            raise InvalidRequest(f"Task {task!r} cannot be compared; use describe, ocr or detect.")
+            raise InvalidRequest(f"Task {task!r} cannot be compared; use describe, ocr or detect.", param="task")
         chosen = self.check_budgets(budgets)
-        prompt = self._plain(check_text(prompt, "The prompt").strip())
+        prompt = self._plain(check_text(prompt, "The prompt", "prompt").strip())
         if task == "detect":
             # A detection prompt may carry its labels: "person, car".
             labels = [self._plain(x) for x in check_labels(labels or [part for part in prompt.split(",") if part.strip()])]
         loaded = self.load_images([image])[0]
         options = options or GenerationOptions()
+        ask = Ask(task, (loaded.input,), prompt, labels=tuple(labels))  # type: ignore[arg-type]
+        self.model.check(replace(ask, budget=chosen[0]))
         # Several runs' text interleaved in one stream would make no sense to a reader.
         with streaming(None):
             if self.model.concurrent:
-                results = self._run_concurrently(task, loaded, prompt, labels, chosen, options, progress)
+                answers = self._run_concurrently(ask, chosen, options, progress)
             else:
-                with self._turn(options) as backend:
-                    runs_at = backend.at_budgets(task, loaded.image, prompt, labels, chosen, options, progress)
-                results = [
-                    self._result(OcrResult if task == "ocr" else DescribeResult, generation, [loaded], None)
-                    if parsed is None
-                    else self._boxes_result(DetectResult, generation, parsed, [loaded], None, list(labels))
-                    for generation, parsed in runs_at
-                ]
+                with self._turn(options) as model:
+                    answers = model.run_budgets(ask, chosen, options, progress)
+        results = [
+            self._result(OcrResult if task == "ocr" else DescribeResult, answer.generation, [loaded], None)
+            if answer.detections is None
+            else self._boxes_result(DetectResult, answer, [loaded], None, list(labels))
+            for answer in answers
+        ]
         if progress:
             progress(len(chosen), len(chosen), "done")
         self._check_budgets_applied(chosen, results)
         metric = compare.METRICS[task]
         reference = results[-1]
-        boxes = [parsed_boxes(r) for r in results]
+        boxes = [r.detections if isinstance(r, DetectResult) else [] for r in results]
         runs = [
             BudgetRun(
                 budget=budget,
@@ -676,14 +671,14 @@ class Vision:
             for i, (budget, r) in enumerate(zip(chosen, results))
         ]
         recommended, why = self._recommend(task, loaded.size, chosen, [r.agreement for r in runs], metric.threshold)
-        fused = fused_outs(chosen, boxes, loaded.size) if task == "detect" else None
+        fused = fused_boxes(chosen, boxes, loaded.size) if task == "detect" else None
         written = None
         picture_notes: list[str] = []
         if picture_path is not None:
             shown = compare.varying_timings([run.timings.model_dump() for run in runs])
             panels = [(panel_title(run, shown), self.panel(loaded.image, run, b)) for run, b in zip(runs, boxes)]
             if fused is not None:
-                panels.append(("fused (weighted box fusion)", annotate(loaded.image, [detection_in(o) for o in fused])))
+                panels.append(("fused (weighted box fusion)", annotate(loaded.image, fused)))
             written = self._save_picture(grid(panels), picture_path, picture_notes)
         return CompareResult(
             task=task,
@@ -713,37 +708,22 @@ class Vision:
         agreeing = compare.recommend(budgets, agreements, threshold)
         if auto_budget.needed_scale(task, size) is None:
             return agreeing, f"the smallest budget whose agreement reaches {threshold}"
-        floor, reason = auto_budget.choose(
-            task, size, budgets, self.model.default_budget or max(budgets), self.model.seen_size
-        )
+        caps = self.model.capabilities
+        floor, reason = auto_budget.choose(task, size, budgets, caps.default_budget or max(budgets), self.model.seen_size)
         if floor <= agreeing:
             return agreeing, f"the smallest budget whose agreement reaches {threshold}; budget 'auto' would pick {floor}"
         return floor, f"agreement reaches {threshold} at {agreeing}, but {reason}"
 
     def _run_concurrently(
-        self,
-        task: str,
-        loaded: LoadedImage,
-        prompt: str,
-        labels: Sequence[str],
-        budgets: list[int],
-        options: GenerationOptions,
-        progress: Progress | None,
-    ) -> list[Result]:
-        """The budgets' runs all at once, up to the backend's concurrency, for an engine that batches them."""
-
-        def run(budget: int) -> Result:
-            if task == "detect":
-                return self.detect(loaded.image_id, labels, budget, options)
-            if task == "ocr":
-                return self.ocr(loaded.image_id, budget, options)
-            return self.describe([loaded.image_id], prompt, (), budget, options)
-
+        self, ask: Ask, budgets: list[int], options: GenerationOptions, progress: Progress | None
+    ) -> list[Answer]:
+        """The budgets' runs all at once, up to the runtime's concurrency, for an engine that batches them."""
+        model = self.model
         if progress:
             progress(0, len(budgets), f"budgets {', '.join(map(str, budgets))}, sent together")
-        done: dict[int, Result] = {}
-        with ThreadPoolExecutor(max_workers=max(1, min(self.model.max_concurrency, len(budgets)))) as pool:
-            futures = {pool.submit(run, budget): budget for budget in budgets}
+        done: dict[int, Answer] = {}
+        with ThreadPoolExecutor(max_workers=max(1, min(model.max_concurrency, len(budgets)))) as pool:
+            futures = {pool.submit(model.run, replace(ask, budget=budget), options): budget for budget in budgets}
             # Progress is reported from this thread: the MCP server's callback must be called
             # from the worker thread it gave this call, not from the pool's.
             for future in as_completed(futures):
@@ -781,16 +761,3 @@ class Vision:
 
 def panel_title(run: BudgetRun, shown_timings: Sequence[str] = ()) -> str:
     return compare.run_label(run.budget, run.image_tokens, run.timings.model_dump(), shown_timings)
-
-
-def parsed_boxes(result: Result) -> list[Detection]:
-    """The result's boxes as Detections again, for matching and drawing."""
-    if not isinstance(result, DetectResult):
-        return []
-    return [
-        Detection(
-            label=d.label, box=tuple(d.box), box_normalized=tuple(d.box_normalized), raw=d.raw,  # type: ignore[arg-type]
-            seg_codes=tuple(d.seg_codes),
-        )
-        for d in result.detections
-    ]

@@ -1,4 +1,9 @@
-"""What every transformers-based backend shares: loading, moving inputs, generating, counting."""
+"""The local runtime: a transformers model resident in this process.
+
+Loading (dtype, 4/8-bit, compile), turning a family's prompt into model inputs (its chat
+template for messages, its processor for a plain text), generating with cancellation and
+streaming, and accounting for every token. Nothing here knows a family's wording.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,8 @@ import importlib.util
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
-
-from PIL import Image
 
 from .. import accel
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
@@ -18,7 +21,9 @@ from ..text import tokenizer_control_strings
 from ..options import GenerationOptions
 from ..results import BudgetTimings
 from ..streaming import answer_text, current_sink, text_streamer
-from .base import Backend, Generation, Stopwatch, Turn, cut_note
+from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note
+from ..text import tokenizer_control_strings
+from .base import Runtime
 
 log = logging.getLogger("vlm_agent")
 
@@ -27,7 +32,7 @@ QUANTIZE = ("4bit", "8bit")
 
 LOCAL_COPY_HINT = (
     "download it once (for example `hf download {id} --local-dir ./{name}`) and pass that directory "
-    "with --model or VLM_AGENT_MODEL"
+    "as {{param}} (or VLM_AGENT_MODEL)"
 )
 
 
@@ -36,7 +41,8 @@ def model_not_found(model_id: str) -> ModelNotFound:
     return ModelNotFound(
         f"Model '{model_id}' was not found locally and could not be downloaded; "
         + LOCAL_COPY_HINT.format(id=model_id, name=name)
-        + "."
+        + ".",
+        param="model",
     )
 
 
@@ -54,7 +60,7 @@ def torch_dtype(name: str) -> Any:
     import torch
 
     if name not in DTYPES:
-        raise InvalidRequest(f"Unknown dtype '{name}'; use one of {', '.join(DTYPES)}.")
+        raise InvalidRequest(f"Unknown dtype '{name}'; use one of {', '.join(DTYPES)}.", param="dtype")
     return "auto" if name == "auto" else getattr(torch, name)
 
 
@@ -63,12 +69,14 @@ def quantization_config(quantize: str | None, dtype: str) -> Any:
     if quantize is None:
         return None
     if quantize not in QUANTIZE:
-        raise InvalidRequest(f"Unknown quantization '{quantize}'; use one of {', '.join(QUANTIZE)}.")
+        raise InvalidRequest(f"Unknown quantization '{quantize}'; use one of {', '.join(QUANTIZE)}.", param="quantize")
     import torch
 
     # bitsandbytes' kernels are CUDA ones: on a CPU the load would fail deep inside transformers.
     if not torch.cuda.is_available():
-        raise Unsupported(f"{quantize} loading needs a CUDA GPU and none is available here; load without quantize.")
+        raise Unsupported(
+            f"{quantize} loading needs a CUDA GPU and none is available here; load without {{param}}.", param="quantize"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise Unsupported(
             f"{quantize} loading needs the bitsandbytes package; install it with `pip install bitsandbytes`."
@@ -93,15 +101,25 @@ class StopOnCancel:
         return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def plural(count: int, one: str, many: str) -> str:
-    return f"{count} {one if count == 1 else many}"
+def local_messages(messages: list[Message]) -> list[Message]:
+    """Messages as the processor's chat template takes them: decoded pixels for image parts."""
+    out = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = [
+                {"type": "image", "image": part["image"].pixels} if part.get("type") == "image" else part
+                for part in content
+            ]
+        out.append({**message, "content": content})
+    return out
 
 
-class HFBackend(Backend):
-    """A backend around a transformers model and processor, resident for the process."""
+class LocalRuntime(Runtime):
+    """A transformers model and processor, resident for the process."""
 
-    model_class: ClassVar[str] = "AutoModelForImageTextToText"
-    #: whether ``compile=True`` (static KV cache, compiled decoding) is implemented for the family
+    kind = "local"
+    #: whether ``compile=True`` (static KV cache, compiled decoding) is implemented for this runtime
     compiles: ClassVar[bool] = False
 
     def __init__(self, model_id: str, model: Any, processor: Any) -> None:
@@ -123,15 +141,16 @@ class HFBackend(Backend):
         cls,
         model_id: str,
         *,
+        model_class: str = "AutoModelForImageTextToText",
         dtype: str = "auto",
         device_map: str | None = "auto",
         quantize: str | None = None,
         compile: bool = False,
-    ) -> HFBackend:
+    ) -> LocalRuntime:
         import transformers
 
         started = time.perf_counter()
-        model_cls = getattr(transformers, cls.model_class)
+        model_cls = getattr(transformers, model_class)
         precision = torch_dtype(dtype)
         quantization = quantization_config(quantize, dtype)
         check_compile(cls, compile)
@@ -144,33 +163,27 @@ class HFBackend(Backend):
         except OSError as exc:
             log.debug("loading %s failed: %s", model_id, exc)
             raise model_not_found(model_id) from None
-        backend = cls(model_id, model.eval(), processor)
+        runtime = cls(model_id, model.eval(), processor)
         if compile:
-            backend.enable_compile()
-        if accel.cuda_available():
-            backend.warm_up()
-        backend.load_s = round(time.perf_counter() - started, 3)
-        return backend
+            runtime.enable_compile()
+        runtime.load_s = round(time.perf_counter() - started, 3)
+        return runtime
 
     def enable_compile(self) -> None:
         """Compile the decoding step (CUDA graphs); transformers does so when the KV cache is a static one,
-        which the family passes. The first calls pay the compilation."""
+        which the runtime passes. The first calls pay the compilation."""
         self.model.generation_config.compile_config = accel.compile_config()
         self.compiled = True
 
-    def warm_up(self) -> None:
-        """Run a short request so that the first real one finds kernels chosen, graphs compiled and memory pooled."""
+    def probe_kernels(self) -> None:
+        """Before the warm-up run: which fused attention kernels take this model's head dims."""
         dims = accel.head_dims(self.model.config.get_text_config())
         self.attention_kernels = accel.fused_attention_kernels(dims, self.compute_dtype)
-        picture = Image.new("RGB", (256, 256), (127, 127, 127))
-        options = GenerationOptions(max_new_tokens=8, min_new_tokens=8)
-        started = time.perf_counter()
+
+    @property
+    def warm_up_runs(self) -> int:
         # CUDA graphs are recorded on the second and third run of a compiled step.
-        for _ in range(3 if self.compiled else 1):
-            self.describe([picture], "", (), self.default_budget, options)
-        self.clear_caches()
-        log.info("warmed up in %.1f s (attention kernels by head dim: %s)", time.perf_counter() - started,
-                 self.attention_kernels or "n/a")
+        return 3 if self.compiled else 1
 
     @property
     def device(self) -> str:
@@ -190,8 +203,7 @@ class HFBackend(Backend):
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
-    @property
-    def max_positions(self) -> int | None:
+    def context_tokens(self) -> int | None:
         config = self.model.config.get_text_config()
         return getattr(config, "max_position_embeddings", None)
 
@@ -199,62 +211,48 @@ class HFBackend(Backend):
     def is_encoder_decoder(self) -> bool:
         return bool(getattr(self.model.config.get_text_config(), "is_encoder_decoder", False))
 
-    @property
-    def fixed_image_tokens(self) -> int | None:
-        """Image tokens per image of a fixed-resolution checkpoint; None where a budget applies."""
-        return None
+    def control_strings(self) -> set[str]:
+        # The tokenizer knows every string that becomes a control token; the known list covers the markup.
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        return tokenizer_control_strings(tokenizer) | super().control_strings()
 
-    def check_fixed_budget(self, budget: int | None) -> None:
-        """Fixed-resolution families take no budget, or exactly the checkpoint's own image-token count."""
-        tokens = self.fixed_image_tokens
-        if budget is not None and budget != tokens:
-            raise InvalidRequest(
-                f"{self.display_name} has a fixed resolution ({tokens} image tokens per image for this "
-                "checkpoint); give no budget (no --budget flag, no budget argument)."
-            )
+    def token_counter(self) -> Callable[[str], int]:
+        tokenizer = self.processor.tokenizer
+        return lambda text: len(tokenizer(text)["input_ids"])
 
-    def prompt_images(
-        self, images: Sequence[Image.Image], history: Sequence[Turn], most: int | None = None
-    ) -> tuple[list[Image.Image], list[str]]:
-        """This call's images; without any, the latest image of the history. With the notes that explain."""
-        if most is not None and len(images) > most:
-            raise Unsupported(
-                f"{self.display_name} takes {plural(most, 'image', 'images')} per prompt and "
-                f"{len(images)} were given; send them in separate calls."
-            )
-        if images:
-            return list(images), []
-        latest = next((image for turn in reversed(history) for image in reversed(turn.images)), None)
-        if latest is None:
-            raise InvalidRequest(f"{self.display_name} needs an image with the prompt; give one.")
-        return [latest], ["no image came with this prompt: used the latest image of the history"]
-
-    def run_prompt(
-        self,
-        images: Sequence[Image.Image],
-        text: str,
-        options: GenerationOptions,
-        *,
-        history_turns: int = 0,
-        notes: Sequence[str] = (),
-    ) -> Generation:
-        """Generate from a plain text prompt and images, for families with no chat template."""
+    def generate(self, prompt: Prompt, options: GenerationOptions) -> Generation:
         watch = Stopwatch()
-        inputs = self.processor(images=list(images), text=text, return_tensors="pt")
-        # PaliGemma's processor adds training labels, which generate() has no use for.
-        inputs.pop("labels", None)
-        generation = self.generate(inputs, options, budget=None, watch=watch, history_turns=history_turns)
-        generation.notes[:0] = notes
+        generation = self.generate_inputs(
+            self.inputs(prompt), options, budget=prompt.budget, watch=watch, history_turns=prompt.history_turns
+        )
+        generation.notes[:0] = prompt.notes
         return generation
 
-    def clear_caches(self) -> None:
-        pass
+    def inputs(self, prompt: Prompt) -> Any:
+        """Model inputs: messages through the checkpoint's chat template, a text through the processor."""
+        if prompt.messages is not None:
+            return self.processor.apply_chat_template(
+                local_messages(prompt.messages),
+                tools=prompt.tools,
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+                return_tensors="pt",
+                processor_kwargs=prompt.processor_kwargs,
+            )
+        inputs = self.processor(
+            images=[image.pixels for image in prompt.images], text=prompt.text, return_tensors="pt",
+            **prompt.processor_kwargs,
+        )
+        # PaliGemma's processor adds training labels, which generate() has no use for.
+        inputs.pop("labels", None)
+        return inputs
 
     def stop_token_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         return set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
-    def generate(
+    def generate_inputs(
         self,
         inputs: Any,
         options: GenerationOptions,
@@ -383,7 +381,7 @@ class HFBackend(Backend):
         return generations
 
     def check_context(self, prompt_tokens: int, image_tokens: int, options: GenerationOptions) -> None:
-        limit = self.max_positions
+        limit = self.context_tokens()
         if limit is not None and prompt_tokens + options.max_new_tokens > limit:
             raise ContextOverflow(
                 f"The prompt is {prompt_tokens} tokens ({image_tokens} of them image tokens) and "
@@ -452,14 +450,14 @@ class HFBackend(Backend):
         return generation
 
 
-def check_compile(backend_cls: type[HFBackend], compile: bool) -> None:
-    """``compile`` needs a family that implements it and a CUDA GPU; checked before any loading."""
+def check_compile(runtime_cls: type[LocalRuntime], compile: bool) -> None:
+    """``compile`` needs a runtime that implements it and a CUDA GPU; checked before any loading."""
     if not compile:
         return
-    if not backend_cls.compiles:
-        raise Unsupported(f"--compile is implemented for Gemma 4 only; load {backend_cls.display_name} without it.")
+    if not runtime_cls.compiles:
+        raise Unsupported("Compiled decoding ({param}) is implemented for Gemma 4 only; load this model without it.", param="compile")
     if not accel.cuda_available():
-        raise Unsupported("--compile needs a CUDA GPU and none is available here; load without it.")
+        raise Unsupported("Compiled decoding ({param}) needs a CUDA GPU and none is available here; load without it.", param="compile")
 
 
 def decode_batch(rows: Sequence[tuple[Any, list[int], Any, float]], pad_id: int) -> tuple[Any, Any, int]:

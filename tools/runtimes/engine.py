@@ -1,11 +1,12 @@
-"""A model served elsewhere, behind an OpenAI-compatible chat-completions API.
+"""The engine runtime: a model served elsewhere, behind an OpenAI-compatible chat-completions API.
 
 vLLM, SGLang, Ollama and ``transformers serve`` all speak this API. The engine owns the
-weights, the GPUs and the batching; this backend only speaks HTTP. It sends Gemma 4's task
-prompts as chat messages (images as ``image_url`` parts), streams the answer back as
-server-sent events, and parses it with the same parsers as local output, so results keep
-their shape. What only the engine knows is reported as unknown rather than guessed: the
-image-token count, for one, which no engine returns.
+weights, the GPUs and the batching; this runtime only speaks HTTP. It carries any family
+whose dialect writes chat messages: it sends them (images as ``image_url`` parts, the budget's
+processor arguments as ``mm_processor_kwargs``), streams the answer back as server-sent
+events, and hands it to the dialect's parsers, so results keep their shape. What only the
+engine knows is reported as unknown rather than guessed: the image-token count, for one,
+which no engine returns.
 """
 
 from __future__ import annotations
@@ -24,17 +25,13 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
-from .. import prompts
-from ..budgets import DEFAULT_BUDGET, GEMMA4_BUDGETS, check_budget, gemma4_seen_size
-from ..detections import GEMMA4_GRID, ParsedDetections, from_box_2d_json
 from ..errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound, Unsupported, VlmError
-from ..images import source_url
+from ..images import ImageInput
 from ..options import GenerationOptions
 from ..streaming import current_sink
-from ..toolcalls import ParsedReply
-from ..toolcalls import ToolCall as ParsedCall
-from .base import Backend, Generation, Stopwatch, Turn, cut_note
-from .gemma4 import build_messages
+from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note
+from ..toolcalls import ParsedReply, ToolCall
+from .base import Runtime
 
 log = logging.getLogger("vlm_agent")
 
@@ -57,7 +54,9 @@ class ApiSettings:
     model: str
     #: environment variable holding the API key; None reads VLM_AGENT_API_KEY if it is set
     key_env: str | None = None
-    #: the engine takes Gemma 4 budgets per request (vLLM's mm_processor_kwargs)
+    #: the family of the model it serves (a registered dialect); None: the default family (tools.model)
+    family: str | None = None
+    #: the engine takes the family's budgets per request (vLLM's mm_processor_kwargs)
     budgets: bool = False
     #: requests in flight to the engine at once, over all callers
     max_concurrency: int = 4
@@ -73,16 +72,18 @@ class ApiSettings:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidRequest(
-                f"--base-url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}."
+                f"{{param}} must be an http(s) URL such as http://127.0.0.1:8000/v1, got {self.base_url!r}.",
+                param="base_url",
             )
         if not self.model.strip():
-            raise InvalidRequest("Name the model the engine serves with --api-model.")
+            raise InvalidRequest("Name the model the engine serves with {param}.", param="api_model")
         if not 1 <= self.max_concurrency <= MAX_CONCURRENCY_LIMIT:
             raise InvalidRequest(
-                f"--max-concurrency must be between 1 and {MAX_CONCURRENCY_LIMIT}, got {self.max_concurrency}."
+                f"{{param}} must be between 1 and {MAX_CONCURRENCY_LIMIT}, got {self.max_concurrency}.",
+                param="max_concurrency",
             )
         if not self.timeout_s > 0:
-            raise InvalidRequest(f"--api-timeout must be above 0 seconds, got {self.timeout_s:g}.")
+            raise InvalidRequest(f"{{param}} must be above 0 seconds, got {self.timeout_s:g}.", param="api_timeout")
 
     @property
     def root(self) -> str:
@@ -95,16 +96,8 @@ class ApiSettings:
         name = self.key_env or DEFAULT_KEY_ENV
         key = os.environ.get(name) or None
         if self.key_env and key is None:
-            raise InvalidRequest(f"--api-key-env names ${name}, which is not set or empty.")
+            raise InvalidRequest(f"{{param}} names ${name}, which is not set or empty.", param="api_key_env")
         return key
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    id: str
-    name: str
-    #: JSON text, as the API carries it
-    arguments: str
 
 
 @dataclass
@@ -113,6 +106,8 @@ class Reply:
 
     text: str
     tool_calls: list[ToolCall] = field(default_factory=list)
+    #: calls the engine sent that could not be read, one reason each
+    invalid: list[str] = field(default_factory=list)
     #: stop, length, tool_calls, or None when the engine did not say
     finish_reason: str | None = None
     #: None when the engine reported no usage
@@ -124,7 +119,7 @@ class Reply:
         message: dict[str, Any] = {"role": "assistant", "content": self.text}
         if self.tool_calls:
             message["tool_calls"] = [
-                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+                {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
                 for call in self.tool_calls
             ]
         return message
@@ -200,7 +195,17 @@ def read_stream(lines: Iterable[str], on_text: Callable[[str], None] | None = No
                 slot["arguments"] += function.get("arguments") or ""
             reply.finish_reason = choice.get("finish_reason") or reply.finish_reason
     reply.text = "".join(text)
-    reply.tool_calls = [ToolCall(**calls[index]) for index in sorted(calls)]
+    for index in sorted(calls):
+        call = calls[index]
+        try:
+            arguments = json.loads(call["arguments"] or "{}")
+        except json.JSONDecodeError:
+            reply.invalid.append(f"unreadable arguments for {call['name']}")
+            continue
+        if isinstance(arguments, dict):
+            reply.tool_calls.append(ToolCall(call["name"], arguments, id=call["id"] or None))
+        else:
+            reply.invalid.append(f"arguments for {call['name']} are not an object")
     return reply
 
 
@@ -227,21 +232,30 @@ def png_data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def api_content(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Text-only turns as plain strings: every engine takes those, not all take part lists there."""
+def api_messages(messages: Sequence[Message], send_urls: bool = False) -> list[dict[str, Any]]:
+    """Messages in the API's form: images as ``image_url`` parts (their URL with ``send_urls``, else a
+    PNG data: URI); text-only turns as plain strings, which every engine takes."""
+    out = []
     for message in messages:
-        parts = message["content"]
-        if all(part["type"] == "text" for part in parts):
-            message["content"] = "".join(part["text"] for part in parts)
-    return messages
+        content = message["content"]
+        if not isinstance(content, str):
+            if all(part["type"] == "text" for part in content):
+                content = "".join(part["text"] for part in content)
+            else:
+                content = [image_url(part["image"], send_urls) if part["type"] == "image" else part for part in content]
+        out.append({**message, "content": content})
+    return out
 
 
-class OpenAIBackend(Backend):
-    """Gemma 4's tasks over an engine's /chat/completions, requests sent concurrently."""
+def image_url(image: ImageInput, send_url: bool) -> dict[str, Any]:
+    url = image.url if send_url else None
+    return {"type": "image_url", "image_url": {"url": url or png_data_uri(image.pixels)}}
 
-    family = "openai"
-    #: read mid-sentence ("not available for the OpenAI-compatible engine")
-    display_name = "the OpenAI-compatible engine"
+
+class EngineRuntime(Runtime):
+    """Prompts as chat completions on an engine's /chat/completions, requests sent concurrently."""
+
+    kind = "engine"
     concurrent = True
 
     def __init__(self, settings: ApiSettings, transport: httpx.BaseTransport | None = None) -> None:
@@ -249,9 +263,6 @@ class OpenAIBackend(Backend):
         self.settings = settings
         self.url = settings.root
         self.max_concurrency = settings.max_concurrency
-        # Instance values over the class's empty defaults: whether budgets exist depends on the engine.
-        self.budgets = GEMMA4_BUDGETS if settings.budgets else ()  # type: ignore[misc]
-        self.default_budget = DEFAULT_BUDGET if settings.budgets else None  # type: ignore[misc]
         self._key = settings.api_key()
         self._key_name = settings.key_env or DEFAULT_KEY_ENV
         self._slots = threading.BoundedSemaphore(settings.max_concurrency)
@@ -267,20 +278,20 @@ class OpenAIBackend(Backend):
         )
 
     @classmethod
-    def connect(cls, settings: ApiSettings, transport: httpx.BaseTransport | None = None) -> OpenAIBackend:
-        """A backend for the engine, refused when the engine lists its models without ours or
+    def connect(cls, settings: ApiSettings, transport: httpx.BaseTransport | None = None) -> EngineRuntime:
+        """A runtime for the engine, refused when the engine lists its models without ours or
         refuses the key. An engine not up yet is only logged: a server started beside it (vLLM
         takes minutes to load) must work once it is, and each call until then says it is down."""
-        backend = cls(settings, transport)
+        runtime = cls(settings, transport)
         try:
-            backend.check_model()
+            runtime.check_model()
         except EngineUnavailable as exc:
             # INFO: the server shows it; a one-shot command fails with the same sentence anyway.
             log.info("not reachable yet: %s", exc)
         except VlmError:
-            backend.close()
+            runtime.close()
             raise
-        return backend
+        return runtime
 
     def close(self) -> None:
         self._client.close()
@@ -289,63 +300,20 @@ class OpenAIBackend(Backend):
     def device(self) -> str:
         return self.url
 
-    def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
-        if not self.budgets:
-            return size
-        return gemma4_seen_size(size, self.default_budget if budget is None else budget)
-
-    def no_budgets_reason(self) -> str:
-        return (
-            f"The engine at {self.url} was not declared to take visual-token budgets, so every budget "
-            "would give the same run; if it serves Gemma 4 on vLLM (which takes mm_processor_kwargs), "
-            "restart vlm-agent with --budgets-supported."
-        )
-
-    # -- the four tasks -----------------------------------------------------------
-
-    def describe(
-        self,
-        images: Sequence[Image.Image],
-        prompt: str,
-        history: Sequence[Turn],
-        budget: int | None,
-        options: GenerationOptions,
-    ) -> Generation:
-        return self.run(images, prompts.gemma4_describe(prompt, len(images)), history, budget, options)
-
-    def ocr(self, image: Image.Image, budget: int | None, options: GenerationOptions) -> Generation:
-        return self.run([image], prompts.GEMMA4_OCR, (), budget, options)
-
-    def detect(
-        self, image: Image.Image, labels: Sequence[str], budget: int | None, options: GenerationOptions
-    ) -> tuple[Generation, ParsedDetections]:
-        generation = self.run([image], prompts.gemma4_detect(labels), (), budget, options)
-        return generation, from_box_2d_json(generation.text, image.size, grid=GEMMA4_GRID)
-
-    def segment(
-        self, image: Image.Image, label: str, budget: int | None, options: GenerationOptions
-    ) -> tuple[Generation, ParsedDetections]:
-        raise Unsupported(
-            "Segmenting needs PaliGemma's mask codes, which a chat-completions engine cannot serve; "
-            "use the local backend with a PaliGemma model."
-        )
-
-    def run(
-        self,
-        images: Sequence[Image.Image],
-        text: str,
-        history: Sequence[Turn],
-        budget: int | None,
-        options: GenerationOptions,
-    ) -> Generation:
-        """One task prompt with its images and prior turns, timed on this side of the wire."""
-        budget = self.check_budget(budget)
+    def generate(self, prompt: Prompt, options: GenerationOptions) -> Generation:
+        """One prompt as a streamed chat completion, timed on this side of the wire."""
+        if prompt.messages is None:
+            raise Unsupported("This family's prompts are plain text, which a chat-completions engine cannot take.")
         watch = Stopwatch()
-        messages = api_content(build_messages(images, text, history, self.image_part))
-        body = self.body(messages, options, budget)
+        messages = api_messages(prompt.messages, self.settings.send_urls)
+        body = self.body(messages, options, prompt.processor_kwargs, prompt.tools)
         preprocess_ms = watch.lap()
         reply = self.complete(body, stream_pieces())
-        return self.generation(reply, budget, len(history), options, preprocess_ms, watch)
+        generation = self.generation(reply, prompt.budget, prompt.history_turns, options, preprocess_ms, watch)
+        generation.notes[:0] = prompt.notes
+        if prompt.tools:
+            generation.tool_calls = ParsedReply(text=reply.text.strip(), calls=reply.tool_calls, invalid=reply.invalid)
+        return generation
 
     @staticmethod
     def generation(
@@ -377,69 +345,22 @@ class OpenAIBackend(Backend):
         messages: Sequence[Mapping[str, Any]],
         tools: Sequence[Mapping[str, Any]] | None = None,
         options: GenerationOptions | None = None,
-        budget: int | None = None,
     ) -> Reply:
         """One turn of a conversation already in the API's form, with ``tools`` the model may call.
 
         The reply holds text or tool calls; send ``reply.message()`` and a ``{"role": "tool",
         "tool_call_id": ..., "content": ...}`` message per call back for the model's next turn.
         """
-        options = options or GenerationOptions()
-        body = self.body(list(messages), options, self.check_budget(budget), tools)
+        body = self.body(list(messages), options or GenerationOptions(), {}, tools)
         return self.complete(body, stream_pieces())
 
-    def chat(
-        self,
-        images: Sequence[Image.Image],
-        prompt: str,
-        history: Sequence[Turn],
-        budget: int | None,
-        options: GenerationOptions,
-    ) -> tuple[Generation, ParsedReply]:
-        """The chat agent's turn: the engine's own function calling over the vision tools."""
-        watch = Stopwatch()
-        budget = self.check_budget(budget)
-        messages = [
-            {"role": "system", "content": prompts.CHAT_SYSTEM},
-            *api_content(build_messages(images, prompt, history, self.image_part)),
-        ]
-        preprocess_ms = watch.lap()
-        reply = self.complete(self.body(messages, options, budget, prompts.CHAT_TOOLS), stream_pieces())
-        generation = self.generation(reply, budget, len(history), options, preprocess_ms, watch)
-        calls, invalid = [], []
-        for call in reply.tool_calls:
-            try:
-                arguments = json.loads(call.arguments or "{}")
-            except json.JSONDecodeError:
-                invalid.append(f"unreadable arguments for {call.name}")
-                continue
-            if isinstance(arguments, dict):
-                calls.append(ParsedCall(call.name, arguments))
-            else:
-                invalid.append(f"arguments for {call.name} are not an object")
-        return generation, ParsedReply(text=reply.text.strip(), calls=calls, invalid=invalid)
-
     # -- the wire -----------------------------------------------------------------
-
-    def check_budget(self, budget: int | None) -> int | None:
-        if budget is None:
-            return self.default_budget
-        if not self.budgets:
-            raise InvalidRequest(
-                f"The engine at {self.url} was not declared to take visual-token budgets; give no budget (no --budget flag, no budget argument), "
-                "or restart vlm-agent with --budgets-supported if it serves Gemma 4 on vLLM."
-            )
-        return check_budget(budget, self.budgets, self.display_name)
-
-    def image_part(self, image: Image.Image) -> dict[str, Any]:
-        url = source_url(image) if self.settings.send_urls else None
-        return {"type": "image_url", "image_url": {"url": url or png_data_uri(image)}}
 
     def body(
         self,
         messages: list[Any],
         options: GenerationOptions,
-        budget: int | None,
+        processor_kwargs: Mapping[str, Any],
         tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -454,9 +375,9 @@ class OpenAIBackend(Backend):
             body["top_p"] = options.top_p
         if options.min_new_tokens is not None:
             body["min_tokens"] = options.min_new_tokens  # vLLM's name; benchmarks only
-        if budget is not None:
-            # vLLM hands these to the model's processor per request, as max_soft_tokens locally.
-            body["mm_processor_kwargs"] = {"max_soft_tokens": budget}
+        if processor_kwargs:
+            # vLLM hands these to the model's processor per request, as processor_kwargs locally.
+            body["mm_processor_kwargs"] = dict(processor_kwargs)
         if tools:
             body["tools"] = list(tools)
         body.update(self.settings.extra_body)
@@ -476,7 +397,8 @@ class OpenAIBackend(Backend):
             except httpx.TimeoutException:
                 raise EngineUnavailable(
                     f"The engine at {self.url} did not answer within {self.settings.timeout_s:g} s; it may be "
-                    "overloaded or still loading its model: retry, or allow longer with --api-timeout."
+                    "overloaded or still loading its model: retry, or allow longer with {param}.",
+                    param="api_timeout",
                 ) from None
             except httpx.HTTPError as exc:
                 raise self.transport_error(exc) from None
@@ -501,7 +423,8 @@ class OpenAIBackend(Backend):
             listed = ", ".join(served[:5]) + (", …" if len(served) > 5 else "")
             raise ModelNotFound(
                 f"The engine at {self.url} serves {listed}, not '{self.settings.model}'; "
-                "pass one of those with --api-model."
+                "pass one of those with {param}.",
+                param="api_model",
             )
         log.info("engine at %s: %s", self.url, "serves " + ", ".join(served) if served else "answers")
 
@@ -509,7 +432,8 @@ class OpenAIBackend(Backend):
         if isinstance(error, httpx.ConnectError):
             return EngineUnavailable(
                 f"Cannot reach the engine at {self.url} ({self.redact(one_line(str(error), 80))}); "
-                "check that it is running and that --base-url is right."
+                "check that it is running and that {param} is right.",
+                param="base_url",
             )
         return EngineUnavailable(
             f"The connection to the engine at {self.url} broke off ({self.redact(one_line(str(error), 80))}); "
@@ -525,13 +449,15 @@ class OpenAIBackend(Backend):
             if self._key is None:
                 return EngineError(
                     f"{where} needs an API key (HTTP {status}); put it in ${DEFAULT_KEY_ENV} "
-                    "or name its variable with --api-key-env."
+                    "or name its variable with {param}.",
+                    param="api_key_env",
                 )
             return EngineError(f"{where} refused the API key in ${self._key_name} (HTTP {status}); set a key it accepts.")
         if "mm_processor_kwargs" in detail:
             return Unsupported(
                 f"{where} does not take per-request budgets (HTTP {status}: {detail}); "
-                "restart vlm-agent without --budgets-supported."
+                "restart vlm-agent without {param}.",
+                param="budgets_supported",
             )
         # vLLM: "The model `x` does not exist."; Ollama: 'model "x" not found'; transformers serve:
         # "Server is pinned to ...; requested 'x'". A bare "Not Found" is a wrong URL instead.
@@ -540,7 +466,8 @@ class OpenAIBackend(Backend):
         ):
             return ModelNotFound(
                 f"{where} does not serve model '{self.settings.model}' (HTTP {status}: {detail}); "
-                "pass the name it serves with --api-model."
+                "pass the name it serves with {param}.",
+                param="api_model",
             )
         if "context length" in lower or "too long" in lower:
             return InvalidRequest(
@@ -549,12 +476,14 @@ class OpenAIBackend(Backend):
             )
         if status == 404:
             return EngineError(
-                f"{where} has no chat-completions endpoint (HTTP 404); check --base-url, which usually ends in /v1."
+                f"{where} has no chat-completions endpoint (HTTP 404); check {{param}}, which usually ends in /v1.",
+                param="base_url",
             )
         if status == 429 or status >= 500:
             return EngineUnavailable(
-                f"{where} could not take the request (HTTP {status}: {detail}); retry, lower --max-concurrency, "
-                "or check the engine's log."
+                f"{where} could not take the request (HTTP {status}: {detail}); retry, lower {{param}}, "
+                "or check the engine's log.",
+                param="max_concurrency",
             )
         return EngineError(f"{where} refused the request (HTTP {status}: {detail}).")
 

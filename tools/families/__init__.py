@@ -1,0 +1,39 @@
+"""The model families: one dialect module each, registered here by the config ``model_type`` it reads.
+
+Adding a family is one module under ``tools/families/`` with a ``Dialect`` subclass, one entry in
+``DIALECTS`` and, for tests and offline runs, its tiny-checkpoint builder in ``TINY``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from .. import tiny
+from .base import Dialect
+from .blip2 import Blip2
+from .gemma4 import Gemma4
+from .paligemma import PaliGemma
+
+#: every family vlm-agent runs, in the order docs and messages list them
+DIALECTS: tuple[type[Dialect], ...] = (Gemma4, PaliGemma, Blip2)
+
+#: config ``model_type`` -> dialect
+BY_MODEL_TYPE: dict[str, type[Dialect]] = {model_type: d for d in DIALECTS for model_type in d.model_types}
+#: the short family name results report -> dialect
+BY_FAMILY: dict[str, type[Dialect]] = {d.family: d for d in DIALECTS}
+
+#: ``vlm-agent tiny-model --family NAME`` -> builder of a tiny random-weight checkpoint
+TINY: dict[str, Callable[..., Path]] = {
+    "gemma4": tiny.build_gemma4,
+    "paligemma": tiny.build_paligemma,
+    "blip2": tiny.build_blip2,
+    "blip2-t5": tiny.build_blip2_t5,
+}
+
+__all__ = ["BY_FAMILY", "BY_MODEL_TYPE", "DIALECTS", "Dialect", "TINY", "families_that"]
+
+
+def families_that(task: str) -> list[str]:
+    """Display names of the families that can do ``task`` on a local checkpoint, for error messages."""
+    return [d.display_name for d in DIALECTS if task in d.tasks]

@@ -1,0 +1,153 @@
+"""A family's dialect: what to ask its models and how to read their answers.
+
+A dialect knows nothing of where the model runs. It declares what the family can do
+(``Capabilities``, read from the checkpoint's config before any weights load), turns an
+``Ask`` into a ``Prompt`` (the task's wording, and the earlier turns folded by the family's
+context policy, with a note for whatever was left out), and reads a ``Generation`` into an
+``Answer`` (text, boxes on the family's grid, tool calls). A runtime (``tools.runtimes``)
+carries the prompt to the model: in this process through transformers, or to an engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
+
+from ..detections import ParsedDetections
+from ..errors import InvalidRequest, Unsupported
+from ..images import ImageInput
+from ..tasks import Answer, Ask, Capabilities, Generation, Message, Part, Prompt, Turn, plural
+
+#: tokens a text costs the model's language side (the runtime's tokenizer), images not counted
+TokenCounter = Callable[[str], int]
+#: how a prompt reaches the model: chat messages through a chat template, or a plain text
+PromptForm = Literal["messages", "text"]
+
+
+class Dialect(ABC):
+    """One model family's prompt formats, context policy, output parsers and capabilities."""
+
+    #: the short name results report ("gemma4")
+    family: ClassVar[str]
+    #: how people write the family's name, for messages ("Gemma 4")
+    display_name: ClassVar[str]
+    #: the checkpoint config's ``model_type`` values this dialect reads
+    model_types: ClassVar[tuple[str, ...]]
+    #: every task the family can do (a checkpoint's capabilities list the ones it does)
+    tasks: ClassVar[frozenset[str]]
+    #: messages: a chat template renders the prompt (it can also go to an engine's chat API);
+    #: text: the processor takes a plain text (this process only)
+    prompt_form: ClassVar[PromptForm]
+    #: whether the family has per-call visual-token budgets (some checkpoints or engines may still not)
+    takes_budgets: ClassVar[bool] = False
+    #: the transformers class that loads the weights
+    model_class: ClassVar[str] = "AutoModelForImageTextToText"
+    #: a ``LocalRuntime`` subclass with the family's own fast path (caches, batching); None: the plain one
+    local_runtime: ClassVar[Any] = None
+
+    def __init__(self, capabilities: Capabilities) -> None:
+        self.capabilities = capabilities
+
+    # -- capabilities -------------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: Any) -> Capabilities:
+        """What a checkpoint can do, from its config (``AutoConfig``) alone."""
+
+    @classmethod
+    def declared(cls, *, budgets: bool) -> Capabilities:
+        """What a model of this family on an engine can do; ``budgets``: the engine takes them per request."""
+        raise Unsupported(
+            f"{cls.display_name} has no chat template, so it cannot run on a chat-completions engine; "
+            "load it locally.", param="backend"
+        )
+
+    @classmethod
+    def for_config(cls, config: Any) -> Dialect:
+        """The dialect of a local checkpoint; a family that needs more of its config (geometry) overrides it."""
+        return cls(cls.from_config(config))
+
+    @classmethod
+    def for_engine(cls, *, budgets: bool) -> Dialect:
+        return cls(cls.declared(budgets=budgets))
+
+    # -- asking ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
+        """The prompt for ``ask`` (already checked against the capabilities, its budget resolved).
+
+        ``count_tokens`` is the runtime's tokenizer, for families that fit their context by
+        counting (None where the runtime has none).
+        """
+
+    def processor_kwargs(self, budget: int | None) -> dict[str, Any]:
+        """The image processor's per-call arguments that carry ``budget``; {} for a fixed resolution."""
+        return {}
+
+    # -- reading --------------------------------------------------------------------------
+
+    def parse(self, ask: Ask, generation: Generation) -> Answer:
+        """The generation read for the task: boxes for detect and segment, tool calls for chat."""
+        if ask.task in ("detect", "segment"):
+            return Answer(generation, detections=self.parse_boxes(generation.text, ask.images[0].size))
+        return Answer(generation)
+
+    def parse_boxes(self, text: str, size: tuple[int, int]) -> ParsedDetections:
+        """Boxes in pixels of an image of ``size`` from the model's text (families that detect)."""
+        raise Unsupported(f"{self.display_name} models cannot detect objects.")
+
+    # -- geometry -------------------------------------------------------------------------
+
+    def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
+        """(width, height) the vision encoder sees an image of ``size`` at ``budget``."""
+        return size
+
+    def no_budgets_reason(self) -> str:
+        """Why there are no budgets to compare, for a family whose capabilities list none."""
+        return f"{self.display_name} has a fixed resolution, so there are no budgets to compare."
+
+
+# -- helpers the dialects share ---------------------------------------------------------------
+
+
+def image_part(image: ImageInput) -> Part:
+    return {"type": "image", "image": image}
+
+
+def user_content(images: Sequence[ImageInput], text: str) -> list[Part]:
+    """Images first, then the text (the order the families' guides use)."""
+    parts: list[Part] = [image_part(image) for image in images]
+    if text:
+        parts.append({"type": "text", "text": text})
+    return parts
+
+
+def chat_messages(images: Sequence[ImageInput], text: str, history: Sequence[Turn]) -> list[Message]:
+    """Prior turns in order (with their images), then this one: the chat-template context policy."""
+    messages: list[Message] = [
+        {"role": turn.role, "content": user_content(turn.images, turn.text)} for turn in history
+    ]
+    messages.append({"role": "user", "content": user_content(images, text)})
+    return messages
+
+
+def prompt_images(
+    display_name: str, images: Sequence[ImageInput], history: Sequence[Turn]
+) -> tuple[list[ImageInput], list[str]]:
+    """This call's images; without any, the latest image of the history. With the note that explains."""
+    if images:
+        return list(images), []
+    latest = next((image for turn in reversed(history) for image in reversed(turn.images)), None)
+    if latest is None:
+        raise InvalidRequest(f"{display_name} needs an image with the prompt; give one.")
+    return [latest], ["no image came with this prompt: used the latest image of the history"]
+
+
+def single_turn_note(display_name: str, history: Sequence[Turn]) -> list[str]:
+    """The note of a single-turn family that was given earlier turns."""
+    if not history:
+        return []
+    return [f"{display_name} is single-turn: {plural(len(history), 'prior turn was', 'prior turns were')} not sent"]

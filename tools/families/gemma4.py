@@ -1,0 +1,323 @@
+"""Gemma 4: its chat template, per-call visual-token budgets, ``box_2d`` detections, native tool calls.
+
+The dialect (``Gemma4``) runs on any runtime. On the local one it brings its own runtime
+(``Gemma4Runtime``), which does no work twice: each image is encoded once per budget
+(``tools.cache.VisionCache``) and reaches the model as features (``mm_encoder_outputs``), so a
+prompt is built from text alone: the template's image placeholders are expanded to as many soft
+tokens as the cached encoding has, which is what the processor would do after preprocessing the
+pixels. A prompt that starts like an earlier one, with the same images, resumes from that call's
+KV cache (``tools.cache.PrefixCache``) and prefills only the rest. ``generate_many`` runs one
+task at several budgets as one left-padded batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import prompts
+from ..budgets import DEFAULT_BUDGET, GEMMA4_BUDGETS, GEMMA4_PATCH, GEMMA4_POOLING, gemma4_seen_size
+from ..cache import (
+    DynamicPrefixCache,
+    EncodedImage,
+    ImageBlock,
+    PrefixCache,
+    StaticPrefixCache,
+    VisionCache,
+    image_blocks,
+)
+from ..detections import GEMMA4_GRID, ParsedDetections, from_box_2d_json
+from ..errors import InvalidRequest
+from ..images import ImageInput
+from ..options import GenerationOptions
+from ..results import CacheReport
+from ..runtimes.local import LocalRuntime, cache_kwarg, local_messages
+from ..tasks import Answer, Ask, Capabilities, Generation, Message, Progress, Prompt, Stopwatch
+from ..toolcalls import parse_reply
+from .base import Dialect, TokenCounter, chat_messages
+
+
+
+class Gemma4(Dialect):
+    family = "gemma4"
+    display_name = "Gemma 4"
+    model_types = ("gemma4",)
+    tasks = frozenset({"describe", "ocr", "detect", "chat"})
+    prompt_form = "messages"
+    takes_budgets = True
+
+    def __init__(self, capabilities: Capabilities, patch: int = GEMMA4_PATCH, pooling: int = GEMMA4_POOLING) -> None:
+        super().__init__(capabilities)
+        #: the image processor's patch side and pooling, for the size the encoder sees
+        self.patch, self.pooling = patch, pooling
+
+    @classmethod
+    def for_config(cls, config: Any) -> Gemma4:
+        vision = getattr(config, "vision_config", None)
+        return cls(
+            cls.from_config(config),
+            int(getattr(vision, "patch_size", GEMMA4_PATCH)),
+            int(getattr(vision, "pooling_kernel_size", GEMMA4_POOLING)),
+        )
+
+    @classmethod
+    def from_config(cls, config: Any) -> Capabilities:
+        text = config.get_text_config()
+        return cls.capabilities_with(budgets=True, context_tokens=getattr(text, "max_position_embeddings", None))
+
+    @classmethod
+    def declared(cls, *, budgets: bool) -> Capabilities:
+        return cls.capabilities_with(budgets=budgets, context_tokens=None)
+
+    @classmethod
+    def capabilities_with(cls, *, budgets: bool, context_tokens: int | None) -> Capabilities:
+        return Capabilities(
+            tasks=cls.tasks,
+            context_policy="chat-template",
+            budgets=GEMMA4_BUDGETS if budgets else (),
+            default_budget=DEFAULT_BUDGET if budgets else None,
+            context_tokens=context_tokens,
+            box_grid=GEMMA4_GRID,
+            box_order="yx",
+        )
+
+    def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
+        history: Sequence[Any] = ()
+        system: list[Message] = []
+        tools = None
+        if ask.task == "detect":
+            text = prompts.gemma4_detect(ask.labels)
+        elif ask.task == "ocr":
+            text = prompts.GEMMA4_OCR
+        elif ask.task == "chat":
+            text, history, tools = ask.prompt, ask.history, prompts.CHAT_TOOLS
+            system = [{"role": "system", "content": prompts.CHAT_SYSTEM}]
+        else:
+            text, history = prompts.gemma4_describe(ask.prompt, len(ask.images)), ask.history
+        messages = [*system, *chat_messages(ask.images, text, history)]
+        return Prompt(
+            images=[*(image for turn in history for image in turn.images), *ask.images],
+            messages=messages,
+            budget=ask.budget,
+            processor_kwargs=self.processor_kwargs(ask.budget),
+            tools=tools,
+            history_turns=len(history),
+        )
+
+    def processor_kwargs(self, budget: int | None) -> dict[str, Any]:
+        return {} if budget is None else {"max_soft_tokens": budget}
+
+    def parse(self, ask: Ask, generation: Generation) -> Answer:
+        if ask.task == "chat":
+            if generation.tool_calls is not None:  # an engine parsed them already
+                return Answer(generation, reply=generation.tool_calls)
+            known = {tool["function"]["name"] for tool in prompts.CHAT_TOOLS}
+            return Answer(generation, reply=parse_reply(generation.raw_text, known))
+        return super().parse(ask, generation)
+
+    def parse_boxes(self, text: str, size: tuple[int, int]) -> ParsedDetections:
+        return from_box_2d_json(text, size, grid=GEMMA4_GRID)
+
+    def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
+        if not self.capabilities.budgets:
+            return size
+        budget = self.capabilities.default_budget if budget is None else budget
+        return gemma4_seen_size(size, budget, self.patch, self.pooling)
+
+
+def message_images(messages: Sequence[Message]) -> list[ImageInput]:
+    """The images of chat messages, in the order the template places their placeholders."""
+    return [
+        part["image"]
+        for message in messages
+        if not isinstance(message["content"], str)
+        for part in message["content"]
+        if part.get("type") == "image"
+    ]
+
+
+def vision_report(images: int, encoded: int) -> str:
+    if images == 0:
+        return "none"
+    return "hit" if encoded == 0 else "miss" if encoded == images else "partial"
+
+
+@dataclass
+class Encoded:
+    """A prompt ready for ``generate``: one row of token tensors, and its images' blocks and features."""
+
+    inputs: Any
+    blocks: list[ImageBlock]
+    features: list[Any]
+    vision: str
+
+    @property
+    def ids(self) -> list[int]:
+        return self.inputs["input_ids"][0].tolist()
+
+    def features_from(self, position: int) -> list[Any]:
+        """The features of the images at or after ``position``: those a resumed prefill still needs."""
+        return [features for features, block in zip(self.features, self.blocks) if block.start >= position]
+
+
+def image_inputs(features: Sequence[Any]) -> dict[str, Any]:
+    """``generate`` keyword arguments that hand the model encoded images, one tensor per image in prompt order."""
+    if not features:
+        return {}
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=tuple(features))}}
+
+
+def left_pad(rows: Sequence[Any], pad_id: int) -> Any:
+    """One batch from single-row prompts, padded on the left so that every row ends where generation starts."""
+    import torch
+    from transformers import BatchFeature
+
+    width = max(row["input_ids"].shape[1] for row in rows)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "mm_token_type_ids": 0}
+    return BatchFeature(
+        {
+            name: torch.cat(
+                [torch.nn.functional.pad(row[name], (width - row[name].shape[1], 0), value=value) for row in rows]
+            )
+            for name, value in fill.items()
+        }
+    )
+
+
+class Gemma4Runtime(LocalRuntime):
+    """The local runtime with Gemma 4's vision cache, prefix KV cache and batched budgets."""
+
+    compiles = True
+
+    def __init__(self, model_id: str, model: Any, processor: Any) -> None:
+        super().__init__(model_id, model, processor)
+        self.vision_cache = VisionCache()
+        self.prefix_cache: PrefixCache = DynamicPrefixCache()
+        # Older transformers cannot take encoded images: they get the processor's own path, uncached.
+        self.reuses_encodings = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+
+    def enable_compile(self) -> None:
+        super().enable_compile()
+        self.prefix_cache = StaticPrefixCache(self.model.config)
+
+    def clear_caches(self) -> None:
+        self.vision_cache.clear()
+        self.prefix_cache.clear()
+
+    def encode(self, images: Sequence[ImageInput], budget: int) -> tuple[list[tuple[str, EncodedImage]], int]:
+        """Each image's content hash and encoding at ``budget``, with how many went through the vision tower.
+
+        Cached ones come from the vision cache; the others are preprocessed and encoded together
+        in one vision-tower call, each distinct picture once.
+        """
+        import torch
+
+        keys = [image.hash for image in images]
+        found: dict[str, EncodedImage] = {}
+        todo: dict[str, ImageInput] = {}
+        for image in images:
+            key = image.hash
+            if key in found or key in todo:
+                continue
+            cached = self.vision_cache.get((self.model_id, key, budget))
+            if cached is None:
+                todo[key] = image
+            else:
+                found[key] = cached
+        if todo:
+            pixels = self.processor.image_processor(
+                [image.pixels for image in todo.values()], max_soft_tokens=budget, return_tensors="pt"
+            )
+            with torch.inference_mode():
+                encoded = self.model.get_image_features(
+                    pixels["pixel_values"].to(self.model.device, self.compute_dtype),
+                    pixels["image_position_ids"].to(self.model.device),
+                ).pooler_output
+            for key, features, count in zip(todo, encoded, pixels["num_soft_tokens_per_image"].tolist()):
+                if features.shape[0] != count:
+                    raise RuntimeError(f"the vision tower gave {features.shape[0]} soft tokens where {count} were expected")
+                found[key] = EncodedImage(int(count), features)
+                self.vision_cache.keep((self.model_id, key, budget), found[key])
+        return [(key, found[key]) for key in keys], len(todo)
+
+    def encoded(self, prompt: Prompt) -> Encoded:
+        """The prompt's tokens at its budget, its images encoded or taken from the vision cache."""
+        import torch
+        from transformers import BatchFeature
+
+        assert prompt.messages is not None and prompt.budget is not None
+        processor = self.processor
+        images = message_images(prompt.messages)
+        text = processor.apply_chat_template(
+            local_messages(prompt.messages), tools=prompt.tools, add_generation_prompt=True, tokenize=False
+        )
+        pieces = text.split(processor.image_token)
+        if len(pieces) != len(images) + 1:
+            raise InvalidRequest(
+                f"The text contains Gemma 4's image placeholder {processor.image_token}; remove it and attach "
+                "images as images."
+            )
+        encoded, computed = self.encode(images, prompt.budget)
+        soft = [f"{processor.boi_token}{processor.image_token * e.soft_tokens}{processor.eoi_token}" for _, e in encoded]
+        text = pieces[0] + "".join(image + piece for image, piece in zip(soft, pieces[1:]))
+        tokenizer = processor.tokenizer
+        # As the processor does: a template that writes <bos> itself gets no second one.
+        tokens = tokenizer([text], add_special_tokens=not text.startswith(tokenizer.bos_token), return_tensors="pt")
+        types = torch.tensor(processor.create_mm_token_type_ids(tokens["input_ids"]))
+        inputs = BatchFeature({**tokens, "mm_token_type_ids": types})
+        ids = inputs["input_ids"][0].tolist()
+        blocks = image_blocks(ids, self.image_token_id, [(key, prompt.budget) for key, _ in encoded])
+        return Encoded(inputs, blocks, [e.features for _, e in encoded], vision_report(len({k for k, _ in encoded}), computed))
+
+    def generate(self, prompt: Prompt, options: GenerationOptions) -> Generation:
+        if prompt.messages is None or prompt.budget is None or not self.reuses_encodings:
+            return super().generate(prompt, options)
+        watch = Stopwatch()
+        encoded = self.encoded(prompt)
+        ids = encoded.ids
+        kv, reused = self.prefix_cache.begin(ids, encoded.blocks, len(ids) + options.max_new_tokens)
+        generation = self.generate_inputs(
+            encoded.inputs, options, budget=prompt.budget, watch=watch, history_turns=prompt.history_turns,
+            model_kwargs={cache_kwarg(): kv, **image_inputs(encoded.features_from(reused))},
+        )
+        # The cache holds every token but the last generated one, which was never fed back.
+        self.prefix_cache.end(ids + generation.token_ids[:-1], encoded.blocks, kv)
+        generation.cache = CacheReport(vision=encoded.vision, reused_prompt_tokens=reused)
+        generation.notes[:0] = prompt.notes
+        return generation
+
+    def generate_many(
+        self, prompts: Sequence[Prompt], options: GenerationOptions, progress: Progress | None = None
+    ) -> list[Generation]:
+        """The prompts as one batch: each prompt encoded and prefilled alone, then one shared decode.
+
+        Decoding is bound by reading the weights, so five rows cost about what one does; prefilling
+        each row unpadded keeps the prefill at what the calls alone would cost (``generate_rows``).
+        Batching shifts the float arithmetic of the decoding steps a little, so a row may differ
+        from the same prompt run alone where two tokens were nearly tied.
+        """
+        if len(prompts) < 2 or not self.reuses_encodings or any(p.messages is None or p.budget is None for p in prompts):
+            # One prompt alone goes the ordinary way, which also resumes from the prefix cache.
+            return super().generate_many(prompts, options, progress)
+        watch = Stopwatch()
+        rows, encode_ms = [], []
+        for n, prompt in enumerate(prompts):
+            if progress:
+                progress(n, len(prompts), f"budget {prompt.budget}")
+            rows.append(self.encoded(prompt))
+            encode_ms.append(watch.lap())
+        generations = self.generate_rows(
+            [(row.inputs, image_inputs(row.features)) for row in rows], options,
+            budgets=[p.budget for p in prompts], encode_ms=encode_ms,
+        )
+        for generation, row, prompt in zip(generations, rows, prompts):
+            generation.cache = CacheReport(vision=row.vision)
+            generation.notes[:0] = prompt.notes
+        return generations
+
+
+Gemma4.local_runtime = Gemma4Runtime

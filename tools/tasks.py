@@ -1,0 +1,178 @@
+"""The values that pass between the vision core, a family's dialect and a runtime.
+
+One task interface: a caller says what it wants as an ``Ask`` (a task, images, a prompt or
+labels, the prior turns, a budget); the family's dialect turns it into a ``Prompt`` (what to
+send, in chat messages or as plain text, and what it left out); a runtime runs the prompt and
+returns a ``Generation``; the dialect reads that into an ``Answer`` (text, boxes or tool calls).
+What a family can do is its ``Capabilities``, known before any weights load.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .detections import ParsedDetections
+from .images import ImageInput
+from .results import CacheReport, Timings
+from .text import clean_model_text
+from .toolcalls import ParsedReply
+
+Role = Literal["user", "assistant"]
+#: what a caller may ask of a model; "chat" is one assistant turn that may call the vision tools
+Task = Literal["describe", "ocr", "detect", "segment", "chat"]
+TASKS: tuple[Task, ...] = ("describe", "ocr", "detect", "segment", "chat")
+#: how a family keeps the earlier turns of a conversation
+ContextPolicy = Literal["chat-template", "concat", "single-turn"]
+#: the order of a box's four numbers as the model writes them
+BoxOrder = Literal["yx", "xy"]
+#: ``(done, total, message)``: called before each step of a slow operation
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded (or declared) model of one family can do; read before any weights load."""
+
+    #: the tasks it answers
+    tasks: frozenset[str]
+    context_policy: ContextPolicy
+    #: visual-token budgets it takes per call; empty for a fixed resolution
+    budgets: tuple[int, ...] = ()
+    default_budget: int | None = None
+    #: image tokens per image of a fixed-resolution checkpoint; None where budgets apply or nobody knows
+    image_tokens: int | None = None
+    #: images one prompt may carry; None: the core's general limit
+    max_images: int | None = None
+    #: tokens the model takes, prompt and answer together; None: unknown (an engine)
+    context_tokens: int | None = None
+    #: the box grid and order its detections come on, for families that detect
+    box_grid: int | None = None
+    box_order: BoxOrder | None = None
+
+    def describe_policy(self) -> str:
+        """The context policy in a few words, for the model resource and the chat's meter."""
+        if self.context_policy == "single-turn":
+            return "single-turn: earlier turns are not sent"
+        if self.context_policy == "concat":
+            limit = f"kept under {self.context_tokens} tokens" if self.context_tokens else "kept whole"
+            return f"concatenated Question/Answer pairs, {limit} by dropping the oldest pairs"
+        limit = f" within {self.context_tokens} tokens" if self.context_tokens else ""
+        return f"the chat template, every earlier turn with its images{limit}"
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One prior turn of a conversation."""
+
+    role: Role
+    text: str
+    images: tuple[ImageInput, ...] = ()
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One task as a caller asks it: validated values, images already loaded."""
+
+    task: Task
+    images: tuple[ImageInput, ...] = ()
+    #: describe's question or instruction ("" asks for the family's own caption); chat's message
+    prompt: str = ""
+    #: detect's labels; segment's one label
+    labels: tuple[str, ...] = ()
+    history: tuple[Turn, ...] = ()
+    #: None: the family's default
+    budget: int | None = None
+
+
+#: one message content part: {"type": "text", "text": ...} or {"type": "image", "image": ImageInput}
+Part = dict[str, Any]
+#: {"role": "system" | "user" | "assistant", "content": list[Part] | str}
+Message = dict[str, Any]
+
+
+@dataclass
+class Prompt:
+    """What a dialect asks a runtime to run: chat ``messages`` or a plain ``text``, never both."""
+
+    #: the images in the order their placeholders come in the prompt
+    images: list[ImageInput]
+    #: for families with a chat template: the conversation, images as parts
+    messages: list[Message] | None = None
+    #: for families without one: the text as their processor takes it (placeholders included)
+    text: str | None = None
+    #: the budget this prompt runs at (None: a fixed resolution)
+    budget: int | None = None
+    #: the image processor's per-call arguments that carry the budget (local: processor_kwargs;
+    #: engine: mm_processor_kwargs), e.g. Gemma 4's {"max_soft_tokens": 280}
+    processor_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: function declarations the model may call (chat)
+    tools: list[dict[str, Any]] | None = None
+    #: prior turns actually in the prompt
+    history_turns: int = 0
+    #: what the dialect did to the request (turns not sent, pairs dropped), for the result's notes
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """What one model call produced, with the counts that explain it."""
+
+    text: str
+    #: None where the model runs elsewhere and its server does not say
+    image_tokens: int | None
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: Literal["stop", "length"]
+    budget: int | None
+    timings: Timings = field(default_factory=Timings)
+    #: the generated tokens with their special tokens, for parsers that need them (tool calls)
+    raw_text: str = ""
+    #: prior turns actually sent to the model (a family may send fewer than given)
+    history_turns: int = 0
+    notes: list[str] = field(default_factory=list)
+    #: the generated token ids, special tokens included
+    token_ids: list[int] = field(default_factory=list, repr=False)
+    #: what came from the runtime's caches; None for runtimes that keep none
+    cache: CacheReport | None = None
+    #: tool calls an engine returned in its own structured form (chat); None where they are in the text
+    tool_calls: ParsedReply | None = None
+
+    def __post_init__(self) -> None:
+        # At the source: the answer goes back as history, to terminals and into JSON.
+        self.text = clean_model_text(self.text)
+
+
+@dataclass
+class Answer:
+    """A generation read by its dialect: boxes for detect and segment, tool calls for chat."""
+
+    generation: Generation
+    detections: ParsedDetections | None = None
+    reply: ParsedReply | None = None
+
+
+def cut_note(max_new_tokens: int) -> str:
+    """The note of a generation stopped by its token cap rather than by the model."""
+    return f"stopped at max_new_tokens={max_new_tokens}; the answer may be cut"
+
+
+def plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+class Stopwatch:
+    """Milliseconds since creation, by named lap."""
+
+    def __init__(self) -> None:
+        self._start = self._last = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        ms, self._last = (now - self._last) * 1000.0, now
+        return round(ms, 2)
+
+    def total(self) -> float:
+        return round((time.perf_counter() - self._start) * 1000.0, 2)
