@@ -10,13 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import tiny
+from ..tiny_qwen3_vl import build_qwen3_vl
 from .base import Dialect
 from .blip2 import Blip2
 from .gemma4 import Gemma4
 from .paligemma import PaliGemma
+from .qwen3_vl import Qwen3VL
 
 #: every family vlm-agent runs, in the order docs and messages list them
-DIALECTS: tuple[type[Dialect], ...] = (Gemma4, PaliGemma, Blip2)
+DIALECTS: tuple[type[Dialect], ...] = (Gemma4, PaliGemma, Blip2, Qwen3VL)
 
 #: config ``model_type`` -> dialect
 BY_MODEL_TYPE: dict[str, type[Dialect]] = {model_type: d for d in DIALECTS for model_type in d.model_types}
@@ -29,6 +31,7 @@ TINY: dict[str, Callable[..., Path]] = {
     "paligemma": tiny.build_paligemma,
     "blip2": tiny.build_blip2,
     "blip2-t5": tiny.build_blip2_t5,
+    "qwen3_vl": build_qwen3_vl,
 }
 
 __all__ = ["BY_FAMILY", "BY_MODEL_TYPE", "DIALECTS", "Dialect", "TINY", "families_that"]
