@@ -1,0 +1,89 @@
+"""Qwen3-VL's dialect on the engine runtime: `transformers serve` running the tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sample_image, tiny_checkpoint
+from tests.test_transformers_serve import LETTERS, call, free_port, server_over, wait_ready
+from tools.families.qwen3_vl import Qwen3VL
+from tools.model import Model
+from tools.runtimes.engine import ApiSettings, EngineRuntime
+
+pytestmark = [pytest.mark.serving, pytest.mark.anyio]
+
+tiny_qwen3_vl = tiny_checkpoint("qwen3_vl")
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_qwen3_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Model]:
+    """Qwen3-VL's dialect over an engine serving the tiny checkpoint; answers biased to plain letters."""
+    from transformers import AutoTokenizer
+
+    home = tmp_path_factory.mktemp("serve-qwen")
+    (home / "hub").mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_CACHE": str(home / "hub")}
+    port = free_port()
+    log = home / "serve.log"
+    command = [
+        sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_qwen3_vl),
+        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+    ]
+    # Random weights can write bytes that are not UTF-8, which breaks a stream: letters only.
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_qwen3_vl))
+    bias = {str(tokenizer.convert_tokens_to_ids(t)): 100.0 for t in [*"abcdefghijklmnopqrstuvwxyz", "Ġ"]}
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_ready(process, f"http://127.0.0.1:{port}/health", log)
+        settings = ApiSettings(
+            base_url=f"http://127.0.0.1:{port}/v1", model=str(tiny_qwen3_vl), family="qwen3_vl",
+            extra_body={"logit_bias": bias},
+        )
+        runtime = EngineRuntime.connect(settings)
+        yield Model(Qwen3VL.for_engine(budgets=runtime.settings.budgets), runtime)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("qwen-engine-images")
+    sample_image(512, 512).save(root / "square.png")
+    sample_image(640, 480).save(root / "street.png")
+    return root
+
+
+async def test_describe_history_and_detect_on_an_engine(engine, workdir) -> None:
+    server = server_over(engine, workdir)
+    square, street = str(workdir / "square.png"), str(workdir / "street.png")
+    one = await call(server, "describe", {"images": [square], "prompt": "Compare.", "max_new_tokens": 4})
+    two = await call(server, "describe", {"images": [square, street], "prompt": "Compare.", "max_new_tokens": 4})
+    assert (one["family"], one["runtime"], one["budget"]) == ("qwen3_vl", "engine", None)
+    assert LETTERS.fullmatch(one["text"])
+    # the engine's own count: the second picture (640 x 480 at Qwen's own resolution, 300 tokens) got there
+    assert two["prompt_tokens"] - one["prompt_tokens"] >= 300
+
+    history = [
+        {"role": "user", "content": "What is it?", "images": [street]},
+        {"role": "assistant", "content": "A red square."},
+    ]
+    followed = await call(
+        server, "describe", {"images": [square], "prompt": "Compare.", "history": history, "max_new_tokens": 4}
+    )
+    assert followed["history_turns"] == 2
+    assert followed["prompt_tokens"] - one["prompt_tokens"] >= 300
+
+    boxes = await call(server, "detect", {"image": street, "labels": ["person"], "max_new_tokens": 4})
+    assert (boxes["family"], boxes["image_size"]) == ("qwen3_vl", [640, 480])
