@@ -271,6 +271,17 @@ def test_multi_turn_goes_through_the_chat_template(model) -> None:
     assert generation.image_tokens == 64  # the earlier turn's picture, at budget 70
 
 
+def test_images_on_assistant_turns_are_left_out_with_a_note(model) -> None:
+    # Qwen3-VL's template has no placeholder for them: sent, they would not match the text
+    history = (
+        Turn("user", "What is it?", (picture(512, 512),)),
+        Turn("assistant", "This one.", (picture(640, 480),)),
+    )
+    generation = model.run(Ask("describe", (), "And now?", history=history, budget=70), SHORT).generation
+    assert generation.image_tokens == 64 and generation.history_turns == 2
+    assert "1 image of earlier assistant turns not sent: Qwen3-VL takes images in user turns only" in generation.notes
+
+
 def test_ocr_and_detect_ask_in_qwen_words(model) -> None:
     image = picture(640, 480)
     assert model.dialect.prompt(model.check(Ask("ocr", (image,)))).messages[-1]["content"][-1]["text"] == OCR

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..budgets import GEMMA4_BUDGETS
 from ..detections import ParsedDetections, _Collector, _Drop, _json_items, _label, _number
 from ..errors import InvalidRequest
-from ..tasks import Ask, Capabilities, Prompt
+from ..tasks import Ask, Capabilities, Prompt, Turn, plural
 from .base import Dialect, TokenCounter, chat_messages
 
 #: the same budgets as Gemma 4, so compare_budgets lines the two families up
@@ -137,7 +138,7 @@ class Qwen3VL(Dialect):
 
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
         # Earlier turns go with describe, the conversational task; ocr and detect ask afresh.
-        history = ask.history if ask.task == "describe" else ()
+        history, notes = user_images_only(ask.history if ask.task == "describe" else ())
         if ask.task == "detect":
             text = detect_text(ask.labels)
         elif ask.task == "ocr":
@@ -145,14 +146,14 @@ class Qwen3VL(Dialect):
         else:
             text = describe_text(ask.prompt, len(ask.images))
         images = [*(image for turn in history for image in turn.images), *ask.images]
-        kwargs, notes = self.sized_kwargs([image.size for image in images], ask.budget)
+        kwargs, too_thin = self.sized_kwargs([image.size for image in images], ask.budget)
         return Prompt(
             images=images,
             messages=chat_messages(ask.images, text, history),
             budget=ask.budget,
             processor_kwargs=kwargs,
             history_turns=len(history),
-            notes=notes,
+            notes=notes + too_thin,
         )
 
     def sized_kwargs(self, sizes: Sequence[tuple[int, int]], budget: int | None) -> tuple[dict[str, Any], list[str]]:
@@ -190,6 +191,22 @@ class Qwen3VL(Dialect):
             return size
         columns, rows = token_grid(size, *pixel_range([size], budget, side=self.side), self.side)
         return columns * self.side, rows * self.side
+
+
+def user_images_only(history: Sequence[Turn]) -> tuple[list[Turn], list[str]]:
+    """The turns with images on user turns only, and the note of any left out.
+
+    Qwen3-VL's chat template writes an image placeholder for user content only; an image on an
+    assistant turn would reach the processor with no place in the text.
+    """
+    kept = [turn if turn.role == "user" else replace(turn, images=()) for turn in history]
+    left_out = sum(len(turn.images) for turn in history) - sum(len(turn.images) for turn in kept)
+    if not left_out:
+        return kept, []
+    return kept, [
+        f"{plural(left_out, 'image', 'images')} of earlier assistant turns not sent: "
+        "Qwen3-VL takes images in user turns only"
+    ]
 
 
 # ---------------------------------------------------------------- boxes
