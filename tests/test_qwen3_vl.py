@@ -419,7 +419,7 @@ async def test_mcp_tools_and_compare_budgets(tiny_qwen3_vl, images) -> None:
         assert [run["budget"] for run in runs] == [70, 140, 280, 560, 1120]
         assert [run["image_tokens"] for run in runs] == [63, 130, 266, 540, 1064]
         assert [run["seen_size"] for run in runs] == [[288, 224], [416, 320], [608, 448], [864, 640], [1216, 896]]
-        assert [block.type for block in compared.content] == ["text", "image"]
+        assert [block.type for block in compared.content] == ["text", "image", "resource_link"]
 
         refused = await client.call_tool("chat", {"message": "hi", "images": [street_id]})
         assert refused.is_error and "Qwen3-VL" in refused.content[0].text
