@@ -97,6 +97,20 @@ class RawStdio:
         self.log_file.close()
 
 
+class Calls:
+    """Tool calls on a raw server, each with a fresh id, whose answers must be results."""
+
+    n = 100
+
+    @classmethod
+    def run(cls, server: RawStdio, tool: str, arguments: dict) -> dict:
+        cls.n += 1
+        server.send(call(cls.n, tool, arguments))
+        answer = server.answer(cls.n, timeout=120)
+        assert "result" in answer, answer
+        return answer["result"]
+
+
 @contextmanager
 def raw_stdio(
     args: Sequence[str],

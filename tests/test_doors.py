@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import sample_image
 from tests.hardening import VLM_AGENT, check_tool_error, record
-from tests.raw import RawStdio, call, raw_stdio
+from tests.raw import Calls, RawStdio, raw_stdio
 
 BROKEN_PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAA"
 
@@ -46,18 +46,6 @@ def nul_model(tiny_gemma4, tmp_path_factory) -> Path:
 def stdio(tiny_gemma4, folder) -> RawStdio:
     with raw_stdio(["--model", str(tiny_gemma4), "--allow-dir", str(folder), "--out-dir", str(folder / "out")]) as s:
         yield s
-
-
-class Calls:
-    n = 100
-
-    @classmethod
-    def run(cls, server: RawStdio, tool: str, arguments: dict) -> dict:
-        cls.n += 1
-        server.send(call(cls.n, tool, arguments))
-        answer = server.answer(cls.n, timeout=120)
-        assert "result" in answer, answer
-        return answer["result"]
 
 
 def ok(result: dict) -> dict:

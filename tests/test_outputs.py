@@ -18,7 +18,7 @@ from PIL import Image
 
 from tests.conftest import sample_image
 from tests.hardening import check_tool_error, record
-from tests.raw import RawStdio, call, raw_stdio
+from tests.raw import Calls, raw_stdio
 from tools.outputs import MAX_PICTURE_SIDE, OutputLimits, cap_picture, prune, write_atomic
 
 NOW = 1_000_000_000.0
@@ -88,18 +88,6 @@ def noise(path: Path, side: int) -> Path:
     """A picture that does not compress: its annotated PNG is about 3 bytes a pixel."""
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(path)
     return path
-
-
-class Calls:
-    n = 500
-
-    @classmethod
-    def run(cls, server: RawStdio, tool: str, arguments: dict) -> dict:
-        cls.n += 1
-        server.send(call(cls.n, tool, arguments))
-        answer = server.answer(cls.n, timeout=120)
-        assert "result" in answer, answer
-        return answer["result"]
 
 
 def limit_file_size() -> None:
