@@ -33,7 +33,7 @@ from tools.outputs import OutputLimits, prune
 from tools.budgets import GEMMA4_BUDGETS
 from tools.detections import Detection
 from tools.drawing import fit_for_client
-from tools.errors import Busy, Cancelled, VlmError
+from tools.errors import VlmError
 from tools.images import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
@@ -42,6 +42,7 @@ from tools.streaming import TextSink, streaming
 from tools.vision import Vision
 
 from . import completion, logs, pictures, prompts
+from .admission import Admission, Signal
 from .icons import icon
 
 log = logging.getLogger("vlm_agent.server")
@@ -96,12 +97,13 @@ class Engine:
         #: what works with no model: ocr with engine "rapidocr", even while the model loads or if it failed
         self.offline = Vision(None, self.loader)
         self._load = load
-        self._loaded = threading.Event()
+        self._loaded = Signal()
         self._started = False
         self._lock = threading.Lock()
         self.vision: Vision | None = None
         self.error: VlmError | None = None
-        self.pending = 0
+        #: requests waiting for the load, queued for the model or running, bounded by max_queue
+        self.admission = Admission(settings.max_queue)
         self.began = time.monotonic()
         #: seconds the load took, once it is over
         self.load_s: float | None = None
@@ -114,6 +116,10 @@ class Engine:
             self._started = True
             self.began = time.monotonic()
         threading.Thread(target=self._load_model, name="vlm-model-load", daemon=True).start()
+
+    @property
+    def pending(self) -> int:
+        return self.admission.pending
 
     @property
     def what(self) -> str:
@@ -148,12 +154,14 @@ class Engine:
     async def ready(self, ctx: Context | None = None) -> Vision:
         self.start()
         if not self._loaded.is_set():
-            if ctx is not None:
-                await ctx.report_progress(0, None, f"loading {self.what}")
-            await logs.notify(ctx, "info", f"waiting for {self.what} to load ({time.monotonic() - self.began:.0f} s so far)")
-            await anyio.to_thread.run_sync(self._loaded.wait, abandon_on_cancel=True)
-            if self.vision is not None:
-                await logs.notify(ctx, "info", f"{self.what} loaded in {self.load_s:.1f} s")
+            # A place in the queue while waiting (Busy past the bound), waiting on the event loop.
+            with self.admission.place():
+                if ctx is not None:
+                    await ctx.report_progress(0, None, f"loading {self.what}")
+                await logs.notify(ctx, "info", f"waiting for {self.what} to load ({time.monotonic() - self.began:.0f} s so far)")
+                await self._loaded.wait()
+                if self.vision is not None:
+                    await logs.notify(ctx, "info", f"{self.what} loaded in {self.load_s:.1f} s")
         if self.vision is None:
             error = self.error or VlmError("The model is not loaded.")
             await logs.notify(ctx, "error", f"no model to run on: {error}")
@@ -170,25 +178,13 @@ class Engine:
         caller as progress notifications (progress = tokens so far, total = ``total``,
         message = the new text).
         """
-        if self.pending >= self.settings.max_queue:
-            raise Busy(f"The server is busy with {self.pending} requests; retry in a few seconds.")
         sink = None if stream_to is None else text_sink(stream_to, total)
 
         def streamed(cancel: threading.Event) -> T:
             with streaming(sink):
                 return call(cancel)
 
-        self.pending += 1
-        job = Job(streamed)
-        try:
-            return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
-        except anyio.get_cancelled_exc_class():
-            if job.stop():
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(job.finished.wait)
-            raise
-        finally:
-            self.pending -= 1
+        return await self.admission.run(streamed)
 
     def output_path(self, kind: str) -> Path:
         # Room first: the folder never grows past its limits by more than the new picture.
@@ -202,34 +198,6 @@ def text_sink(ctx: Context, total: int) -> TextSink:
         anyio.from_thread.run(ctx.report_progress, tokens, total, delta)
 
     return sink
-
-
-class Job:
-    """One request's work for a worker thread, which the event loop can stop."""
-
-    def __init__(self, call: Callable[[threading.Event], Any]) -> None:
-        self.call = call
-        self.cancel = threading.Event()
-        self.finished = threading.Event()
-        self._lock = threading.Lock()
-        self._started = False
-
-    def run(self) -> Any:
-        with self._lock:
-            # Cancelled before a thread picked it up: it never touches the model.
-            if self.cancel.is_set():
-                raise Cancelled("The request was cancelled before it started.")
-            self._started = True
-        try:
-            return self.call(self.cancel)
-        finally:
-            self.finished.set()
-
-    def stop(self) -> bool:
-        """Ask the work to stop; True when it had started, so there is a thread to wait for."""
-        with self._lock:
-            self.cancel.set()
-            return self._started
 
 
 class HistoryTurn(BaseModel):

@@ -34,7 +34,8 @@ import httpx
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tools.errors import AccessDenied, ImageError, InvalidRequest, UnknownImage
+from tools import cancel
+from tools.errors import AccessDenied, Cancelled, ImageError, InvalidRequest, UnknownImage
 from tools.safe_open import open_beneath
 
 __all__ = [
@@ -578,6 +579,11 @@ class _Fetch:
         for sock in sockets:
             _shutdown(sock)
 
+    def _stop_if_cancelled(self) -> None:
+        # Between hops and chunks: a cancelled fetch sends no further request and reads no further byte.
+        if self._cancelled:
+            raise Cancelled("The request was cancelled before its image was fetched.")
+
     def _track(self, sock: socket.socket) -> None:
         with self._lock:
             cancelled = self._cancelled
@@ -624,6 +630,7 @@ class _Fetch:
         # lookup we check) and no .netrc credentials sent to arbitrary hosts.
         with httpx.Client(follow_redirects=False, trust_env=False, headers=headers) as client:
             for hop in range(limits.max_redirects + 1):
+                self._stop_if_cancelled()
                 self._check_target(current, first=hop == 0)
                 left = self.deadline - time.monotonic()
                 if left <= 0:
@@ -714,6 +721,7 @@ class _Fetch:
             chunks.append(chunk)
             if time.monotonic() > self.deadline:
                 raise _timeout_error(self.url, limits)
+            self._stop_if_cancelled()
         data = b"".join(chunks)
         if not data:
             raise ImageError(f"{_cap(shown)} returned an empty body.")
@@ -721,10 +729,17 @@ class _Fetch:
 
 
 def _fetch_url(url: str, policy: AccessPolicy) -> bytes:
+    cancel.check()
     job = _Fetch(url, policy)
     worker = threading.Thread(target=job.run, name="vlm-image-fetch", daemon=True)
     worker.start()
-    if not job.done.wait(max(0.0, job.deadline - time.monotonic())):
+    try:
+        # A cancelled request stops waiting at once: it must not hold its queue place for a slow download.
+        finished = cancel.wait(job.done, job.deadline - time.monotonic())
+    except Cancelled:
+        job.cancel()
+        raise
+    if not finished:
         # The worker notices the shut-down socket and ends on its own.
         job.cancel()
         raise _timeout_error(url, policy.limits)
@@ -737,7 +752,7 @@ def _fetch_url(url: str, policy: AccessPolicy) -> bytes:
 
 def _fetch_error(error: BaseException, url: str, limits: Limits) -> BaseException:
     """Our error for whatever the worker raised; unexpected bugs pass through."""
-    if isinstance(error, (ImageError, AccessDenied, InvalidRequest)):
+    if isinstance(error, (ImageError, AccessDenied, InvalidRequest, Cancelled)):
         return error
     shown = _show_url(url)
     if isinstance(error, httpx.TimeoutException):
