@@ -2,9 +2,10 @@
 
 Every request that waits (for the model to load, for its turn at the model) or runs holds
 one place; past ``max_queue`` places a call is told ``Busy`` at once, so waiting requests
-cannot pile up memory. Waits sit on the event loop, never in a worker thread: a crowd waiting
-for a slow load must not use up the threads that work needing no model (the offline OCR)
-runs on. A cancelled caller gives its place back as soon as its work has let go.
+cannot pile up memory. The wait for the model's load sits on the event loop, in no worker
+thread: a crowd waiting for a slow load must not use up the threads that work needing no model
+(the offline OCR) runs on. A cancelled caller gives its place back as soon as its work has let
+go, image downloads included (``tools.cancel``).
 """
 
 from __future__ import annotations
