@@ -1,0 +1,73 @@
+"""The queue's parts on their own: places, the load signal, and the cancel a blocking wait sees."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import pytest
+
+from mcp_server.admission import Admission, Signal
+from tools import cancel
+from tools.errors import Busy, Cancelled
+
+
+def test_places_are_bounded_and_given_back():
+    admission = Admission(2)
+    with admission.place(), admission.place():
+        assert admission.pending == 2
+        with pytest.raises(Busy, match="busy with 2 requests"):
+            with admission.place():
+                pass
+    assert admission.pending == 0
+
+
+@pytest.mark.anyio
+async def test_a_signal_set_from_another_thread_wakes_every_waiter_without_a_thread():
+    signal = Signal()
+    woke: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await signal.wait()
+        woke.append(n)
+
+    async with anyio.create_task_group() as group:
+        for n in range(50):  # more than the worker threads
+            group.start_soon(waiter, n)
+        await anyio.sleep(0)
+        threading.Thread(target=signal.set).start()
+    assert sorted(woke) == list(range(50))
+    await signal.wait()  # once set, at once
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_wait_leaves_no_waiter_behind():
+    signal = Signal()
+    with anyio.move_on_after(0.05):
+        await signal.wait()
+    assert signal._waiters == []  # noqa: SLF001
+    signal.set()
+
+
+@pytest.mark.parametrize(
+    ("cancelled", "done", "expected"),
+    [(False, True, True), (False, False, False), (True, False, Cancelled), (True, True, Cancelled)],
+)
+def test_a_blocking_wait_gives_up_when_its_request_is_cancelled(cancelled, done, expected):
+    event, finished = threading.Event(), threading.Event()
+    if cancelled:
+        event.set()
+    if done:
+        finished.set()
+    with cancel.cancellable(event):
+        if expected is Cancelled:
+            with pytest.raises(Cancelled):
+                cancel.wait(finished, 5)
+        else:
+            assert cancel.wait(finished, 0.1) is expected
+
+
+def test_a_wait_outside_any_request_is_a_plain_wait():
+    finished = threading.Event()
+    threading.Timer(0.05, finished.set).start()
+    assert cancel.wait(finished, 5)
