@@ -384,6 +384,7 @@ async def run_tool(
     reader), build the options, run ``work`` on a worker thread with cancellation (and the
     generated text streamed as progress with ``stream``), and hand back its result."""
     engine = engine_of(ctx)
+    # Both hold a queue place; nothing awaits between them, so no call slips in at the handover.
     vision = await engine.ready(ctx) if model else engine.offline
     chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     return await engine.run(
