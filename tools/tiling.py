@@ -16,7 +16,7 @@ small text and small objects; read in tiles, each tile is seen at (nearly) full 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import InvalidRequest
@@ -234,15 +234,9 @@ def meet_at_seam(a: Found, b: Found, tiles: Sequence[Tile]) -> bool:
     return False
 
 
-def merge_detections(found: Sequence[Found], tiles: Sequence[Tile], iou_threshold: float = MERGE_IOU) -> list[Merged]:
-    """One box per object: duplicates from overlaps and pieces cut by seams joined.
-
-    Boxes of one label (ignoring case) from different tiles join a group when their IoU
-    reaches ``iou_threshold`` or they meet at a seam; groups are closed under joining. A
-    group's box is the union of its cut pieces when every member is cut, else the uncut
-    member whose tile's core holds its centre (the tile that saw it most whole), else the
-    largest uncut one. Groups come back in the order of their first member.
-    """
+def _groups(found: Sequence[Found], joins: Callable[[Found, Found], bool]) -> list[list[int]]:
+    """Indices of ``found`` grouped under ``joins``, closed under joining (union-find); each
+    group in index order, groups in the order of their first member."""
     parent = list(range(len(found)))
 
     def root(i: int) -> int:
@@ -253,20 +247,37 @@ def merge_detections(found: Sequence[Found], tiles: Sequence[Tile], iou_threshol
 
     for i, a in enumerate(found):
         for j in range(i + 1, len(found)):
-            b = found[j]
-            if a.tile == b.tile or a.label.casefold() != b.label.casefold():
-                continue
-            if _iou(a.box, b.box) >= iou_threshold or meet_at_seam(a, b, tiles):
+            if joins(a, found[j]):
                 parent[root(j)] = root(i)
     groups: dict[int, list[int]] = {}
     for i in range(len(found)):
         groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def _union(boxes: Sequence[Sequence[int]]) -> Box:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def merge_detections(found: Sequence[Found], tiles: Sequence[Tile], iou_threshold: float = MERGE_IOU) -> list[Merged]:
+    """One box per object: duplicates from overlaps and pieces cut by seams joined.
+
+    Boxes of one label (ignoring case) from different tiles join a group when their IoU
+    reaches ``iou_threshold`` or they meet at a seam; groups are closed under joining. A
+    group's box is the union of its cut pieces when every member is cut, else the uncut
+    member whose tile's core holds its centre (the tile that saw it most whole), else the
+    largest uncut one. Groups come back in the order of their first member.
+    """
+    def joins(a: Found, b: Found) -> bool:
+        if a.tile == b.tile or a.label.casefold() != b.label.casefold():
+            return False
+        return _iou(a.box, b.box) >= iou_threshold or meet_at_seam(a, b, tiles)
+
     merged = []
-    for members in groups.values():
+    for members in _groups(found, joins):
         whole = [i for i in members if not any(cut_sides(found[i].box, tiles[found[i].tile]))]
         if not whole:
-            boxes = [found[i].box for i in members]
-            box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+            box = _union([found[i].box for i in members])
         else:
             central = [i for i in whole if centre_in_core(found[i].box, tiles[found[i].tile])]
             pick = central[0] if central else max(whole, key=lambda i: _area(found[i].box))
@@ -301,25 +312,11 @@ def merge_text(found: Sequence[Found], tiles: Sequence[Tile]) -> list[Merged]:
     the union of its members: a group of more than one must be read again from the page, since
     no tile saw all of it. Groups come back in the order of their first member.
     """
-    parent = list(range(len(found)))
+    def joins(a: Found, b: Found) -> bool:
+        return a.tile != b.tile and (_contained(a.box, b.box) >= TEXT_CONTAINED or meet_at_seam(a, b, tiles))
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, a in enumerate(found):
-        for j in range(i + 1, len(found)):
-            b = found[j]
-            if a.tile != b.tile and (_contained(a.box, b.box) >= TEXT_CONTAINED or meet_at_seam(a, b, tiles)):
-                parent[root(j)] = root(i)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(found)):
-        groups.setdefault(root(i), []).append(i)
     merged = []
-    for members in groups.values():
-        boxes = [found[i].box for i in members]
-        box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    for members in _groups(found, joins):
+        box = _union([found[i].box for i in members])
         merged.append(Merged(found[members[0]].label, box, tuple(members), tuple(sorted({found[i].tile for i in members}))))
     return merged
