@@ -151,3 +151,40 @@ def single_turn_note(display_name: str, history: Sequence[Turn]) -> list[str]:
     if not history:
         return []
     return [f"{display_name} is single-turn: {plural(len(history), 'prior turn was', 'prior turns were')} not sent"]
+
+
+class BudgetedChatDialect(Dialect):
+    """A chat-template family with per-call visual-token budgets and a box grid: its
+    capabilities follow from these class attributes, locally and on an engine alike."""
+
+    prompt_form = "messages"
+    takes_budgets = True
+    #: the budgets a call may ask for, and the one a call without a budget gets
+    budget_values: ClassVar[tuple[int, ...]]
+    default_budget: ClassVar[int]
+    #: the grid the model writes boxes on, and which coordinate comes first
+    box_grid: ClassVar[int]
+    box_order: ClassVar[Literal["xy", "yx"]]
+
+    @classmethod
+    def from_config(cls, config: Any) -> Capabilities:
+        text = config.get_text_config()
+        return cls.capabilities_with(budgets=True, context_tokens=getattr(text, "max_position_embeddings", None))
+
+    @classmethod
+    def declared(cls, *, budgets: bool) -> Capabilities:
+        # An engine renders the family's own chat template; without per-request budgets the
+        # engine's own image setting applies.
+        return cls.capabilities_with(budgets=budgets, context_tokens=None)
+
+    @classmethod
+    def capabilities_with(cls, *, budgets: bool, context_tokens: int | None) -> Capabilities:
+        return Capabilities(
+            tasks=cls.tasks,
+            context_policy="chat-template",
+            budgets=cls.budget_values if budgets else (),
+            default_budget=cls.default_budget if budgets else None,
+            context_tokens=context_tokens,
+            box_grid=cls.box_grid,
+            box_order=cls.box_order,
+        )

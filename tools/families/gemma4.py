@@ -36,17 +36,19 @@ from ..results import CacheReport
 from ..runtimes.local import LocalRuntime, cache_kwarg, local_messages
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Progress, Prompt, Stopwatch
 from ..toolcalls import parse_reply
-from .base import Dialect, TokenCounter, chat_messages
+from .base import BudgetedChatDialect, TokenCounter, chat_messages
 
 
 
-class Gemma4(Dialect):
+class Gemma4(BudgetedChatDialect):
     family = "gemma4"
     display_name = "Gemma 4"
     model_types = ("gemma4",)
     tasks = frozenset({"describe", "ocr", "detect", "chat"})
-    prompt_form = "messages"
-    takes_budgets = True
+    budget_values = GEMMA4_BUDGETS
+    default_budget = DEFAULT_BUDGET
+    box_grid = GEMMA4_GRID
+    box_order = "yx"
 
     def __init__(self, capabilities: Capabilities, patch: int = GEMMA4_PATCH, pooling: int = GEMMA4_POOLING) -> None:
         super().__init__(capabilities)
@@ -60,27 +62,6 @@ class Gemma4(Dialect):
             cls.from_config(config),
             int(getattr(vision, "patch_size", GEMMA4_PATCH)),
             int(getattr(vision, "pooling_kernel_size", GEMMA4_POOLING)),
-        )
-
-    @classmethod
-    def from_config(cls, config: Any) -> Capabilities:
-        text = config.get_text_config()
-        return cls.capabilities_with(budgets=True, context_tokens=getattr(text, "max_position_embeddings", None))
-
-    @classmethod
-    def declared(cls, *, budgets: bool) -> Capabilities:
-        return cls.capabilities_with(budgets=budgets, context_tokens=None)
-
-    @classmethod
-    def capabilities_with(cls, *, budgets: bool, context_tokens: int | None) -> Capabilities:
-        return Capabilities(
-            tasks=cls.tasks,
-            context_policy="chat-template",
-            budgets=GEMMA4_BUDGETS if budgets else (),
-            default_budget=DEFAULT_BUDGET if budgets else None,
-            context_tokens=context_tokens,
-            box_grid=GEMMA4_GRID,
-            box_order="yx",
         )
 
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:

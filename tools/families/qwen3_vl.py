@@ -29,7 +29,7 @@ from ..budgets import GEMMA4_BUDGETS
 from ..detections import ParsedDetections, _Collector, _Drop, _json_items, _label, _number
 from ..errors import InvalidRequest
 from ..tasks import Ask, Capabilities, Prompt, Turn, plural
-from .base import Dialect, TokenCounter, chat_messages
+from .base import BudgetedChatDialect, TokenCounter, chat_messages
 
 #: the same budgets as Gemma 4, so compare_budgets lines the two families up
 QWEN3_VL_BUDGETS = GEMMA4_BUDGETS
@@ -91,15 +91,18 @@ def pixel_range(
     return side**2, most
 
 
-class Qwen3VL(Dialect):
+class Qwen3VL(BudgetedChatDialect):
     family = "qwen3_vl"
     display_name = "Qwen3-VL"
     model_types = ("qwen3_vl",)
     # No "chat": Qwen3-VL's tool calls are <tool_call> JSON, which the chat's tool parser does not
     # read, so the chat client routes messages by keywords instead.
     tasks = frozenset({"describe", "ocr", "detect"})
-    prompt_form = "messages"
-    takes_budgets = True
+    # Budgets reach an engine's processor as the same ``size`` argument as here.
+    budget_values = QWEN3_VL_BUDGETS
+    default_budget = DEFAULT_BUDGET
+    box_grid = QWEN3_VL_GRID
+    box_order = "xy"
 
     def __init__(self, capabilities: Capabilities, side: int = TOKEN_SIDE) -> None:
         super().__init__(capabilities)
@@ -112,29 +115,6 @@ class Qwen3VL(Dialect):
         patch = int(getattr(vision, "patch_size", TOKEN_SIDE // 2))
         merge = int(getattr(vision, "spatial_merge_size", 2))
         return cls(cls.from_config(config), patch * merge)
-
-    @classmethod
-    def from_config(cls, config: Any) -> Capabilities:
-        text = config.get_text_config()
-        return cls.capabilities_with(budgets=True, context_tokens=getattr(text, "max_position_embeddings", None))
-
-    @classmethod
-    def declared(cls, *, budgets: bool) -> Capabilities:
-        # An engine renders Qwen3-VL's own chat template; budgets reach its processor as the same
-        # ``size`` argument. Without them the engine's own pixel range applies.
-        return cls.capabilities_with(budgets=budgets, context_tokens=None)
-
-    @classmethod
-    def capabilities_with(cls, *, budgets: bool, context_tokens: int | None) -> Capabilities:
-        return Capabilities(
-            tasks=cls.tasks,
-            context_policy="chat-template",
-            budgets=QWEN3_VL_BUDGETS if budgets else (),
-            default_budget=DEFAULT_BUDGET if budgets else None,
-            context_tokens=context_tokens,
-            box_grid=QWEN3_VL_GRID,
-            box_order="xy",
-        )
 
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
         # Earlier turns go with describe, the conversational task; ocr and detect ask afresh.
