@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import sample_image, tiny_checkpoint
-from tests.test_transformers_serve import LETTERS, call, free_port, server_over, wait_ready
+from tests.test_transformers_serve import LETTERS, call, server_over, transformers_serve
 from tools.families.qwen3_vl import Qwen3VL
 from tools.model import Model
 from tools.runtimes.engine import ApiSettings, EngineRuntime
@@ -26,35 +23,13 @@ def engine(tiny_qwen3_vl: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """Qwen3-VL's dialect over an engine serving the tiny checkpoint; answers biased to plain letters."""
     from transformers import AutoTokenizer
 
-    home = tmp_path_factory.mktemp("serve-qwen")
-    (home / "hub").mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_CACHE": str(home / "hub")}
-    port = free_port()
-    log = home / "serve.log"
-    command = [
-        sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_qwen3_vl),
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-    ]
     # Random weights can write bytes that are not UTF-8, which breaks a stream: letters only.
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_qwen3_vl))
     bias = {str(tokenizer.convert_tokens_to_ids(t)): 100.0 for t in [*"abcdefghijklmnopqrstuvwxyz", "Ġ"]}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_ready(process, f"http://127.0.0.1:{port}/health", log)
-        settings = ApiSettings(
-            base_url=f"http://127.0.0.1:{port}/v1", model=str(tiny_qwen3_vl), family="qwen3_vl",
-            extra_body={"logit_bias": bias},
-        )
+    with transformers_serve(tiny_qwen3_vl, tmp_path_factory.mktemp("serve-qwen")) as url:
+        settings = ApiSettings(base_url=url, model=str(tiny_qwen3_vl), family="qwen3_vl", extra_body={"logit_bias": bias})
         runtime = EngineRuntime.connect(settings)
         yield Model(Qwen3VL.for_engine(budgets=runtime.settings.budgets), runtime)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -65,15 +66,15 @@ def wait_ready(process: subprocess.Popen, url: str, log: Path) -> None:
     pytest.fail(f"transformers serve was not ready within {READY_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def engine_url(tiny_gemma4: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("serve")
+@contextmanager
+def transformers_serve(checkpoint: Path, home: Path) -> Iterator[str]:
+    """`transformers serve` on ``checkpoint`` at a loopback port, offline: its /v1 URL."""
     (home / "hub").mkdir()  # must exist, or /v1/models fails
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_CACHE": str(home / "hub")}
     port = free_port()
     log = home / "serve.log"
     command = [
-        sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_gemma4),
+        sys.executable, "-m", "transformers.cli.transformers", "serve", str(checkpoint),
         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
     ]
     with log.open("wb") as sink:
@@ -88,6 +89,12 @@ def engine_url(tiny_gemma4: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def engine_url(tiny_gemma4: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with transformers_serve(tiny_gemma4, tmp_path_factory.mktemp("serve")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
