@@ -13,7 +13,7 @@ from agent.cli import main
 from mcp_server.server import Settings, build_server
 from tools.errors import InvalidRequest, Unsupported
 from tools.images import AccessPolicy, ImageLoader
-from tools.ocr_engines import RapidOcr, reading_order
+from tools.ocr_engines import RapidOcr, cuts, reading_order
 from tools.vision import Vision
 
 #: what the rendered picture says, in reading order: two columns on the first row
@@ -144,7 +144,7 @@ async def test_mcp_ocr_in_tiles_reads_a_line_the_seam_cuts_whole(page):
         data = result.structured_content
         assert data["text"] == EXPECTED
         assert [tile["box"] for tile in data["tiles"]] == [[0, 0, 473, 260], [427, 0, 900, 260]]
-        assert any("read again from the page" in note for note in data["notes"])
+        assert any("joined and read as one" in note for note in data["notes"])
         assert all(0 <= line["box"][0] < line["box"][2] <= 900 for line in data["lines"])
         bad = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr", "tiles": "twelve"})
         assert bad.is_error and bad.content[0].text.startswith("tiles 'twelve' is not")
@@ -158,3 +158,52 @@ def test_cli_ocr_tiles_auto_leaves_a_small_image_whole(page, capsys):
     assert result["text"] == EXPECTED and result["tiles"] is None
     assert main(["ocr", str(path), "--engine", "rapidocr", "--tiles", "0"]) == 1
     assert "tiles must be between 1 and 8" in capsys.readouterr().err
+
+
+@needs_rapidocr
+def test_an_upside_down_page_is_still_read(page):
+    """A line the angle classifier would turn, or one read with low confidence, is read both ways."""
+    path, _ = page
+    pieces = RapidOcr().pieces(Image.open(path).rotate(180))
+    assert sorted(" ".join(text for _, text in pieces).split()) == sorted(" ".join(t for _, t in ROWS).split())
+
+
+@needs_rapidocr
+def test_small_text_on_a_wide_page_is_found_in_tiles_and_lost_whole():
+    """Real PP-OCR on a generated page too wide for its detector: 10 px text shrunk 2x is mostly
+    never found whole, while tiles find it at full size. Scored as the benchmark scores."""
+    from bench.ocr_tiles import make_page, score
+    from tools.tiled import rapidocr_tiled
+
+    drawn = make_page((4000, 420), 10, "latin", seed=3)
+    assert drawn is not None
+    reader = RapidOcr()
+    total = len("".join(drawn.text.split()))
+    whole, _ = score(reader.read(drawn.image).text, drawn.text)
+    tiled = rapidocr_tiled(reader, drawn.image, "auto")
+    recovered, error = score(tiled.text, drawn.text)
+    assert len(tiled.tiles) == 3 and tiled.reread > 0
+    assert whole < 0.7 * total and recovered >= 0.95 * total and error < 0.05, (whole, recovered, total, error)
+
+
+def _blank(pattern: str) -> list[bool]:
+    return [c == "." for c in pattern]
+
+
+@pytest.mark.parametrize(
+    "pattern, height, max_aspect, expected",
+    [
+        # short enough: read whole
+        ("xx.xx", 10, 1.0, []),
+        # the widest blank run in the second half of the allowance, a word gap when wide enough
+        ("xxxx.xx...xxxxxxxxx", 10, 1.2, [(8, True)]),
+        # only a gap between letters there: cut in it, joined without a space
+        ("xxxxxxx.xxxxxxxxxxx", 10, 1.2, [(7, False)]),
+        # no blank column at all: cut at the allowance
+        ("x" * 25, 10, 1.0, [(10, False), (20, False)]),
+        # every part within the allowance, cut after cut
+        ("xxxx..xxxx..xxxx..xxxx", 4, 2.0, [(5, True), (11, True), (17, True)]),
+    ],
+)
+def test_cuts_split_long_lines_in_the_widest_gap(pattern, height, max_aspect, expected):
+    assert cuts(_blank(pattern), height, max_aspect) == expected

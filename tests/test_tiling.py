@@ -142,9 +142,22 @@ def test_merge_detections(tiles, found, expected):
         # a line longer than the overlap, cut by the seam in both tiles: one piece over the whole line
         ([Found(0, "a long li", (100, 50, 550, 70)), Found(1, "ine of text", (450, 51, 900, 70))],
          [((100, 50, 900, 70), 2)]),
+        # the detector stopped short of the seam at the last whole word: still one line
+        ([Found(0, "a long", (100, 50, 530, 70)), Found(1, "long line of text", (452, 51, 900, 71))],
+         [((100, 50, 900, 71), 2)]),
+        # a word one tile cut and the other lost leaves a gap narrower than the line is tall: one line
+        ([Found(0, "a long", (100, 50, 470, 70)), Found(1, "of text", (485, 50, 900, 70))], [((100, 50, 900, 70), 2)]),
+        # a sliver of a line one tile cut through its height lies mostly inside the whole line
+        ([Found(0, "sliver", (460, 300, 540, 306)), Found(1, "whole", (458, 296, 542, 318))], [((458, 296, 542, 318), 2)]),
         # neighbouring lines of text stay apart
         ([Found(0, "one", (100, 50, 550, 70)), Found(1, "two", (450, 80, 900, 100))],
          [((100, 50, 550, 70), 1), ((450, 80, 900, 100), 1)]),
+        # two columns on one row, a gutter wider than the line is tall between them: apart
+        ([Found(0, "left", (100, 50, 520, 70)), Found(1, "right", (560, 50, 900, 70))],
+         [((100, 50, 520, 70), 1), ((560, 50, 900, 70), 1)]),
+        # rows that touch by a few pixels (tall boxes of close lines) stay apart
+        ([Found(0, "one", (100, 50, 550, 74)), Found(1, "two", (450, 68, 900, 92))],
+         [((100, 50, 550, 74), 1), ((450, 68, 900, 92), 1)]),
         # pieces of the same tile are the detector's own split: kept apart
         ([Found(0, "a", (10, 10, 50, 30)), Found(0, "b", (30, 10, 70, 30))], [((10, 10, 50, 30), 1), ((30, 10, 70, 30), 1)]),
     ],

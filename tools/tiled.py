@@ -1,9 +1,10 @@
 """Reading a large image in tiles with the offline OCR engine, and putting the page back together.
 
-PP-OCR (rapidocr) shrinks any image whose long side passes its ``max_side_len`` (2000 px)
-before it looks, so small text on a phone photo or a 4K screenshot is read at half size
-or less. Here each tile is read at full size; pieces that overlaps read twice, or that a
-tile edge cut, are joined (``tiling.merge_text``) and read again from the page's own pixels.
+PP-OCR's detector (rapidocr) shrinks any image whose long side passes its ``max_side_len``
+(2000 px) before it looks, so small text on a phone photo or a 4K screenshot is searched
+for at half size or less, and much of it is never found. Here text is found tile by tile at
+full size; pieces that overlaps saw twice, or that a tile edge cut, are joined
+(``tiling.merge_text``), and every piece is read once from the page's own pixels.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .detections import Detection, ParsedDetections
 from .images import ImageInput
 from .model import Model
 from .options import GenerationOptions
-from .ocr_engines import RapidOcr, Reading, assemble
+from .ocr_engines import TEXT_SCORE, Quad, RapidOcr, Reading, assemble, bounds
 from .results import CacheReport, Timings
 from .tasks import Ask, Generation, Stopwatch, Task
 
@@ -27,12 +28,17 @@ from .tasks import Ask, Generation, Stopwatch, Task
 class TiledReading(Reading):
     #: the tiles read, row by row; one whole-page tile when the image was not tiled
     tiles: list[tiling.Tile]
-    #: pieces read again from the page because tiles saw them only in parts or twice
+    #: pieces joined from what several tiles saw of them (read from the page as one)
     reread: int = 0
 
 
 def rapidocr_tiled(reader: RapidOcr, image: Image.Image, tiles: str | int) -> TiledReading:
-    """Read ``image`` in the tiles ``tiles`` chooses (``tiling.plan``), at the engine's full size."""
+    """Read ``image`` in the tiles ``tiles`` chooses (``tiling.plan``), at the engine's full size.
+
+    Only finding text needs tiles: the detector is what shrinks a large image. So each tile
+    is searched for text, the pieces are put on the page and joined where tiles saw the same
+    line (``tiling.merge_text``), and then every piece is read once, from the page's own pixels.
+    """
     watch = Stopwatch()
     plan = tiling.plan(image.size, tiles, reader.max_side)
     preprocess_ms = watch.lap()
@@ -40,24 +46,29 @@ def rapidocr_tiled(reader: RapidOcr, image: Image.Image, tiles: str | int) -> Ti
         reading = reader.read(image)
         return TiledReading(reading.text, reading.lines, reading.timings, plan)
     found: list[tiling.Found] = []
+    quads: list[Quad] = []
     for tile in plan:
-        for box, text in reader.pieces(image.crop(tile.box)):
-            # Whole pixels, outward, so that a crop of the page holds everything the tile's box did.
-            page_box = tiling.to_page((int(box[0]), int(box[1]), -int(-box[2]), -int(-box[3])), tile)
-            found.append(tiling.Found(tile.index, text, page_box))
+        dx, dy = tile.box[0], tile.box[1]
+        for quad in reader.detect(image.crop(tile.box)):
+            page_quad = tuple((x + dx, y + dy) for x, y in quad)
+            x1, y1, x2, y2 = bounds(page_quad)
+            # Whole pixels, outward, so that the box holds everything the quadrilateral does.
+            found.append(tiling.Found(tile.index, "", (int(x1), int(y1), -int(-x2), -int(-y2))))
+            quads.append(page_quad)
     groups = tiling.merge_text(found, plan)
-    again = [g for g in groups if len(g.members) > 1]
-    texts = dict(zip((id(g) for g in again), reader.recognise([image.crop(g.box) for g in again])))
-    pieces = [
-        (tuple(float(v) for v in g.box), texts[id(g)] if id(g) in texts else g.label)
-        for g in groups
-    ]
-    pieces = [(box, text) for box, text in pieces if text]
+    # A piece one tile saw keeps its own (perhaps tilted) outline; a joined one is the box around its parts.
+    outlines = [quads[g.members[0]] if len(g.members) == 1 else _rectangle(g.box) for g in groups]
+    readings = reader.read_quads(image, outlines)
+    pieces = [(bounds(q), text) for q, (text, score) in zip(outlines, readings) if text and score >= TEXT_SCORE]
     generate_ms = watch.lap()
-    text, lines = assemble(pieces, image.size)  # type: ignore[arg-type]
+    text, lines = assemble(pieces, image.size)
     timings = Timings(preprocess_ms=preprocess_ms, generate_ms=generate_ms, total_ms=watch.total())
-    return TiledReading(text, lines, timings, plan, reread=len(again))
+    return TiledReading(text, lines, timings, plan, reread=sum(len(g.members) > 1 for g in groups))
 
+
+def _rectangle(box: tiling.Box) -> Quad:
+    x1, y1, x2, y2 = box
+    return ((x1, y1), (x2, y1), (x2, y2), (x1, y2))
 
 
 # ---------------------------------------------------------------- the vision-language model

@@ -6,8 +6,10 @@ small text and small objects; read in tiles, each tile is seen at (nearly) full 
 
 - Tiles overlap, so text or an object cut by one tile's edge is whole in its neighbour.
 - Each tile owns a *core*: the page is split at the middle of every overlap, so every page
-  pixel belongs to exactly one core. A text line is kept from the tile whose core holds its
-  centre, so a line read twice in an overlap is kept once.
+  pixel belongs to exactly one core. Of one object seen whole by two tiles, the box of the
+  tile whose core holds its centre is kept.
+- Text pieces from different tiles join when they are the same words or parts of one line,
+  and a joined piece is read as one from the page.
 - Boxes map back to page pixels by adding the tile's offset: exact, integer arithmetic.
 - Detections of the same label from different tiles merge when they overlap enough (IoU),
   or when both are cut by the seam between their tiles and meet across it (edge adjacency).
@@ -294,6 +296,8 @@ def _area(box: Sequence[int]) -> int:
 
 #: two text pieces from different tiles are one when this much of the smaller lies inside the other
 TEXT_CONTAINED = 0.5
+#: ... or when they share this much of the shorter one's height (one row) and meet along it
+TEXT_SAME_ROW = 0.5
 
 
 def _contained(a: Sequence[int], b: Sequence[int]) -> float:
@@ -303,17 +307,32 @@ def _contained(a: Sequence[int], b: Sequence[int]) -> float:
     return w * h / smaller if smaller > 0 else 0.0
 
 
+def same_line(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Two boxes on one row of text that overlap or nearly touch along it: one line two tiles saw parts of.
+
+    A detector stops a line at the last word it sees whole, a few pixels or a word short of the
+    tile's edge, so the pieces' ends cannot be matched to the edge; but each tile sees every word
+    inside the overlap whole, so the two pieces of one line overlap there. A gap of up to a line's
+    height is allowed (a word one tile cut and the other lost); a column's gutter is wider.
+    """
+    height = min(a[3] - a[1], b[3] - b[1])
+    shared = min(a[3], b[3]) - max(a[1], b[1])
+    gap = max(a[0], b[0]) - min(a[2], b[2])
+    return height > 0 and shared >= TEXT_SAME_ROW * height and gap <= height
+
+
 def merge_text(found: Sequence[Found], tiles: Sequence[Tile]) -> list[Merged]:
     """Text pieces from overlapping tiles as one piece per place on the page.
 
     Pieces from different tiles join when most of the smaller lies in the other (the same words
-    read twice in an overlap, or a piece one tile cut short) or when both are cut by the seam
-    between their tiles and meet across it (a line longer than the overlap). A group's box is
-    the union of its members: a group of more than one must be read again from the page, since
-    no tile saw all of it. Groups come back in the order of their first member.
+    seen twice in an overlap, or a line cut through its height by a seam) or when they lie on
+    one row and meet along it (``same_line``: a line longer than the overlap). Pieces of one tile
+    are the detector's own split and stay apart. A group's box is the union of its members: a
+    group of more than one must be read from the page, since no tile saw all of it. Groups come
+    back in the order of their first member.
     """
     def joins(a: Found, b: Found) -> bool:
-        return a.tile != b.tile and (_contained(a.box, b.box) >= TEXT_CONTAINED or meet_at_seam(a, b, tiles))
+        return a.tile != b.tile and (_contained(a.box, b.box) >= TEXT_CONTAINED or same_line(a.box, b.box))
 
     merged = []
     for members in _groups(found, joins):

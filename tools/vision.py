@@ -365,7 +365,7 @@ class Vision:
         loaded = self.load_images([image])
         reading = tiled.rapidocr_tiled(reader, loaded[0].image, tiles)
         read_in = [tile_out(tile) for tile in reading.tiles] if len(reading.tiles) > 1 else None
-        notes = [f"{reading.reread} pieces seen in parts or twice were read again from the page"] if reading.reread else []
+        notes = [f"{reading.reread} pieces seen in parts or twice by the tiles were joined and read as one"] if reading.reread else []
         return OcrResult(
             text=reading.text,
             model=reader.model,
