@@ -202,3 +202,64 @@ def test_compare_budgets_for_detect_shows_the_fused_boxes(gemma4_backend, script
     fused = [(d.label, d.box, d.agreement.budgets) for d in result.fused]
     assert fused == [("cat", (12, 10, 52, 50), (280, 560, 1120)), ("dog", (60, 60, 90, 90), (560,))]
     assert result.recommendation_reason and (tmp_path / "budgets.png").stat().st_size > 0
+
+
+def test_cli_detect_consensus_and_verify(gemma4_backend, tiny_gemma4, scripted, tmp_path, monkeypatch, capsys):
+    """``vlm-agent detect --consensus --verify``: agreement and verification per box in JSON and in the table."""
+    import json
+
+    import tools.model
+    from agent.cli import main
+
+    texts, batches = scripted
+    _, path = vision_on(gemma4_backend, tmp_path, (100, 100))
+    monkeypatch.setattr(tools.model, "load_model", lambda *args, **kwargs: gemma4_backend)
+    base = ["detect", path, "cat", "dog", "--model", str(tiny_gemma4), "--consensus", "280,560,1120", "--verify",
+            "--max-new-tokens", "2", "--out", str(tmp_path / "boxes.png")]
+    texts += CONSENSUS_TEXTS
+    assert main([*base, "--json"]) == 0
+    check_consensus(json.loads(capsys.readouterr().out))
+    texts += CONSENSUS_TEXTS
+    assert main(base) == 0
+    table = capsys.readouterr().out
+    assert "found at budgets" in table and "verified" in table
+    assert "280, 560, 1120 (1.00)" in table and "560 (0.33)" in table
+    assert [line.split("│")[-2].strip() for line in table.splitlines() if "(1.00)" in line or "(0.33)" in line] == [
+        "yes", "no"]
+    assert not texts and batches[:1] == [3]
+
+
+@pytest.mark.anyio
+async def test_chat_detect_consensus_and_verify_shows_agreement_and_verification(
+    gemma4_backend, scripted, tmp_path, monkeypatch
+):
+    import io
+
+    from mcp import Client
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.input import create_pipe_input
+    from prompt_toolkit.output import DummyOutput
+    from rich.console import Console
+
+    from agent.chat import run_chat
+    from mcp_server.server import Settings, build_server
+
+    monkeypatch.setenv("VLM_AGENT_HOME", str(tmp_path / "home"))  # the chat's history stays in the test
+    texts, _ = scripted
+    _, path = vision_on(gemma4_backend, tmp_path, (100, 100))
+    server = build_server(Settings(model="tiny", allow_dirs=[str(tmp_path)], out_dir=tmp_path / "out"),
+                          load=lambda *args, **kwargs: gemma4_backend)
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    texts += CONSENSUS_TEXTS
+    async with Client(server) as client:
+        with create_pipe_input() as pipe:
+            pipe.send_text("/detect --consensus 280,560,1120 --verify cat dog\n/quit\n")
+            code = await run_chat([path], console=console, prompt=PromptSession(input=pipe, output=DummyOutput()),
+                                  client=client)
+    transcript = console.file.getvalue()
+    assert code == 0, transcript
+    assert "found at budgets" in transcript and "verified" in transcript
+    rows = [line for line in transcript.splitlines() if "(1.00)" in line or "(0.33)" in line]
+    assert ["280, 560, 1120" in rows[0], "560 (0.33)" in rows[1]] == [True, True]
+    assert [row.split("│")[-2].strip() for row in rows] == ["yes", "no"]
+    assert not texts
