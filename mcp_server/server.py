@@ -472,7 +472,8 @@ async def detect(
     The full-size annotated PNG is saved on the server (annotated_path); the picture
     in the result is a downscaled copy.
     """
-    out = engine_of(ctx).output_path("detect")
+    # Pruning the output folder touches every file in it: off the event loop too.
+    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "detect")
     detected = await run_tool(
         ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -500,7 +501,7 @@ async def compare_budgets(
     highest budget, recommends the smallest budget that agrees, and returns one
     picture with every budget's result. Families with budgets only (vlm-agent://model lists them).
     """
-    out = engine_of(ctx).output_path("budgets")
+    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "budgets")
 
     def progress(done: int, total: int, message: str) -> None:
         anyio.from_thread.run(ctx.report_progress, done, total, message)
