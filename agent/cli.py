@@ -308,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="pictures older than this are removed from the output folder (default 7)",
     )
     p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the model before 'busy'")
+    p.add_argument(
+        "--max-sessions", type=int, default=256, metavar="N",
+        help="HTTP: sessions open at once; past it a new client is told to retry (default 256)",
+    )
+    p.add_argument(
+        "--session-idle-s", type=float, default=300, metavar="SECONDS",
+        help="HTTP: a session with no request for this long is ended (default 300)",
+    )
 
     p = commands.add_parser(
         "tiny-model",
@@ -459,7 +467,7 @@ async def run_script_command(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     from mcp_server.server import Settings, build_server, default_out_dir
     from tools.outputs import OutputLimits
-    from mcp_server.transport import serve_http
+    from mcp_server.transport import SessionLimits, serve_http
 
     token = None
     if args.token_env:
@@ -468,6 +476,8 @@ def serve(args: argparse.Namespace) -> int:
             raise InvalidRequest(f"--token-env names ${args.token_env}, which is not set or empty.")
     if not (args.out_max_mb > 0 and args.out_max_days > 0):
         raise InvalidRequest("--out-max-mb and --out-max-days must be positive numbers.")
+    if not (args.max_sessions > 0 and 0 < args.session_idle_s < float("inf")):
+        raise InvalidRequest("--max-sessions and --session-idle-s must be positive numbers.")
     settings = Settings(
         model=args.model,
         dtype=args.dtype,
@@ -486,7 +496,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.transport == "stdio":
         server.run()
     else:
-        serve_http(server, args.host, args.port, token, args.allow_host)
+        sessions = SessionLimits(max_sessions=args.max_sessions, idle_s=args.session_idle_s)
+        serve_http(server, args.host, args.port, token, args.allow_host, sessions)
     return 0
 
 

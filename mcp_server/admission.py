@@ -2,15 +2,17 @@
 
 Every request that waits (for the model to load, for its turn at the model) or runs holds
 one place; past ``max_queue`` places a call is told ``Busy`` at once, so waiting requests
-cannot pile up memory. The wait for the model's load sits on the event loop, in no worker
-thread: a crowd waiting for a slow load must not use up the threads that work needing no model
-(the offline OCR) runs on. A cancelled caller gives its place back as soon as its work has let
-go, image downloads included (``tools.cancel``).
+cannot pile up memory. Both waits sit on the event loop, in no worker thread: a crowd waiting
+for a slow load or a busy model must not use up the threads that work needing no model (the
+offline OCR) runs on. A call gets its turn (``Turns``) before its work goes to a thread, so
+only the calls that hold a turn have a thread. A cancelled caller gives its place back as soon
+as its work has let go, image downloads included (``tools.cancel``).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -39,15 +41,8 @@ class Signal:
         with self._lock:
             self._set = True
             waiters, self._waiters = self._waiters, []
-        here = _loop_here()
         for event, token in waiters:
-            if token.native_token is here:
-                event.set()
-                continue
-            try:
-                anyio.from_thread.run_sync(event.set, token=token)
-            except RuntimeError:
-                pass  # that loop has ended: nobody waits on it any more
+            _set(event, token)
 
     async def wait(self) -> None:
         with self._lock:
@@ -61,6 +56,59 @@ class Signal:
             with self._lock:
                 if entry in self._waiters:
                     self._waiters.remove(entry)
+
+
+class Turns:
+    """Turns at the model: at most ``count`` holders (1 for a local model), the rest waiting in
+    order on the event loop without a thread. Released from the task that acquired."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._lock = threading.Lock()
+        self._held = 0
+        self._waiters: deque[tuple[anyio.Event, EventLoopToken]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        with self._lock:
+            if self._held < self.count and not self._waiters:
+                self._held += 1
+                return
+            entry = (anyio.Event(), current_token())
+            self._waiters.append(entry)
+        try:
+            await entry[0].wait()
+        except BaseException:
+            with self._lock:
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
+                    raise
+            # Cancelled just as the turn was handed over: hand it on.
+            self.release()
+            raise
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._waiters:
+                self._held -= 1
+                return
+            # Handed straight to the next in line, so nobody arriving now jumps the queue.
+            event, token = self._waiters.popleft()
+        _set(event, token)
+
+
+def _set(event: anyio.Event, token: EventLoopToken) -> None:
+    """Set an event of the loop ``token`` names, from that loop or any other thread."""
+    if token.native_token is _loop_here():
+        event.set()
+        return
+    try:
+        anyio.from_thread.run_sync(event.set, token=token)
+    except RuntimeError:
+        pass  # that loop has ended: nobody waits on it any more
 
 
 def _loop_here() -> object | None:
@@ -93,23 +141,30 @@ class Admission:
         finally:
             self.pending -= 1
 
-    async def run(self, call: Callable[[threading.Event], T]) -> T:
-        """Run ``call(cancel)`` on a worker thread, holding a place until its thread lets go.
+    async def run(self, call: Callable[[threading.Event], T], turns: Turns | None = None) -> T:
+        """Run ``call(cancel)`` on a worker thread, holding a place until its thread lets go;
+        with ``turns``, only once it has a turn, waited for on the event loop.
 
         When the caller cancels or hangs up, ``cancel`` is set (and is the running request's
-        event in ``tools.cancel``): a request still waiting for the model gives up, an image
+        event in ``tools.cancel``): a request still waiting for its turn gives up, an image
         download stops, and a generation stops at its next token.
         """
         with self.place():
-            job = Job(call)
+            if turns is not None:
+                await turns.acquire()
             try:
-                return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
-            except anyio.get_cancelled_exc_class():
-                if job.stop():
-                    # The place is given back only once the thread has let go of the model.
-                    with anyio.CancelScope(shield=True):
-                        await job.finished.wait()
-                raise
+                job = Job(call)
+                try:
+                    return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
+                except anyio.get_cancelled_exc_class():
+                    if job.stop():
+                        # The place and the turn are given back only once the thread has let go of the model.
+                        with anyio.CancelScope(shield=True):
+                            await job.finished.wait()
+                    raise
+            finally:
+                if turns is not None:
+                    turns.release()
 
 
 class Job:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import ResourceLink
@@ -50,4 +51,5 @@ def register(server: MCPServer, out_dir: Path) -> None:
         path = out_dir / name
         if not NAME.fullmatch(name) or not path.is_file():
             raise ResourceError(f"No picture named {name[:60]!r}; tool results link to the pictures there are.")
-        return path.read_bytes()
+        # A full-size picture may be tens of megabytes: read on a worker thread, not the event loop.
+        return await anyio.to_thread.run_sync(path.read_bytes)

@@ -42,7 +42,7 @@ from tools.streaming import TextSink, streaming
 from tools.vision import Vision
 
 from . import completion, logs, pictures, prompts
-from .admission import Admission, Signal
+from .admission import Admission, Signal, Turns
 from .icons import icon
 
 log = logging.getLogger("vlm_agent.server")
@@ -104,6 +104,8 @@ class Engine:
         self.error: VlmError | None = None
         #: requests waiting for the load, queued for the model or running, bounded by max_queue
         self.admission = Admission(settings.max_queue)
+        #: turns at the loaded model (one for a local model, --max-concurrency on an engine)
+        self.turns: Turns | None = None
         self.began = time.monotonic()
         #: seconds the load took, once it is over
         self.load_s: float | None = None
@@ -137,6 +139,7 @@ class Engine:
                 self.settings.model, dtype=self.settings.dtype, quantize=self.settings.quantize,
                 api=self.settings.api, **fast,
             )
+            self.turns = Turns(max(1, model.max_concurrency))
             self.vision = Vision(model, self.loader)
         except VlmError as exc:
             if self.settings.model == NO_MODEL and self.settings.api is None:
@@ -168,11 +171,15 @@ class Engine:
             raise error
         return self.vision
 
-    async def run(self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0) -> T:
-        """Run ``call(cancel)`` on a worker thread, queued behind the model lock, bounded.
+    async def run(
+        self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0,
+        model: bool = True,
+    ) -> T:
+        """Run ``call(cancel)`` on a worker thread once it has a turn at the model (``model``),
+        waited for on the event loop; bounded.
 
-        When the caller cancels or hangs up, ``cancel`` is set: a request still waiting for the
-        model gives up, and a generation stops at its next token. The request stays counted
+        When the caller cancels or hangs up, ``cancel`` is set: a request still waiting for its
+        turn gives up, and a generation stops at its next token. The request stays counted
         in ``pending`` until its thread has let go of the model, so the bound holds and the
         next request finds the model free. With ``stream_to``, generated text reaches the
         caller as progress notifications (progress = tokens so far, total = ``total``,
@@ -184,7 +191,7 @@ class Engine:
             with streaming(sink):
                 return call(cancel)
 
-        return await self.admission.run(streamed)
+        return await self.admission.run(streamed, self.turns if model else None)
 
     def output_path(self, kind: str) -> Path:
         # Room first: the folder never grows past its limits by more than the new picture.
@@ -388,7 +395,8 @@ async def run_tool(
     vision = await engine.ready(ctx) if model else engine.offline
     chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     return await engine.run(
-        lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens
+        lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens,
+        model=model,
     )
 
 
@@ -472,7 +480,8 @@ async def detect(
     The full-size annotated PNG is saved on the server (annotated_path); the picture
     in the result is a downscaled copy.
     """
-    out = engine_of(ctx).output_path("detect")
+    # Pruning the output folder touches every file in it: off the event loop too.
+    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "detect")
     detected = await run_tool(
         ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -500,7 +509,7 @@ async def compare_budgets(
     highest budget, recommends the smallest budget that agrees, and returns one
     picture with every budget's result. Families with budgets only (vlm-agent://model lists them).
     """
-    out = engine_of(ctx).output_path("budgets")
+    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "budgets")
 
     def progress(done: int, total: int, message: str) -> None:
         anyio.from_thread.run(ctx.report_progress, done, total, message)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import INVALID_REQUEST
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .wire import MAX_MESSAGE_BYTES, MiB, Refusal, check_message
@@ -76,10 +78,56 @@ class BearerToken:
         await send({"type": "http.response.body", "body": body})
 
 
-#: stateful sessions at once, and how long an idle one is kept: never-closed sessions must not
-#: pile up memory or lock new clients out for long
+#: stateful sessions at once, and how long an idle one is kept (``--max-sessions``,
+#: ``--session-idle-s``): never-closed sessions must not pile up memory or lock new clients out for long
 MAX_SESSIONS = 256
 SESSION_IDLE_S = 300.0
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    max_sessions: int = MAX_SESSIONS
+    idle_s: float = SESSION_IDLE_S
+
+
+class SessionCap:
+    """ASGI middleware: the SDK's bare "Too many open sessions" (503) becomes a sentence that says
+    what to do, as a JSON-RPC error with ``Retry-After``.
+
+    The SDK decides (it counts the sessions and ends idle ones); only a request that would open a
+    session, one without ``mcp-session-id``, can meet the cap."""
+
+    def __init__(self, app: ASGIApp, limits: SessionLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or b"mcp-session-id" in dict(scope.get("headers") or []):
+            await self.app(scope, receive, send)
+            return
+        refused = False
+
+        async def reworded(message: Message) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                refused = True
+                return
+            if not refused:
+                await send(message)
+            elif not message.get("more_body"):
+                await self.refuse(send)
+
+        await self.app(scope, receive, reworded)
+
+    async def refuse(self, send: Send) -> None:
+        idle = f"{self.limits.idle_s:g}"
+        sentence = (
+            f"The server has {self.limits.max_sessions} open sessions, its limit; end an unused one with "
+            f"DELETE, or retry once an idle one expires ({idle} s without a request)."
+        )
+        refusal = Refusal(INTERNAL_ERROR, sentence)
+        retry = str(max(1, math.ceil(self.limits.idle_s))).encode()
+        await send_json(send, 503, refusal.response().model_dump(mode="json"), [(b"retry-after", retry)])
 
 
 def allowed_names(host: str, extra_hosts: Sequence[str] = ()) -> set[str]:
@@ -202,33 +250,42 @@ async def refuse_message(send: Send, status: int, refusal: Refusal) -> None:
     await send_json(send, status, refusal.response().model_dump(mode="json"))
 
 
-async def send_json(send: Send, status: int, payload: object) -> None:
+async def send_json(send: Send, status: int, payload: object, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
     body = json.dumps(payload).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
 
 
-def http_app(server: MCPServer, host: str, token: str | None, extra_hosts: Sequence[str] = ()) -> ASGIApp:
+def http_app(
+    server: MCPServer, host: str, token: str | None, extra_hosts: Sequence[str] = (),
+    sessions: SessionLimits = SessionLimits(),
+) -> ASGIApp:
     app: ASGIApp = server.streamable_http_app(
-        transport_security=security_settings(host, extra_hosts), host=host,
-        max_request_body_size=MAX_MESSAGE_BYTES, max_sessions=MAX_SESSIONS, session_idle_timeout=SESSION_IDLE_S,
+        transport_security=security_settings(host, extra_hosts), host=host, max_request_body_size=MAX_MESSAGE_BYTES,
+        max_sessions=sessions.max_sessions, session_idle_timeout=sessions.idle_s,
     )
+    app = SessionCap(app, sessions)
     app = MessageGuard(app)
     # The token first: nobody without it learns anything, not even which hosts are allowed.
     app = HostGuard(app, allowed_names(host, extra_hosts))
     return BearerToken(app, token) if token else app
 
 
-def serve_http(server: MCPServer, host: str, port: int, token: str | None, extra_hosts: Sequence[str] = ()) -> None:
+def serve_http(
+    server: MCPServer, host: str, port: int, token: str | None, extra_hosts: Sequence[str] = (),
+    sessions: SessionLimits = SessionLimits(),
+) -> None:
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning("serving on %s without a token: anyone who can reach this port can use the model", host)
     log.info("MCP endpoint: http://%s:%d/mcp", f"[{host}]" if ":" in host else host, port)
-    uvicorn.run(http_app(server, host, token, extra_hosts), host=host, port=port, log_level="warning")
+    uvicorn.run(http_app(server, host, token, extra_hosts, sessions), host=host, port=port, log_level="warning")

@@ -70,6 +70,15 @@ class RawStdio:
         assert line, f"the server closed stdout; log: {self.log()[-2000:]}"
         return json.loads(line)
 
+    def poll(self, timeout: float) -> dict | None:
+        """The next message on stdout, or None when none came within ``timeout``."""
+        try:
+            line = self.lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        assert line, f"the server closed stdout; log: {self.log()[-2000:]}"
+        return json.loads(line)
+
     def answer(self, id_: Any, timeout: float = 60) -> dict:
         """The response to ``id_``, skipping notifications (progress, logging)."""
         while True:

@@ -7,7 +7,7 @@ import threading
 import anyio
 import pytest
 
-from mcp_server.admission import Admission, Signal
+from mcp_server.admission import Admission, Signal, Turns
 from tools import cancel
 from tools.errors import Busy, Cancelled
 
@@ -71,3 +71,40 @@ def test_a_wait_outside_any_request_is_a_plain_wait():
     finished = threading.Event()
     threading.Timer(0.05, finished.set).start()
     assert cancel.wait(finished, 5)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("count", [1, 3])
+async def test_turns_go_in_order_and_never_to_more_than_their_count(count):
+    turns = Turns(count)
+    holding, most, order = 0, 0, []
+
+    async def caller(n: int) -> None:
+        nonlocal holding, most
+        await turns.acquire()
+        holding += 1
+        most = max(most, holding)
+        order.append(n)
+        await anyio.sleep(0)
+        holding -= 1
+        turns.release()
+
+    async with anyio.create_task_group() as group:
+        for n in range(60):  # more than the worker threads; none is used
+            group.start_soon(caller, n)
+    assert most == count and sorted(order) == list(range(60))
+    if count == 1:
+        assert order == list(range(60))
+    assert turns.waiting == 0 and turns._held == 0  # noqa: SLF001
+
+
+@pytest.mark.anyio
+async def test_a_call_cancelled_while_it_waits_for_its_turn_leaves_the_queue():
+    turns = Turns(1)
+    await turns.acquire()
+    with anyio.move_on_after(0.05):
+        await turns.acquire()
+    assert turns.waiting == 0
+    turns.release()
+    await turns.acquire()  # free again: the cancelled waiter took nothing
+    turns.release()

@@ -319,3 +319,15 @@ def test_what_a_family_cannot_do_is_refused_before_any_weights_load(
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
     assert proc.stderr.startswith("error: ") and expected in proc.stderr
     assert "Loading weights" not in proc.stderr and "loading" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--max-sessions", "0"], ["--max-sessions", "-3"], ["--session-idle-s", "0"], ["--session-idle-s", "inf"],
+     ["--session-idle-s", "nan"]],
+    ids=" ".join,
+)
+def test_session_limits_that_cannot_work_are_refused_in_one_line(flags):
+    proc = console("serve", "--transport", "http", "--model", "none", "--port", "9", *flags, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == "", proc
+    assert proc.stderr.splitlines()[-1] == "error: --max-sessions and --session-idle-s must be positive numbers."

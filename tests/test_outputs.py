@@ -1,8 +1,9 @@
 """Class 5 of the transport campaign: output files whole or not at all, in a bounded folder.
 
 Pure rules table-driven; then a real `vlm-agent serve` on raw stdio: a write that fails for
-lack of room leaves no partial file and the next call still works, the folder keeps to its
-size and age limits, and a huge input gives a full-size picture a person can use.
+lack of room (mid-way, or as the file is closed) leaves no partial file and the next call
+still works, the folder keeps to its size and age limits, and a huge input gives a full-size
+picture a person can use.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 
 from tests.conftest import sample_image
 from tests.hardening import check_tool_error, record
+from tests.injected import inject
 from tests.raw import Calls, raw_stdio
 from tools.outputs import MAX_PICTURE_SIDE, OutputLimits, cap_picture, prune, write_atomic
 
@@ -109,6 +111,29 @@ def test_a_write_that_runs_out_of_room_leaves_no_partial_and_the_next_call_works
         done = Calls.run(s, "detect", {"image": str(small), "labels": ["cat"], "max_new_tokens": 2, "budget": 70})
         assert not done.get("isError"), done
         assert [p.suffix for p in out.iterdir()] == [".png"]
+    record(class_5=1)
+
+
+def test_a_write_that_fails_as_it_is_closed_leaves_no_partial_and_the_next_call_works(tiny_gemma4, tmp_path):
+    """A full disk shows when the last buffer is flushed: the file loses its end and close fails.
+    Pillow leaves that file in place; before the fix it lay under the picture's real name."""
+    picture, out = tmp_path / "in.png", tmp_path / "out"
+    sample_image(64, 48).save(picture)
+    out.mkdir()
+    args = ["--model", str(tiny_gemma4), "--allow-dir", str(tmp_path), "--out-dir", str(out)]
+    detect = {"image": str(picture), "labels": ["cat"], "max_new_tokens": 2, "budget": 70}
+    with raw_stdio(args, env=inject(tmp_path / "inject", "fail-close", out=str(out))) as s:
+        failed = Calls.run(s, "detect", detect)
+        assert failed.get("isError"), failed
+        message = check_tool_error(failed["content"][0]["text"])
+        assert "Could not write the PNG" in message and str(out) not in message
+        assert [p.name for p in out.iterdir()] == []  # no partial under any name
+        done = Calls.run(s, "detect", detect)
+        assert not done.get("isError"), done
+    written = list(out.iterdir())
+    assert [p.suffix for p in written] == [".png"]
+    with Image.open(written[0]) as whole:
+        whole.load()  # every byte of it there
     record(class_5=1)
 
 

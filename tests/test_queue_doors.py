@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.conftest import sample_image
 from tests.hardening import check_tool_error, record
+from tests.injected import inject
 from tests.raw import RawStdio, call, raw_stdio
 
 #: the longest any loopback server here holds a connection, whatever the test does
@@ -231,4 +232,35 @@ def test_a_cancelled_call_frees_its_place_during_a_slow_download():
         # The server keeps serving.
         s.send(call(999, "ocr", {"image": data_uri(), "engine": "rapidocr"}))
         assert not s.answer(999, timeout=40)["result"].get("isError")
+    record(class_4=1)
+
+
+# -- (c) calls queued behind a loaded, busy model ----------------------------------------------
+
+
+def test_offline_ocr_answers_while_a_crowd_waits_for_a_busy_model(tiny_gemma4, tmp_path):
+    """One describe holds the model (its generation is held at a gate); 45 more queue behind it,
+    more than the event loop's 40 worker threads; ocr with rapidocr still answers."""
+    talk = tmp_path / "gates"
+    args = ["--model", str(tiny_gemma4), "--allow-dir", str(tmp_path), "--out-dir", str(tmp_path / "out"),
+            "--max-queue", "64"]
+    crowd = set(range(2, 47))
+    with raw_stdio(args, env=inject(talk, "hold-generate")) as s:
+        s.send(describe(1, budget=70))
+        deadline = time.monotonic() + 120
+        while not (talk / "generating").exists():
+            time.sleep(0.02)
+            assert time.monotonic() < deadline, f"the first call never reached the model; log: {s.log()[-2000:]}"
+        for n in sorted(crowd):
+            s.send(describe(n, budget=70))
+        s.send(call(100, "ocr", {"image": data_uri(), "engine": "rapidocr"}))
+        # Before the fix the crowd held every worker thread, each waiting for the model's lock,
+        # and this waited for the held generation's end.
+        ocr = s.answer(100, timeout=40)
+        assert not (talk / "release").exists()
+        assert not ocr["result"].get("isError"), ocr
+        assert ocr["result"]["structuredContent"]["engine"] == "rapidocr"
+        (talk / "release").write_text("")
+        after = answers(s, crowd | {1}, timeout=180)
+        assert not any(is_busy(a) or a["result"].get("isError") for a in after.values()), after
     record(class_4=1)
