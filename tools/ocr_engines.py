@@ -34,6 +34,10 @@ Piece = tuple[tuple[float, float, float, float], str]
 Quad = tuple[tuple[float, float], ...]
 #: rapidocr's own text_score: a piece read with less confidence is noise, not text
 TEXT_SCORE = 0.5
+#: the detector keeps a region whose mean text probability reaches this (rapidocr's default is 0.5,
+#: which drops whole lines of 10 px text; what is not text is then read with low confidence and
+#: dropped by TEXT_SCORE)
+BOX_THRESHOLD = 0.3
 #: the recogniser's time grows much faster than a line's length (PP-OCRv4: a 20 px line 800 px
 #: long reads in 0.1 s, 1760 px long in 1 s), so a line wider than this many heights is read in parts
 MAX_ASPECT = 30
@@ -102,12 +106,12 @@ class RapidOcr:
                 )
             from rapidocr_onnxruntime import RapidOCR
 
-            self._engine = RapidOCR()
+            engine = RapidOCR()
+            post = getattr(getattr(engine, "text_det", None), "postprocess_op", None)
+            if post is not None and hasattr(post, "box_thresh"):
+                post.box_thresh = BOX_THRESHOLD
+            self._engine = engine
         return self._engine
-
-    def engine(self) -> Any:
-        """The rapidocr engine itself, loaded: for a baseline that calls it as its authors wrote it."""
-        return self._load()
 
     @property
     def max_side(self) -> int:
