@@ -223,3 +223,19 @@ def test_ocr_tiles_bench_pages_and_score(monkeypatch, capsys):
     if ocr_tiles.RapidOcr.available():
         assert ocr_tiles.main(["--scripts", "cjk"]) == 0
         assert "skipping cjk: no font found; install fonts-noto-cjk" in capsys.readouterr().err
+
+
+def test_ocr_tiles_bench_prints_the_three_readings_of_a_page(tmp_path, capsys):
+    from bench import ocr_tiles
+
+    if not ocr_tiles.RapidOcr.available() or ocr_tiles.font_path("latin") is None:
+        pytest.skip("needs the ocr extra and DejaVu Sans")
+    table = tmp_path / "table.md"
+    assert ocr_tiles.main(["--sizes", "600x300", "--fonts", "20", "--scripts", "latin", "--markdown", str(table)]) == 0
+    header, rule, row = table.read_text().splitlines()
+    assert header.startswith("| script | page | text px | characters | as written: recovered")
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:3] == ["latin", "600x300", "20"] and cells[-1] == "1"  # a small page is not tiled
+    # as written, whole, tiled: each "N (P%)", an error and seconds
+    assert len(cells) == 14 and all(cells[i].endswith("%)") for i in (4, 7, 10))
+    assert row in capsys.readouterr().out
