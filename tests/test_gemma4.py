@@ -24,7 +24,7 @@ def test_budget_gives_documented_image_tokens_on_square_image(gemma4_backend, bu
     assert generation.budget == budget
 
 
-@pytest.mark.parametrize(("budget", "tokens"), zip(GEMMA4_BUDGETS, (63, 130, 266, 540, 1064)))
+@pytest.mark.parametrize(("budget", "tokens"), list(zip(GEMMA4_BUDGETS, (63, 130, 266, 540, 1064))))
 def test_small_non_square_image_is_upscaled_to_budget(gemma4_backend, budget, tokens):
     generation = run(gemma4_backend, "describe", [sample_image(64, 48)], "x", budget=budget, options=SHORT).generation
     assert generation.image_tokens == tokens
