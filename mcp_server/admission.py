@@ -141,30 +141,42 @@ class Admission:
         finally:
             self.pending -= 1
 
-    async def run(self, call: Callable[[threading.Event], T], turns: Turns | None = None) -> T:
+    async def run(
+        self, call: Callable[[threading.Event], T], turns: Turns | None = None,
+        prepare: Callable[[threading.Event], object] | None = None,
+    ) -> T:
         """Run ``call(cancel)`` on a worker thread, holding a place until its thread lets go;
-        with ``turns``, only once it has a turn, waited for on the event loop.
+        with ``turns``, only once it has a turn, waited for on the event loop. ``prepare(cancel)``
+        runs on a worker thread first, before the turn (fetching images the call needs), so
+        it holds up no other call.
 
         When the caller cancels or hangs up, ``cancel`` is set (and is the running request's
         event in ``tools.cancel``): a request still waiting for its turn gives up, an image
         download stops, and a generation stops at its next token.
         """
         with self.place():
+            if prepare is not None:
+                await _on_thread(prepare)
             if turns is not None:
                 await turns.acquire()
             try:
-                job = Job(call)
-                try:
-                    return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
-                except anyio.get_cancelled_exc_class():
-                    if job.stop():
-                        # The place and the turn are given back only once the thread has let go of the model.
-                        with anyio.CancelScope(shield=True):
-                            await job.finished.wait()
-                    raise
+                return await _on_thread(call)
             finally:
                 if turns is not None:
                     turns.release()
+
+
+async def _on_thread(call: Callable[[threading.Event], T]) -> T:
+    """``call(cancel)`` on a worker thread; cancelled, it is asked to stop and waited for."""
+    job = Job(call)
+    try:
+        return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
+    except anyio.get_cancelled_exc_class():
+        if job.stop():
+            # The place and the turn are given back only once the thread has let go of the model.
+            with anyio.CancelScope(shield=True):
+                await job.finished.wait()
+        raise
 
 
 class Job:

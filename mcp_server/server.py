@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from tools.options import GenerationOptions
 from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.runtimes.engine import ApiSettings
 from tools.streaming import TextSink, streaming
-from tools.vision import Vision
+from tools.vision import MAX_IMAGES, Vision
 
 from . import completion, logs, pictures, prompts
 from .admission import Admission, Signal, Turns
@@ -173,7 +173,7 @@ class Engine:
 
     async def run(
         self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0,
-        model: bool = True,
+        model: bool = True, images: Sequence[str] = (),
     ) -> T:
         """Run ``call(cancel)`` on a worker thread once it has a turn at the model (``model``),
         waited for on the event loop; bounded.
@@ -186,12 +186,20 @@ class Engine:
         message = the new text).
         """
         sink = None if stream_to is None else text_sink(stream_to, total)
+        turns = self.turns if model else None
+        # The call's URL images are fetched before its turn at the model (``images``: every
+        # reference it names, history included), unless there are more than it may send.
+        ahead: dict[str, Any] = {}
+        fetch = list(images) if turns is not None and 0 < len(images) <= MAX_IMAGES else []
+
+        def prepare(cancel: threading.Event) -> None:
+            ahead.update(self.loader.fetch_ahead(fetch))
 
         def streamed(cancel: threading.Event) -> T:
-            with streaming(sink):
+            with streaming(sink), self.loader.prefetched(ahead):
                 return call(cancel)
 
-        return await self.admission.run(streamed, self.turns if model else None)
+        return await self.admission.run(streamed, turns, prepare if fetch else None)
 
     def output_path(self, kind: str) -> Path:
         # Room first: the folder never grows past its limits by more than the new picture.
@@ -386,22 +394,28 @@ async def run_tool(
     top_p: float = 1.0,
     stream: bool = False,
     model: bool = True,
+    images: Sequence[str] = (),
 ) -> R:
     """What every tool does around its call: wait for the model (``model=False``: the offline
     reader), build the options, run ``work`` on a worker thread with cancellation (and the
-    generated text streamed as progress with ``stream``), and hand back its result."""
+    generated text streamed as progress with ``stream``), and hand back its result. ``images``
+    names every image reference the work reads, so URLs among them are fetched before its turn."""
     engine = engine_of(ctx)
     # Both hold a queue place; nothing awaits between them, so no call slips in at the handover.
     vision = await engine.ready(ctx) if model else engine.offline
     chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     return await engine.run(
         lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens,
-        model=model,
+        model=model, images=images,
     )
 
 
 def turns_of(history: list[HistoryTurn] | None) -> list[dict[str, Any]]:
     return [turn.model_dump() for turn in history or []]
+
+
+def history_images(history: list[HistoryTurn] | None) -> list[str]:
+    return [ref for turn in history or [] for ref in turn.images or []]
 
 
 async def describe(
@@ -423,6 +437,7 @@ async def describe(
     result = await run_tool(
         ctx, lambda vision, chosen: vision.describe(images, prompt, turns_of(history), budget, chosen),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True,
+        images=[*images, *history_images(history)],
     )
     return text_result(result, result.text)
 
@@ -451,6 +466,7 @@ async def ocr(
     result = await run_tool(
         ctx, lambda vision, chosen: vision.ocr(image, budget, chosen, engine, tiles),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True, model=engine == "vlm",
+        images=[image],
     )
     return text_result(result, result.text)
 
@@ -484,7 +500,7 @@ async def detect(
     out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "detect")
     detected = await run_tool(
         ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify),
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=[image],
     )
     lines = [box_line(d) for d in detected.detections] or ["nothing found"]
     notes = [f"note: {n}" for n in detected.notes]
@@ -516,7 +532,7 @@ async def compare_budgets(
 
     result = await run_tool(
         ctx, lambda vision, chosen: vision.compare_budgets(image, task, prompt, (), budgets, chosen, out, progress),
-        max_new_tokens=max_new_tokens,
+        max_new_tokens=max_new_tokens, images=[image],
     )
     rows = [
         f"{run.budget:>5}  {'?' if run.image_tokens is None else run.image_tokens:>5} tokens  "
@@ -550,7 +566,7 @@ async def chat(
     """
     result = await run_tool(
         ctx, lambda vision, chosen: vision.chat(images, message, turns_of(history), budget, chosen),
-        max_new_tokens=max_new_tokens, stream=True,
+        max_new_tokens=max_new_tokens, stream=True, images=[*images, *history_images(history)],
     )
     calls = [f"call {c.name}({json.dumps(c.arguments)})" for c in result.tool_calls]
     return text_result(result, "\n".join([result.text, *calls]).strip() or "(no text)")

@@ -264,3 +264,47 @@ def test_offline_ocr_answers_while_a_crowd_waits_for_a_busy_model(tiny_gemma4, t
         after = answers(s, crowd | {1}, timeout=180)
         assert not any(is_busy(a) or a["result"].get("isError") for a in after.values()), after
     record(class_4=1)
+
+
+# -- (d) a slow image download does not hold the model ----------------------------------------
+
+#: the most the image server holds a download half sent (under the 10 s download limit)
+HALF_HOLD_S = 8.0
+
+
+def test_a_slow_image_download_does_not_hold_the_model_from_other_calls(tiny_gemma4, tmp_path):
+    """A describe whose URL image arrives slowly fetches it before its turn at the model: a
+    describe sent meanwhile is answered while that download is still half done."""
+    body = png_bytes()
+    started, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    class Halting(Quiet):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            started.set()
+            release.wait(HALF_HOLD_S)
+            try:
+                self.wfile.write(body[len(body) // 2:])
+            finally:
+                done.set()
+
+    args = ["--model", str(tiny_gemma4), "--allow-dir", str(tmp_path), "--out-dir", str(tmp_path / "out"),
+            "--allow-private-urls"]
+    with loopback(Halting) as port, raw_stdio(args) as s:
+        s.send(call(1, "describe", {"images": [f"http://127.0.0.1:{port}/slow.png"], "max_new_tokens": 2, "budget": 70}))
+        assert started.wait(120), s.log()[-2000:]
+        s.send(describe(2, budget=70, max_new_tokens=2))
+        # Before, the first call read its images holding its turn, so this waited for the download.
+        other = s.answer(2, timeout=60)
+        assert not done.is_set(), "the other call was answered only once the slow download had finished"
+        assert not other["result"].get("isError"), other
+        release.set()
+        first = s.answer(1, timeout=60)
+        assert not first["result"].get("isError"), first
+        assert first["result"]["structuredContent"]["image_ids"], first
+    record(class_4=1)

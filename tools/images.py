@@ -24,7 +24,8 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from struct import error as struct_error
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tools import cancel
-from tools.errors import AccessDenied, Cancelled, ImageError, InvalidRequest, UnknownImage
+from tools.errors import AccessDenied, Cancelled, ImageError, InvalidRequest, UnknownImage, VlmError
 from tools.safe_open import open_beneath
 
 __all__ = [
@@ -338,6 +339,33 @@ class ImageLoader:
     def __init__(self, policy: AccessPolicy, store: ImageStore | None = None) -> None:
         self.policy = policy
         self.store = store if store is not None else ImageStore()
+        # URL images one call fetched ahead (``fetch_ahead``), seen only by that call's thread.
+        self._ahead = threading.local()
+
+    def fetch_ahead(self, refs: Iterable[str]) -> dict[str, LoadedImage | VlmError]:
+        """The http(s) images among ``refs``, fetched now: a server fetches them before the call's
+        turn at the model, so a slow download holds up no other call. A failure is kept, to be
+        raised where the call meets that image, after the checks that come before it."""
+        fetched: dict[str, LoadedImage | VlmError] = {}
+        for ref in refs:
+            key = ref.strip() if isinstance(ref, str) else ""
+            if key[:8].lower().startswith(("http://", "https://")) and key not in fetched:
+                try:
+                    fetched[key] = self.load(key)
+                except Cancelled:
+                    raise
+                except VlmError as error:
+                    fetched[key] = error
+        return fetched
+
+    @contextmanager
+    def prefetched(self, fetched: dict[str, LoadedImage | VlmError]) -> Iterator[None]:
+        """Within the block, on this thread, a URL in ``fetched`` is taken from there, not fetched again."""
+        self._ahead.fetched = fetched
+        try:
+            yield
+        finally:
+            self._ahead.fetched = None
 
     def load(self, ref: str) -> LoadedImage:
         """Load a path, http(s) URL, data: URI or image_id; the result is stored."""
@@ -361,6 +389,11 @@ class ImageLoader:
         if lower.startswith("data:"):
             return self._finish(_read_data_uri(ref, self.policy.limits), "data", "the data: URI")
         if lower.startswith(("http://", "https://")):
+            ahead = (getattr(self._ahead, "fetched", None) or {}).get(ref)
+            if isinstance(ahead, VlmError):
+                raise ahead
+            if ahead is not None:
+                return ahead
             if not self.policy.allow_urls:
                 raise AccessDenied(
                     "Fetching URLs is turned off here; pass a local file or a data: URI instead."
