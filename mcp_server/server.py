@@ -26,7 +26,8 @@ import anyio
 from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import CallToolResult, TextContent
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from tools.about import package_version
 from tools.outputs import OutputLimits, prune
@@ -349,8 +350,27 @@ def explain(tool: str, error: ToolError) -> tuple[str, str, str | None]:
     return f"The {tool} tool failed unexpectedly; the server logged the details and keeps serving.", "internal", None
 
 
+def _budget_value(value: Any) -> Any:
+    """'auto' in any case or spacing, as the CLI takes it; true/false are not budgets (lax ints would make them 1/0)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()):
+        raise PydanticCustomError("budget", "Input should be a budget number or 'auto'")
+    return value
+
+
+def _tiles_value(value: Any) -> Any:
+    """null means off; true, 2.5 or a list are not a number of tiles (lax validation took true as 1: tiling off)."""
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise PydanticCustomError("tiles", "Input should be 'auto', 'off' or a whole number of tiles across the long side, e.g. 3")
+
+
 Budget = Annotated[
     int | Literal["auto"] | None,
+    BeforeValidator(_budget_value),
     Field(
         description="visual-token budget, for families that take one (Gemma 4: 70, 140, 280, 560 or 1120; "
         "more keeps finer detail); vlm-agent://model lists the model's budgets and default; 'auto' picks the "
@@ -362,7 +382,8 @@ Temperature = Annotated[float, Field(description="0 decodes greedily; above 0 sa
 TopP = Annotated[float, Field(description="nucleus sampling mass, used when temperature > 0")]
 ImageRef = Annotated[str, Field(description=IMAGE_REF)]
 Tiles = Annotated[
-    str | int,
+    str | int | None,
+    BeforeValidator(_tiles_value),
     Field(
         description="read in overlapping tiles: 'auto' tiles only an image the engine would shrink "
         "(rapidocr past 2000 px, Gemma 4 past what budget 1120 sees), 'off', or 1-8 tiles across the long side; "

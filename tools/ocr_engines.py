@@ -10,6 +10,8 @@ lines in reading order and returns them in the shared detection type beside the 
 from __future__ import annotations
 
 import importlib.util
+import math
+import statistics
 import threading
 import unicodedata
 from collections.abc import Sequence
@@ -49,10 +51,46 @@ WORD_GAP = 0.12
 BLANK_SPREAD = 0.25
 
 
+#: rapidocr 1.4's min_side_len: it stretches a smaller image to this many pixels on its short side
+DEFAULT_MIN_SIDE = 30
+#: rapidocr 1.4's width_height_ratio: it pads a wider strip to a quarter of its width before looking
+WIDTH_HEIGHT_RATIO = 8
+#: a piece this many times wider than tall says which way the page's lines run
+SKEW_ASPECT = 2
+
+
 def bounds(quad: Quad) -> tuple[float, float, float, float]:
     """The (x1, y1, x2, y2) box around a quadrilateral."""
     xs, ys = [p[0] for p in quad], [p[1] for p in quad]
     return min(xs), min(ys), max(xs), max(ys)
+
+
+def skew(quads: Sequence[Quad]) -> float:
+    """The angle (radians, clockwise in image coordinates) the page's lines run at: the median of
+    the top edges of the pieces clearly wider than tall; 0 without any.
+
+    On a tilted page the upright boxes around neighbouring lines overlap each other, so lines are
+    ordered and joined in the page's own frame (``level``), not by those boxes."""
+    angles = []
+    for quad in quads:
+        (x1, y1), (x2, y2) = quad[0], quad[1]
+        width, height = math.hypot(x2 - x1, y2 - y1), math.hypot(quad[3][0] - x1, quad[3][1] - y1)
+        if width >= SKEW_ASPECT * height and x2 > x1:
+            angles.append(math.atan2(y2 - y1, x2 - x1))
+    return statistics.median(angles) if angles else 0.0
+
+
+def level(quad: Quad, angle: float) -> tuple[float, float, float, float]:
+    """The box around ``quad`` turned by ``-angle`` about the origin: in the frame where the lines run level."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    return bounds(tuple((x * cos + y * sin, -x * sin + y * cos) for x, y in quad))
+
+
+def unlevel(box: Sequence[float], angle: float) -> Quad:
+    """A box of the level frame as the quadrilateral it is on the page (``level`` undone)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    x1, y1, x2, y2 = box
+    return tuple((x * cos - y * sin, x * sin + y * cos) for x, y in ((x1, y1), (x2, y1), (x2, y2), (x1, y2)))
 
 
 @dataclass
@@ -126,7 +164,13 @@ class RapidOcr:
         The engine shrinks a large image before it looks (``max_side``) and maps the corners back."""
         with self._lock:
             engine = self._load()
-            found, _ = engine(image, use_cls=False, use_rec=False)
+            min_side = int(getattr(engine, "min_side_len", DEFAULT_MIN_SIDE) or DEFAULT_MIN_SIDE)
+            ratio = float(getattr(engine, "width_height_ratio", WIDTH_HEIGHT_RATIO) or WIDTH_HEIGHT_RATIO)
+            padded = strip_padded(image, self.max_side, min_side, ratio if ratio > 0 else WIDTH_HEIGHT_RATIO)
+            found, _ = engine(padded, use_cls=False, use_rec=False)
+        width, height = image.size
+        # What the padding added lies right of or below the image: a quad there is not on it.
+        found = [quad for quad in found or [] if min(x for x, _ in quad) < width and min(y for _, y in quad) < height]
         return [tuple((float(x), float(y)) for x, y in quad) for quad in found or []]  # type: ignore[misc]
 
     def read_quads(self, image: Image.Image, quads: Sequence[Quad]) -> list[tuple[str, float]]:
@@ -173,9 +217,13 @@ class RapidOcr:
         watch = Stopwatch()
         self._load()
         preprocess_ms = watch.lap()
-        found = self.pieces(image)
+        quads = self.detect(image)
+        kept = [
+            (quad, text) for quad, (text, score) in zip(quads, self.read_quads(image, quads)) if text and score >= TEXT_SCORE
+        ]
         generate_ms = watch.lap()
-        text, lines = assemble(found, image.size)
+        angle = skew([quad for quad, _ in kept])
+        text, lines = assemble([(bounds(q), t) for q, t in kept], image.size, [level(q, angle) for q, _ in kept])
         timings = Timings(preprocess_ms=preprocess_ms, generate_ms=generate_ms, total_ms=watch.total())
         return Reading(text=text, lines=lines, timings=timings)
 
@@ -252,9 +300,41 @@ def cuts(blank: Sequence[bool], height: int, max_aspect: float = MAX_ASPECT) -> 
     return out
 
 
-def assemble(pieces: Sequence[Piece], size: tuple[int, int]) -> tuple[str, list[Detection]]:
-    """The text in reading order and one box per piece, in the same order."""
-    rows = reading_order([box for box, _ in pieces])
+def strip_padded(image: Image.Image, max_side: int, min_side: int, ratio: float = WIDTH_HEIGHT_RATIO) -> Image.Image:
+    """``image``, padded on its short side (right or bottom, in its own median colour) where the engine
+    would otherwise fail or blow up on it.
+
+    The engine shrinks the long side to ``max_side``, stretches the short side to ``min_side``,
+    and its detector then stretches the short side to 736 px: a strip 8 px tall and 2000 wide
+    became 7488x1872 to search (seconds per tile), a column 1 px wide and 20000 tall 736x46000
+    (gigabytes), and a 1 px strip shrank to nothing (an error). The engine pads a strip wider than
+    ``ratio`` times its height to a quarter of its width; here any strip, tall ones too, is padded
+    so, and enough that its short side still holds ``min_side`` once the long one is shrunk. The
+    page's coordinates are unchanged: the padding comes after them.
+    """
+    width, height = image.size
+    long_side, short_side = max(width, height), min(width, height)
+    need = math.ceil(long_side * min_side / max_side)
+    if long_side > ratio * short_side:
+        need = max(need, math.ceil(2 * long_side / ratio))
+    if short_side >= need:
+        return image
+    need = max(need, min_side)
+    import numpy as np
+
+    rgb = image.convert("RGB")
+    fill = tuple(int(v) for v in np.median(np.asarray(rgb).reshape(-1, 3), axis=0))
+    canvas = Image.new("RGB", (width, need) if width >= height else (need, height), fill)
+    canvas.paste(rgb, (0, 0))
+    return canvas
+
+
+def assemble(
+    pieces: Sequence[Piece], size: tuple[int, int], order: Sequence[tuple[float, float, float, float]] | None = None
+) -> tuple[str, list[Detection]]:
+    """The text in reading order and one box per piece, in the same order; ``order`` gives the boxes
+    to order them by (those of a tilted page's level frame), else the pieces' own."""
+    rows = reading_order(list(order) if order is not None else [box for box, _ in pieces])
     lines = [from_pixel_box(pieces[i][1], pieces[i][0], size, pieces[i][1]) for row in rows for i in row]
     text = "\n".join(" ".join(pieces[i][1] for i in row) for row in rows)
     return text, lines

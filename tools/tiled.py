@@ -9,6 +9,7 @@ full size; pieces that overlaps saw twice, or that a tile edge cut, are joined
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ from .detections import Detection, ParsedDetections
 from .images import ImageInput
 from .model import Model
 from .options import GenerationOptions
-from .ocr_engines import TEXT_SCORE, Quad, RapidOcr, Reading, assemble, bounds
+from .ocr_engines import TEXT_SCORE, Quad, RapidOcr, Reading, assemble, bounds, level, skew, unlevel
 from .results import CacheReport, Timings
 from .tasks import Ask, Generation, Stopwatch, Task
 
@@ -45,30 +46,34 @@ def rapidocr_tiled(reader: RapidOcr, image: Image.Image, tiles: str | int) -> Ti
     if len(plan) == 1:
         reading = reader.read(image)
         return TiledReading(reading.text, reading.lines, reading.timings, plan)
-    found: list[tiling.Found] = []
-    quads: list[Quad] = []
+    quads: list[tuple[int, Quad]] = []
     for tile in plan:
         dx, dy = tile.box[0], tile.box[1]
-        for quad in reader.detect(image.crop(tile.box)):
-            page_quad = tuple((x + dx, y + dy) for x, y in quad)
-            x1, y1, x2, y2 = bounds(page_quad)
-            # Whole pixels, outward, so that the box holds everything the quadrilateral does.
-            found.append(tiling.Found(tile.index, "", (int(x1), int(y1), -int(-x2), -int(-y2))))
-            quads.append(page_quad)
+        quads.extend((tile.index, tuple((x + dx, y + dy) for x, y in quad)) for quad in reader.detect(image.crop(tile.box)))
+    # On a tilted page the upright boxes around neighbouring lines overlap, and joining by them
+    # chained a whole paragraph into one piece that read as nothing: pieces are joined, and
+    # ordered, in the frame where the page's lines run level.
+    angle = skew([quad for _, quad in quads])
+    found = []
+    for index, quad in quads:
+        x1, y1, x2, y2 = level(quad, angle)
+        # Whole pixels, outward, so that the box holds everything the quadrilateral does.
+        found.append(tiling.Found(index, "", (math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2))))
     groups = tiling.merge_text(found, plan)
-    # A piece one tile saw keeps its own (perhaps tilted) outline; a joined one is the box around its parts.
-    outlines = [quads[g.members[0]] if len(g.members) == 1 else _rectangle(g.box) for g in groups]
+    # A piece one tile saw keeps its own outline; a joined one is the level box around its parts, turned back.
+    outlines = [quads[g.members[0]][1] if len(g.members) == 1 else _on_page(unlevel(g.box, angle), image.size) for g in groups]
     readings = reader.read_quads(image, outlines)
+    kept = [q for q, (text, score) in zip(outlines, readings) if text and score >= TEXT_SCORE]
     pieces = [(bounds(q), text) for q, (text, score) in zip(outlines, readings) if text and score >= TEXT_SCORE]
     generate_ms = watch.lap()
-    text, lines = assemble(pieces, image.size)
+    text, lines = assemble(pieces, image.size, [level(q, angle) for q in kept])
     timings = Timings(preprocess_ms=preprocess_ms, generate_ms=generate_ms, total_ms=watch.total())
     return TiledReading(text, lines, timings, plan, reread=sum(len(g.members) > 1 for g in groups))
 
 
-def _rectangle(box: tiling.Box) -> Quad:
-    x1, y1, x2, y2 = box
-    return ((x1, y1), (x2, y1), (x2, y2), (x1, y2))
+def _on_page(quad: Quad, size: tuple[int, int]) -> Quad:
+    """``quad`` with its corners kept within the page (a joined tilted line's box can reach past an edge)."""
+    return tuple((min(max(x, 0.0), size[0]), min(max(y, 0.0), size[1])) for x, y in quad)
 
 
 # ---------------------------------------------------------------- the vision-language model
