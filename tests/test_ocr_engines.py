@@ -13,7 +13,7 @@ from agent.cli import main
 from mcp_server.server import Settings, build_server
 from tools.errors import InvalidRequest, Unsupported
 from tools.images import AccessPolicy, ImageLoader
-from tools.ocr_engines import RapidOcr, cuts, reading_order
+from tools.ocr_engines import RapidOcr, cuts, level, reading_order, skew, strip_padded, unlevel
 from tools.vision import Vision
 
 #: what the rendered picture says, in reading order: two columns on the first row
@@ -207,3 +207,137 @@ def _blank(pattern: str) -> list[bool]:
 )
 def test_cuts_split_long_lines_in_the_widest_gap(pattern, height, max_aspect, expected):
     assert cuts(_blank(pattern), height, max_aspect) == expected
+
+
+@pytest.mark.parametrize(
+    "size, padded",
+    [
+        ((900, 260), (900, 260)),     # a page: as it is
+        ((120, 20), (120, 20)),       # a small word: the engine's own stretch is harmless
+        ((200, 20), (200, 50)),       # past 8:1: padded as the engine pads it itself
+        ((900, 120), (900, 120)),     # a line within 8:1: as it is
+        ((2000, 8), (2000, 500)),     # a strip: padded to a quarter of its length, as the engine pads wide ones
+        ((20000, 8), (20000, 5000)),  # so it shrinks to 2000 x 500, not to nothing
+        ((1, 20000), (5000, 20000)),  # a column, padded the same way (the engine stretched it to 736 x 46000)
+        ((30, 600), (150, 600)),
+        ((3000, 1), (3000, 750)),
+    ],
+)
+def test_strips_are_padded_so_the_engine_neither_fails_nor_blows_up(size, padded):
+    image = Image.new("RGB", size, (10, 20, 30))
+    out = strip_padded(image, 2000, 30)
+    assert out.size == padded
+    # The page keeps its pixels and coordinates; the padding is its own colour.
+    assert out.crop((0, 0, *size)).tobytes() == image.tobytes()
+    assert out.getpixel((padded[0] - 1, padded[1] - 1)) == (10, 20, 30)
+
+
+@needs_rapidocr
+@pytest.mark.parametrize("size", [(1, 20000), (20000, 8), (3000, 1)])
+@pytest.mark.parametrize("tiles", ["off", "3"])
+def test_cli_ocr_of_a_blank_strip_finds_no_text_and_does_not_fail(tmp_path, capsys, size, tiles):
+    """Through the CLI: a 1 px strip made the engine fail with a traceback (tiles 3) or stretch it to
+    gigabytes (tiles auto/off)."""
+    path = tmp_path / "strip.png"
+    Image.new("RGB", size, "white").save(path)
+    assert main(["ocr", str(path), "--engine", "rapidocr", "--tiles", tiles, "--json"]) == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["text"] == "" and result["lines"] == []
+
+
+@needs_rapidocr
+def test_a_line_on_a_strip_is_read_with_its_box_on_the_strip(tmp_path):
+    font = ImageFont.load_default(size=18)
+    image = Image.new("RGB", (1600, 24), "white")
+    ImageDraw.Draw(image).text((10, 2), "Total due 42.50 EUR", font=font, fill="black")
+    reading = RapidOcr().read(image)
+    assert "42.50" in reading.text
+    assert all(0 <= line.box[0] < line.box[2] <= 1600 and 0 <= line.box[1] < line.box[3] <= 24 for line in reading.lines)
+
+
+@pytest.mark.parametrize("degrees", [-8.0, 0.0, 5.0, 10.0])
+def test_skew_and_the_level_frame(degrees):
+    import math
+
+    angle = math.radians(degrees)
+    quads = [unlevel((10, y, 400, y + 20), angle) for y in (0, 40, 80)] + [unlevel((0, 0, 10, 30), angle)]
+    assert skew(quads) == pytest.approx(angle)  # the tall piece says nothing about the lines
+    assert level(quads[1], angle) == pytest.approx((10, 40, 400, 60))
+    # On a tilted page the upright boxes of neighbouring lines overlap; level ones do not.
+    assert reading_order([level(q, angle) for q in quads[:3]]) == [[0], [1], [2]]
+    assert skew([]) == 0.0
+
+
+def _tilted_page(degrees: float) -> Image.Image:
+    font = ImageFont.truetype("DejaVuSans.ttf", 22) if _has_dejavu() else ImageFont.load_default(size=22)
+    image = Image.new("RGB", (900, 260), "white")
+    draw = ImageDraw.Draw(image)
+    for row, line in enumerate(TILTED):
+        x = 30
+        for word in line.split():
+            draw.text((x, 30 + 44 * row), word, font=font, fill="black")
+            x = draw.textbbox((x, 30 + 44 * row), word, font=font)[2] + 13
+    return image.rotate(degrees, expand=True, fillcolor="white", resample=Image.BICUBIC)
+
+
+def _has_dejavu() -> bool:
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 10)
+    except OSError:
+        return False
+    return True
+
+
+TILTED = ["Quarterly report for the northern region", "Revenue grew by 12.5 percent in March"]
+
+
+@needs_rapidocr
+@pytest.mark.parametrize("degrees", [-8.0, 6.0])
+def test_a_tilted_page_reads_line_by_line_whole_and_in_tiles(degrees):
+    """A photo's tilt made the upright boxes of neighbouring lines overlap: whole, two lines were
+    ordered as one row (word soup); in tiles, every piece chained into one that read as nothing."""
+    from tools.tiled import rapidocr_tiled
+
+    image = _tilted_page(degrees)
+    words = [line.split() for line in TILTED]
+    for reading in (RapidOcr().read(image), rapidocr_tiled(RapidOcr(), image, 2)):
+        rows = reading.text.splitlines()
+        assert len(rows) == 2, reading.text
+        for row, expected in zip(rows, words):
+            # The recogniser may drop a space at this size; the words and their order must hold.
+            assert "".join(row.split()) == "".join(expected), reading.text
+        assert all(0 <= l.box[0] < l.box[2] <= image.width and 0 <= l.box[1] < l.box[3] <= image.height for l in reading.lines)
+
+
+TILES_REFUSED = "Argument 'tiles': Input should be 'auto', 'off' or a whole number of tiles across the long side, e.g. 3."
+
+
+@needs_rapidocr
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "arguments, refused",
+    [
+        ({"tiles": True}, TILES_REFUSED),  # lax validation took true as 1: tiling silently off
+        ({"tiles": 2.5}, TILES_REFUSED),
+        ({"tiles": [2]}, TILES_REFUSED),
+        ({"tiles": {"n": 2}}, TILES_REFUSED),
+        ({"tiles": None}, None),  # unset: off
+        ({"tiles": 1.0}, None),
+        ({"budget": " AUTO "}, None),  # as the CLI takes it; the offline engine has no budget
+        ({"budget": True}, "Argument 'budget': Input should be a budget number or 'auto'."),
+        ({"budget": "lots"}, "Argument 'budget': Input should be a budget number or 'auto'."),
+    ],
+)
+async def test_mcp_ocr_tiles_and_budget_of_odd_json_types(page, arguments, refused):
+    path, _ = page
+    settings = Settings(model="none", allow_dirs=[str(path.parent)], out_dir=path.parent / "out")
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr", **arguments})
+        if refused:
+            assert result.is_error and result.content[0].text == refused
+        else:
+            assert not result.is_error, result.content
+            assert result.structured_content["text"] == EXPECTED and result.structured_content["tiles"] is None
+        # and the server keeps serving
+        again = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr"})
+        assert not again.is_error
