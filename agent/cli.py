@@ -167,9 +167,12 @@ def budget_value(text: str) -> int | str:
 
 def budget_list(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        budgets = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:30]!r} is not budgets separated by commas, e.g. 280,560,1120") from None
+        budgets = []
+    if not budgets:  # ",," was an empty list, which ran a plain detect as if --consensus were not given
+        raise argparse.ArgumentTypeError(f"{text[:30]!r} is not budgets separated by commas, e.g. 280,560,1120")
+    return budgets
 
 
 def tiles_option(parser: argparse.ArgumentParser) -> None:
@@ -368,7 +371,7 @@ def run_call(args: argparse.Namespace) -> Result:
     from tools.model import check_ask, load_model, plan
     from tools.tasks import Ask
     from tools.tiling import parse_tiles
-    from tools.vision import Vision, check_labels, check_text
+    from tools.vision import Vision, check_consensus_alone, check_labels, check_text
 
     # Everything that can be checked before the slow model load is checked first.
     options = resolve_options(
@@ -379,6 +382,8 @@ def run_call(args: argparse.Namespace) -> Result:
     if args.command == "detect":
         labels = check_labels(args.labels)
     tiles = parse_tiles(getattr(args, "tiles", None))
+    if getattr(args, "consensus", None) is not None:
+        check_consensus_alone(tiles, args.budget)
     if args.command == "segment":
         labels = check_labels([args.label])
     api = api_settings(args)

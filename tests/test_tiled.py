@@ -187,7 +187,12 @@ async def test_mcp_detect_consensus_and_verify(gemma4_backend, scripted, tmp_pat
         assert both.is_error and both.content[0].text == (
             "consensus runs its own budgets on the whole image; leave budget and tiles unset.")
         one = await client.call_tool("detect", {"image": path, "labels": ["cat"], "consensus": [280]})
-        assert one.is_error and "at least two different budgets" in one.content[0].text
+        assert one.is_error and one.content[0].text == (
+            "Give consensus at least two different budgets to compare, for example [70, 280, 1120].")
+        # An empty list ran a plain detect, as if consensus had not been asked for.
+        none = await client.call_tool("detect", {"image": path, "labels": ["cat"], "consensus": []})
+        assert none.is_error and "at least two different budgets" in none.content[0].text
+        assert not texts  # nothing ran for the refusals
 
 
 def test_compare_budgets_for_detect_shows_the_fused_boxes(gemma4_backend, scripted, tmp_path):
@@ -227,6 +232,37 @@ def test_cli_detect_consensus_and_verify(gemma4_backend, tiny_gemma4, scripted, 
     assert [line.split("│")[-2].strip() for line in table.splitlines() if "(1.00)" in line or "(0.33)" in line] == [
         "yes", "no"]
     assert not texts and batches[:1] == [3]
+
+
+@pytest.mark.parametrize(
+    "flags, error, before_load",
+    [
+        (["--consensus", "280,560", "--tiles", "2"], "consensus runs its own budgets on the whole image", True),
+        (["--consensus", "280,560", "--budget", "auto"], "consensus runs its own budgets on the whole image", True),
+        (["--consensus", ",,"], "argument --consensus: ',,' is not budgets separated by commas", True),
+        # named by this command line's flag, not compare_budgets' --budgets
+        (["--consensus", "280"], "error: Give --consensus at least two different budgets to compare", False),
+        (["--consensus", "280,999"], "error: Budget 999 is not available for Gemma 4", False),
+    ],
+)
+def test_cli_detect_consensus_refusals(
+    gemma4_backend, tiny_gemma4, scripted, tmp_path, monkeypatch, capsys, flags, error, before_load
+):
+    import tools.model
+    from agent.cli import main
+
+    texts, batches = scripted
+    _, path = vision_on(gemma4_backend, tmp_path, (100, 100))
+    loads = []
+    monkeypatch.setattr(tools.model, "load_model", lambda *args, **kwargs: loads.append(1) or gemma4_backend)
+    try:
+        code = main(["detect", path, "cat", "--model", str(tiny_gemma4), *flags, "--out", str(tmp_path / "b.png")])
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and error in err and "Traceback" not in err
+    assert not batches
+    assert not loads or not before_load  # what needs no model is refused before one loads
 
 
 @pytest.mark.anyio

@@ -134,6 +134,15 @@ NO_MODEL_MESSAGE = (
 )
 
 
+
+def check_consensus_alone(tiles: str | int, budget: int | str | None) -> None:
+    """Consensus runs its own budgets on the whole image: a budget or tiles beside it are refused
+    (a front end calls this before loading a model, too)."""
+    if tiles != tiling.TILES_OFF or budget is not None:
+        raise InvalidRequest(
+            "consensus runs its own budgets on the whole image; leave budget and tiles unset.", param="consensus"
+        )
+
 class Vision:
     """One model behind validated operations: one at a time on a local model, concurrent on an engine.
 
@@ -404,11 +413,9 @@ class Vision:
         """
         labels = [self._plain(label) for label in check_labels(labels)]
         choice = tiling.parse_tiles(tiles)
-        if consensus:
-            if choice != tiling.TILES_OFF or budget is not None:
-                raise InvalidRequest(
-                    "consensus runs its own budgets on the whole image; leave budget and tiles unset.", param="consensus"
-                )
+        # An empty list asks for consensus of nothing: refused (check_budgets), not quietly a plain detect.
+        if consensus is not None:
+            check_consensus_alone(choice, budget)
             result = self._consensus_detect(image, labels, consensus, options or GenerationOptions(), annotated_path)
             return self._verified(result, verify, options, annotated_path)
         reason = None
@@ -433,7 +440,7 @@ class Vision:
     ) -> DetectResult:
         """The budgets in one batch (Gemma 4), their boxes fused; each box says which budgets found it."""
         started = time.perf_counter()
-        chosen = self.check_budgets(budgets)
+        chosen = self.check_budgets(budgets, param="consensus")
         loaded = self.load_images([image])
         picture = loaded[0].image
         ask = Ask("detect", (loaded[0].input,), labels=tuple(labels))
@@ -589,20 +596,23 @@ class Vision:
         """What a client needs to know of the resident model to plan its requests."""
         return {**self.model.info(), "max_images": MAX_IMAGES, "max_history_turns": MAX_HISTORY_TURNS}
 
-    def check_budgets(self, budgets: Sequence[int]) -> list[int]:
+    def check_budgets(self, budgets: Sequence[int], param: str = "budgets") -> list[int]:
+        """``budgets`` sorted and checked against the model's; ``param`` names the argument they came in."""
         allowed = self.model.capabilities.budgets
         if not allowed:
             raise self.model.no_budgets_error()
         chosen = sorted(set(budgets))
         if len(chosen) < 2:
-            raise InvalidRequest(
-                "Give at least two different {param} to compare, for example [70, 280, 1120].", param="budgets"
+            # Named as the caller named them: the CLI's detect takes them as --consensus, not --budgets.
+            template = "Give at least two different {param} to compare" if param == "budgets" else (
+                "Give {param} at least two different budgets to compare"
             )
+            raise InvalidRequest(template + ", for example [70, 280, 1120].", param=param)
         bad = [b for b in chosen if b not in allowed]
         if bad:
             choices = " / ".join(map(str, allowed))
             raise InvalidRequest(
-                f"Budget {bad[0]} is not available for {self.model.display_name}; use {choices}.", param="budgets"
+                f"Budget {bad[0]} is not available for {self.model.display_name}; use {choices}.", param=param
             )
         return chosen
 
