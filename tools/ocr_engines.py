@@ -169,9 +169,13 @@ class RapidOcr:
             padded = strip_padded(image, self.max_side, min_side, ratio if ratio > 0 else WIDTH_HEIGHT_RATIO)
             found, _ = engine(padded, use_cls=False, use_rec=False)
         width, height = image.size
-        # What the padding added lies right of or below the image: a quad there is not on it.
-        found = [quad for quad in found or [] if min(x for x, _ in quad) < width and min(y for _, y in quad) < height]
-        return [tuple((float(x), float(y)) for x, y in quad) for quad in found or []]  # type: ignore[misc]
+        # What the padding added lies right of or below the image: a quad there is not on it, and
+        # one that reaches into it ends at the image's edge.
+        return [
+            tuple((min(float(x), width), min(float(y), height)) for x, y in quad)  # type: ignore[misc]
+            for quad in found or []
+            if min(x for x, _ in quad) < width and min(y for _, y in quad) < height
+        ]
 
     def read_quads(self, image: Image.Image, quads: Sequence[Quad]) -> list[tuple[str, float]]:
         """The text of each quadrilateral of ``image`` and the recogniser's confidence, read from
