@@ -332,7 +332,9 @@ class ChatApp:
             try:
                 flags["consensus"] = [int(b) for b in flags["consensus"].split(",") if b.strip()]
             except ValueError:
-                raise ChatError("--consensus takes budgets separated by commas, e.g. 280,560,1120.") from None
+                flags["consensus"] = []
+            if not flags["consensus"]:
+                raise ChatError("--consensus takes budgets separated by commas, e.g. 280,560,1120.")
         labels = [label.strip() for label in rest.replace(",", " ").split() if label.strip()]
         if not labels:
             raise ChatError("Say what to find: /detect person car")

@@ -577,6 +577,7 @@ async def test_ocr_and_detect_options_reach_the_server(tiny_gemma4, tmp_path, ho
         "/detect --consensus 280,1120 --verify person",
         "/detect --tiles auto --consensus 280,1120 person",
         "/detect --consensus many person",
+        "/detect --consensus ,, person",  # an empty list: refused here, not sent as a plain detect
         "/detect --bogus person",
         "/quit",
     ]
@@ -587,5 +588,5 @@ async def test_ocr_and_detect_options_reach_the_server(tiny_gemma4, tmp_path, ho
     assert calls[1][1]["consensus"] == [280, 1120] and calls[1][1]["verify"] is True
     assert calls[2][1]["tiles"] == "auto" and len(calls) == 3
     assert "error: consensus runs its own budgets on the whole image; leave budget and tiles unset." in transcript
-    assert "error: --consensus takes budgets separated by commas, e.g. 280,560,1120." in transcript
+    assert transcript.count("error: --consensus takes budgets separated by commas, e.g. 280,560,1120.") == 2
     assert "error: Unknown option --bogus" in transcript
