@@ -63,3 +63,27 @@ def test_compare_recommends_by_agreement_and_the_auto_rule(gemma4_backend, task,
     vision = Vision(gemma4_backend, ImageLoader(AccessPolicy.for_files([])))
     budget, reason = vision._recommend(task, size, [70, 280, 1120], agreements, 0.95)
     assert budget == expected and says in reason
+
+
+@pytest.mark.parametrize(
+    "task, tile, seen, says",
+    [
+        ("ocr", (1440, 1580), (1488, 1680), "; read in 6 tiles of up to 1440x1580 (seen at 1488x1680), where 12 px text is seen at 12.0 px"),
+        ("ocr", (2000, 2000), (1000, 1000), "where 12 px text is seen at 6.0 px"),
+        # the object is a sixteenth of the page's long side, not of the tile's
+        ("detect", (1423, 1090), (912, 672), "where an object of 1/16 of the long side (250 px) is seen at 154 px"),
+    ],
+)
+def test_a_reason_says_what_the_tiles_kept(task, tile, seen, says):
+    assert says in auto_budget.in_tiles(task, (4000, 3000), 6, tile, seen)
+
+
+def test_auto_budget_in_tiles_says_what_each_tile_keeps(gemma4_backend, tmp_path):
+    """The whole page's verdict ("read it in tiles") alone read as if text were lost that the tiles kept."""
+    path = tmp_path / "large.png"
+    sample_image(4000, 3000).save(path)
+    vision = Vision(gemma4_backend, ImageLoader(AccessPolicy.for_files([str(path)])))
+    read = vision.ocr(str(path), budget="auto", options=GenerationOptions(max_new_tokens=1), tiles="auto")
+    assert read.budget == 1120 and len(read.tiles) == 6
+    assert read.budget_reason.startswith("even at 1120 12 px text is seen at 5.4 px")
+    assert read.budget_reason.endswith("; read in 6 tiles of up to 1440x1580 (seen at 1488x1680), where 12 px text is seen at 12.0 px")

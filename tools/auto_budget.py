@@ -58,6 +58,13 @@ def choose(
     return top, f"even at {top} {_what(task, size, scale)}, below the {_need(task)} needed; read it in tiles"
 
 
+def in_tiles(task: str, page: tuple[int, int], tiles: int, tile: tuple[int, int], seen: tuple[int, int]) -> str:
+    """What a reason adds when the image was read in ``tiles`` tiles, the largest ``tile`` seen at
+    ``seen``: the whole page's verdict alone would say text was lost that the tiles kept."""
+    scale = min(seen[0] / tile[0], seen[1] / tile[1])
+    return f"; read in {tiles} tiles of up to {tile[0]}x{tile[1]} (seen at {seen[0]}x{seen[1]}), where {_what(task, page, scale)}"
+
+
 def _what(task: str, size: tuple[int, int], scale: float) -> str:
     if task == "ocr":
         return f"{TEXT_PX} px text is seen at {TEXT_PX * min(scale, 1.0):.1f} px"

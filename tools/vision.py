@@ -339,7 +339,18 @@ class Vision:
             runs = tiled.vlm_tiled(model, "ocr", loaded[0].image, (), plan, chosen, options)
         generation = tiled.combined(runs, tiled.page_text(runs))
         outs = [tile_out(tile, g.text) for tile, (g, _) in zip(runs.tiles, runs.runs)]
-        return self._result(OcrResult, generation, loaded, started, tiles=outs, budget_reason=reason)
+        return self._result(
+            OcrResult, generation, loaded, started, tiles=outs, budget_reason=self._tiled_reason(reason, "ocr", runs)
+        )
+
+    def _tiled_reason(self, reason: str | None, task: str, runs: tiled.TiledRuns) -> str | None:
+        """An automatic budget's reason, with what the tiles kept where the image was read in tiles."""
+        if reason is None or runs.budget is None:
+            return reason
+        page = runs.tiles[0].page
+        largest = max((tile.size for tile in runs.tiles), key=lambda size: size[0] * size[1])
+        seen = self.model.seen_size(largest, runs.budget)
+        return reason + auto_budget.in_tiles(task, page, len(runs.tiles), largest, seen)
 
     def auto_budget(
         self, budget: int | str | None, task: str, loaded: Sequence[LoadedImage]
@@ -424,7 +435,10 @@ class Vision:
             budget, reason = self.auto_budget(budget, "detect", loaded)
             image = loaded[0].image_id  # loaded once: the calls below find it by id
         if choice != tiling.TILES_OFF:
-            result = self._tiled_detect(image, labels, budget, options or GenerationOptions(), annotated_path, choice)
+            result = self._tiled_detect(
+                image, labels, budget, options or GenerationOptions(), annotated_path, choice, reason
+            )
+            reason = result.budget_reason
         else:
             result = self._boxes(DetectResult, "detect", image, labels, budget, options, annotated_path)  # type: ignore[arg-type]
         result.budget_reason = reason
@@ -491,7 +505,9 @@ class Vision:
         options: GenerationOptions,
         annotated_path: str | Path | None,
         choice: str | int,
+        reason: str | None = None,
     ) -> DetectResult:
+        """Detect in tiles; ``reason`` (an automatic budget's) is returned as the result's, with what the tiles kept."""
         started = time.perf_counter()
         loaded = self.load_images([image])
         picture = loaded[0].image
@@ -508,11 +524,13 @@ class Vision:
             written = None if annotated_path is None else self._save_picture(
                 annotate(picture, answer.detections.detections), annotated_path, answer.generation.notes
             )
-            return self._boxes_result(DetectResult, answer, loaded, started, labels, written)
+            whole = self._boxes_result(DetectResult, answer, loaded, started, labels, written)
+            whole.budget_reason = reason
+            return whole
         detections, provenance, dropped = tiled.page_detections(runs, picture.size)
         text = "\n".join(f"tile {tile.index}: {g.text}" for tile, (g, _) in zip(runs.tiles, runs.runs))
         generation = tiled.combined(runs, text)
-        generation.notes.extend(f"dropped {reason}" for reason in dropped)
+        generation.notes.extend(f"dropped {why}" for why in dropped)
         written = None if annotated_path is None else self._save_picture(
             annotate(picture, detections), annotated_path, generation.notes
         )
@@ -526,6 +544,7 @@ class Vision:
             ],
             annotated_path=written,
             tiles=[tile_out(tile) for tile in runs.tiles],
+            budget_reason=self._tiled_reason(reason, "detect", runs),
         )
 
     def segment(
