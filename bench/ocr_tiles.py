@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -142,7 +143,7 @@ def as_written(engine: Any, image: Image.Image) -> str:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ocr_tiles", description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="WIDTHxHEIGHT pages")
+    parser.add_argument("--sizes", nargs="+", default=list(DEFAULT_SIZES), help="WIDTHxHEIGHT pages, by spaces or commas")
     parser.add_argument("--fonts", nargs="+", type=int, default=list(DEFAULT_FONTS), help="text heights in pixels")
     parser.add_argument("--scripts", nargs="+", choices=tuple(FONTS), default=list(FONTS))
     parser.add_argument("--tiles", default="auto", help="the tiled run's choice: auto or tiles across (default auto)")
@@ -159,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tools.tiling import parse_tiles
 
     args = parse(argv)
+    args.sizes = [size for text in args.sizes for size in text.split(",") if size.strip()]
+    for size in args.sizes:
+        if not re.fullmatch(r"\s*\d+\s*[xX]\s*\d+\s*", size):
+            print(f"--sizes: {size!r} is not WIDTHxHEIGHT, e.g. 4000x3000", file=sys.stderr)
+            return 2
     if not RapidOcr.available():
         print("rapidocr-onnxruntime is not installed: pip install 'vlm-agent[ocr]'", file=sys.stderr)
         return 1

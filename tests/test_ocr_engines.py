@@ -341,3 +341,13 @@ async def test_mcp_ocr_tiles_and_budget_of_odd_json_types(page, arguments, refus
         # and the server keeps serving
         again = await client.call_tool("ocr", {"image": str(path), "engine": "rapidocr"})
         assert not again.is_error
+
+
+@needs_rapidocr
+def test_cli_ocr_more_tiles_than_a_small_image_holds_is_read_whole_and_says_so(tmp_path, capsys):
+    small = tmp_path / "small.png"
+    Image.new("RGB", (50, 50), "white").save(small)
+    assert main(["ocr", str(small), "--engine", "rapidocr", "--tiles", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tiles"] is None
+    assert result["notes"] == ["asked for 8 tiles across, but the 50 px side holds 1 of at least 64 px, so it was read whole"]

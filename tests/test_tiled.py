@@ -299,3 +299,12 @@ async def test_chat_detect_consensus_and_verify_shows_agreement_and_verification
     assert ["280, 560, 1120" in rows[0], "560 (0.33)" in rows[1]] == [True, True]
     assert [row.split("│")[-2].strip() for row in rows] == ["yes", "no"]
     assert not texts
+
+
+def test_more_tiles_than_the_image_holds_are_fewer_and_said(gemma4_backend, scripted, tmp_path):
+    texts, batches = scripted
+    vision, path = vision_on(gemma4_backend, tmp_path, (200, 100))
+    texts += ['[{"box_2d": [100, 100, 500, 500], "label": "cat"}]'] * 6
+    result = vision.detect(path, ["cat"], options=GenerationOptions(max_new_tokens=2), tiles=8)
+    assert len(result.tiles) == 6 and batches == [6]  # 3 across, 2 down: tiles of at least 64 px
+    assert "asked for 8 tiles across, but the 200 px side holds 3 of at least 64 px; read in 3 across" in result.notes

@@ -186,3 +186,20 @@ def test_lines_cut_on_either_side_of_a_horizontal_seam_stay_apart():
     # another cut at the top of tile 1 (y 450..470) are two lines, not one 100 px tall one
     found = [Found(0, "upper", (10, 530, 300, 550)), Found(1, "lower", (10, 450, 300, 470))]
     assert [len(m.members) for m in tiling.merge_text(found, STACK)] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    "size, tiles, across, note",
+    [
+        ((50, 50), 8, 1, "asked for 8 tiles across, but the 50 px side holds 1 of at least 64 px, so it was read whole"),
+        ((200, 100), 8, 3, "asked for 8 tiles across, but the 200 px side holds 3 of at least 64 px; read in 3 across"),
+        ((4000, 3000), 8, 8, None),
+        ((200, 100), "auto", None, None),
+    ],
+)
+def test_a_number_of_tiles_stops_at_tiles_of_min_tile_side(size, tiles, across, note):
+    assert tiling.shortfall(size, tiles) == note
+    if across is not None:
+        plan = tiling.plan(size, tiles, 0)
+        assert max(t.col for t in plan) + 1 == across
+        assert all(max(t.size) >= tiling.MIN_TILE_SIDE for t in plan) or len(plan) == 1

@@ -30,6 +30,9 @@ TILES_AUTO = "auto"
 TILES_OFF = "off"
 #: the most tiles across the long side a caller may ask for (64 tiles on a square page)
 MAX_TILES_ACROSS = 8
+#: the shortest tile a number of tiles may make: a smaller one holds less than a line of text or
+#: an object, and each costs a reader's full price (64 tiles of 8 px on a 50 px image took 13 s)
+MIN_TILE_SIDE = 64
 #: overlap between neighbours, as a fraction of the tile side: wider than a text line or a
 #: small object at the sizes tiling is for, so what one edge cuts the neighbour holds whole
 OVERLAP_FRACTION = 0.1
@@ -108,8 +111,26 @@ def grid(size: tuple[int, int], cols: int, rows: int, overlap: int) -> list[Tile
     return tiles
 
 
+def fitting(size: tuple[int, int], count: int) -> int:
+    """How many of ``count`` tiles across the long side fit with every tile at least ``MIN_TILE_SIDE``."""
+    return max(1, min(count, max(size) // MIN_TILE_SIDE))
+
+
+def shortfall(size: tuple[int, int], tiles: str | int) -> str | None:
+    """What to tell a caller whose number of tiles the image cannot hold, else None."""
+    if not isinstance(tiles, int) or fitting(size, tiles) == tiles:
+        return None
+    held = fitting(size, tiles)
+    return (
+        f"asked for {tiles} tiles across, but the {max(size)} px side holds {held} of at least {MIN_TILE_SIDE} px"
+        + (", so it was read whole" if held == 1 else f"; read in {held} across")
+    )
+
+
 def across(size: tuple[int, int], count: int) -> list[Tile]:
-    """``count`` tiles across the long side; the short side gets as many as keep the tiles about square."""
+    """``count`` tiles across the long side (no more than leave each ``MIN_TILE_SIDE``); the short
+    side gets as many as keep the tiles about square."""
+    count = fitting(size, count)
     long_side, short_side = max(size), min(size)
     other = max(1, math.ceil(short_side * count / long_side - 1e-9))
     cols, rows = (count, other) if size[0] >= size[1] else (other, count)

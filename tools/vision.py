@@ -333,11 +333,14 @@ class Vision:
         self.model.check(ask)
         with self._turn(options) as model:
             plan = self._plan(model, loaded[0].size, choice, chosen)
+            short = tiling.shortfall(loaded[0].size, choice)
             if plan is None:
                 answer = model.run(ask, options)
+                answer.generation.notes.extend([short] if short else [])
                 return self._result(OcrResult, answer.generation, loaded, started, budget_reason=reason)
             runs = tiled.vlm_tiled(model, "ocr", loaded[0].image, (), plan, chosen, options)
         generation = tiled.combined(runs, tiled.page_text(runs))
+        generation.notes.extend([short] if short else [])
         outs = [tile_out(tile, g.text) for tile, (g, _) in zip(runs.tiles, runs.runs)]
         return self._result(
             OcrResult, generation, loaded, started, tiles=outs, budget_reason=self._tiled_reason(reason, "ocr", runs)
@@ -385,7 +388,9 @@ class Vision:
         loaded = self.load_images([image])
         reading = tiled.rapidocr_tiled(reader, loaded[0].image, tiles)
         read_in = [tile_out(tile) for tile in reading.tiles] if len(reading.tiles) > 1 else None
-        notes = [f"{reading.reread} pieces seen in parts or twice by the tiles were joined and read as one"] if reading.reread else []
+        notes = [note for note in [tiling.shortfall(loaded[0].size, tiles)] if note]
+        if reading.reread:
+            notes.append(f"{reading.reread} pieces seen in parts or twice by the tiles were joined and read as one")
         return OcrResult(
             text=reading.text,
             model=reader.model,
@@ -519,8 +524,10 @@ class Vision:
                 answer = model.run(ask, options)
             else:
                 runs = tiled.vlm_tiled(model, "detect", picture, labels, plan, budget, options)
+        short = tiling.shortfall(picture.size, choice)
         if plan is None:
             assert answer.detections is not None
+            answer.generation.notes.extend([short] if short else [])
             written = None if annotated_path is None else self._save_picture(
                 annotate(picture, answer.detections.detections), annotated_path, answer.generation.notes
             )
@@ -530,6 +537,7 @@ class Vision:
         detections, provenance, dropped = tiled.page_detections(runs, picture.size)
         text = "\n".join(f"tile {tile.index}: {g.text}" for tile, (g, _) in zip(runs.tiles, runs.runs))
         generation = tiled.combined(runs, text)
+        generation.notes.extend([short] if short else [])
         generation.notes.extend(f"dropped {why}" for why in dropped)
         written = None if annotated_path is None else self._save_picture(
             annotate(picture, detections), annotated_path, generation.notes
