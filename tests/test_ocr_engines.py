@@ -164,8 +164,8 @@ def test_cli_ocr_tiles_auto_leaves_a_small_image_whole(page, capsys):
 def test_an_upside_down_page_is_still_read(page):
     """A line the angle classifier would turn, or one read with low confidence, is read both ways."""
     path, _ = page
-    pieces = RapidOcr().pieces(Image.open(path).rotate(180))
-    assert sorted(" ".join(text for _, text in pieces).split()) == sorted(" ".join(t for _, t in ROWS).split())
+    reading = RapidOcr().read(Image.open(path).rotate(180))
+    assert sorted(reading.text.split()) == sorted(" ".join(t for _, t in ROWS).split())
 
 
 @needs_rapidocr

@@ -208,28 +208,27 @@ class RapidOcr:
                         readings[i] = reading
         return readings
 
-    def pieces(self, image: Image.Image) -> list[Piece]:
-        """Every text piece read with confidence, with its box in pixels of ``image``, in no order."""
-        quads = self.detect(image)
-        return [
-            (bounds(quad), text)
-            for quad, (text, score) in zip(quads, self.read_quads(image, quads))
-            if text and score >= TEXT_SCORE
-        ]
-
     def read(self, image: Image.Image) -> Reading:
         watch = Stopwatch()
         self._load()
         preprocess_ms = watch.lap()
         quads = self.detect(image)
-        kept = [
-            (quad, text) for quad, (text, score) in zip(quads, self.read_quads(image, quads)) if text and score >= TEXT_SCORE
-        ]
+        readings = self.read_quads(image, quads)
         generate_ms = watch.lap()
-        angle = skew([quad for quad, _ in kept])
-        text, lines = assemble([(bounds(q), t) for q, t in kept], image.size, [level(q, angle) for q, _ in kept])
+        text, lines = arrange(quads, readings, image.size)
         timings = Timings(preprocess_ms=preprocess_ms, generate_ms=generate_ms, total_ms=watch.total())
         return Reading(text=text, lines=lines, timings=timings)
+
+
+def arrange(
+    quads: Sequence[Quad], readings: Sequence[tuple[str, float]], size: tuple[int, int], angle: float | None = None
+) -> tuple[str, list[Detection]]:
+    """The pieces read with confidence, in reading order: the text and one box each. Rows are found
+    in the frame where the page's lines run level (``angle``, else measured from these pieces)."""
+    kept = [(quad, text) for quad, (text, score) in zip(quads, readings) if text and score >= TEXT_SCORE]
+    if angle is None:
+        angle = skew([quad for quad, _ in kept])
+    return assemble([(bounds(q), t) for q, t in kept], size, [level(q, angle) for q, _ in kept])
 
 
 def _recognise(engine: Any, crops: Sequence[Any]) -> list[tuple[str, float]]:

@@ -20,7 +20,7 @@ from .detections import Detection, ParsedDetections
 from .images import ImageInput
 from .model import Model
 from .options import GenerationOptions
-from .ocr_engines import TEXT_SCORE, Quad, RapidOcr, Reading, assemble, bounds, level, skew, unlevel
+from .ocr_engines import Quad, RapidOcr, Reading, arrange, level, skew, unlevel
 from .results import CacheReport, Timings
 from .tasks import Ask, Generation, Stopwatch, Task
 
@@ -63,10 +63,8 @@ def rapidocr_tiled(reader: RapidOcr, image: Image.Image, tiles: str | int) -> Ti
     # A piece one tile saw keeps its own outline; a joined one is the level box around its parts, turned back.
     outlines = [quads[g.members[0]][1] if len(g.members) == 1 else _on_page(unlevel(g.box, angle), image.size) for g in groups]
     readings = reader.read_quads(image, outlines)
-    kept = [q for q, (text, score) in zip(outlines, readings) if text and score >= TEXT_SCORE]
-    pieces = [(bounds(q), text) for q, (text, score) in zip(outlines, readings) if text and score >= TEXT_SCORE]
     generate_ms = watch.lap()
-    text, lines = assemble(pieces, image.size, [level(q, angle) for q in kept])
+    text, lines = arrange(outlines, readings, image.size, angle)
     timings = Timings(preprocess_ms=preprocess_ms, generate_ms=generate_ms, total_ms=watch.total())
     return TiledReading(text, lines, timings, plan, reread=sum(len(g.members) > 1 for g in groups))
 
