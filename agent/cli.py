@@ -371,7 +371,7 @@ def run_call(args: argparse.Namespace) -> Result:
     from tools.model import check_ask, load_model, plan
     from tools.tasks import Ask
     from tools.tiling import parse_tiles
-    from tools.vision import Vision, check_consensus_alone, check_labels, check_text
+    from tools.vision import Vision, check_consensus, check_labels, check_text
 
     # Everything that can be checked before the slow model load is checked first.
     options = resolve_options(
@@ -383,7 +383,7 @@ def run_call(args: argparse.Namespace) -> Result:
         labels = check_labels(args.labels)
     tiles = parse_tiles(getattr(args, "tiles", None))
     if getattr(args, "consensus", None) is not None:
-        check_consensus_alone(tiles, args.budget)
+        check_consensus(args.consensus, tiles, args.budget)
     if args.command == "segment":
         labels = check_labels([args.label])
     api = api_settings(args)

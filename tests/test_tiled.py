@@ -241,7 +241,8 @@ def test_cli_detect_consensus_and_verify(gemma4_backend, tiny_gemma4, scripted, 
         (["--consensus", "280,560", "--budget", "auto"], "consensus runs its own budgets on the whole image", True),
         (["--consensus", ",,"], "argument --consensus: ',,' is not budgets separated by commas", True),
         # named by this command line's flag, not compare_budgets' --budgets
-        (["--consensus", "280"], "error: Give --consensus at least two different budgets to compare", False),
+        (["--consensus", "280"], "error: Give --consensus at least two different budgets to compare", True),
+        (["--consensus", "280,280"], "error: Give --consensus at least two different budgets to compare", True),
         (["--consensus", "280,999"], "error: Budget 999 is not available for Gemma 4", False),
     ],
 )

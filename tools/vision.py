@@ -135,13 +135,27 @@ NO_MODEL_MESSAGE = (
 
 
 
-def check_consensus_alone(tiles: str | int, budget: int | str | None) -> None:
-    """Consensus runs its own budgets on the whole image: a budget or tiles beside it are refused
-    (a front end calls this before loading a model, too)."""
+def check_consensus(consensus: Sequence[int], tiles: str | int, budget: int | str | None) -> None:
+    """What consensus needs before any model is known (a front end calls this before loading one,
+    too): two budgets or more, and no budget or tiles beside them, since it runs its own budgets
+    on the whole image."""
     if tiles != tiling.TILES_OFF or budget is not None:
         raise InvalidRequest(
             "consensus runs its own budgets on the whole image; leave budget and tiles unset.", param="consensus"
         )
+    two_budgets(consensus, "consensus")
+
+
+def two_budgets(budgets: Sequence[int], param: str) -> list[int]:
+    """``budgets`` sorted, once each; refused unless there are two or more to compare."""
+    chosen = sorted(set(budgets))
+    if len(chosen) < 2:
+        # Named as the caller named them: the CLI's detect takes them as --consensus, not --budgets.
+        template = "Give at least two different {param} to compare" if param == "budgets" else (
+            "Give {param} at least two different budgets to compare"
+        )
+        raise InvalidRequest(template + ", for example [70, 280, 1120].", param=param)
+    return chosen
 
 class Vision:
     """One model behind validated operations: one at a time on a local model, concurrent on an engine.
@@ -429,9 +443,9 @@ class Vision:
         """
         labels = [self._plain(label) for label in check_labels(labels)]
         choice = tiling.parse_tiles(tiles)
-        # An empty list asks for consensus of nothing: refused (check_budgets), not quietly a plain detect.
+        # An empty list asks for consensus of nothing: refused (check_consensus), not quietly a plain detect.
         if consensus is not None:
-            check_consensus_alone(choice, budget)
+            check_consensus(consensus, choice, budget)
             result = self._consensus_detect(image, labels, consensus, options or GenerationOptions(), annotated_path)
             return self._verified(result, verify, options, annotated_path)
         reason = None
@@ -628,13 +642,7 @@ class Vision:
         allowed = self.model.capabilities.budgets
         if not allowed:
             raise self.model.no_budgets_error()
-        chosen = sorted(set(budgets))
-        if len(chosen) < 2:
-            # Named as the caller named them: the CLI's detect takes them as --consensus, not --budgets.
-            template = "Give at least two different {param} to compare" if param == "budgets" else (
-                "Give {param} at least two different budgets to compare"
-            )
-            raise InvalidRequest(template + ", for example [70, 280, 1120].", param=param)
+        chosen = two_budgets(budgets, param)
         bad = [b for b in chosen if b not in allowed]
         if bad:
             choices = " / ".join(map(str, allowed))
