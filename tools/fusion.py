@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .detections import iou
+
 #: WBF's usual threshold for joining a cluster
 FUSION_IOU = 0.55
 
@@ -40,14 +42,6 @@ class Fused:
     members: list[Box] = field(default_factory=list)
     #: weight of the runs that found it over the weight of all runs, 0..1
     agreement: float = 0.0
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def fuse(

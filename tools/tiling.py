@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .detections import iou
 from .errors import InvalidRequest
 
 Box = tuple[int, int, int, int]
@@ -221,14 +222,6 @@ class Merged:
     tiles: tuple[int, ...]
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _span_overlap(a1: float, a2: float, b1: float, b2: float) -> float:
     """Overlap of two intervals as a fraction of the shorter one."""
     shorter = min(a2 - a1, b2 - b1)
@@ -294,7 +287,7 @@ def merge_detections(found: Sequence[Found], tiles: Sequence[Tile], iou_threshol
     def joins(a: Found, b: Found) -> bool:
         if a.tile == b.tile or a.label.casefold() != b.label.casefold():
             return False
-        return _iou(a.box, b.box) >= iou_threshold or meet_at_seam(a, b, tiles)
+        return iou(a.box, b.box) >= iou_threshold or meet_at_seam(a, b, tiles)
 
     merged = []
     for members in _groups(found, joins):
