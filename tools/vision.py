@@ -134,7 +134,6 @@ NO_MODEL_MESSAGE = (
 )
 
 
-
 def check_consensus(consensus: Sequence[int], tiles: str | int, budget: int | str | None) -> None:
     """What consensus needs before any model is known (a front end calls this before loading one,
     too): two budgets or more, and no budget or tiles beside them, since it runs its own budgets
@@ -156,6 +155,7 @@ def two_budgets(budgets: Sequence[int], param: str) -> list[int]:
         )
         raise InvalidRequest(template + ", for example [70, 280, 1120].", param=param)
     return chosen
+
 
 class Vision:
     """One model behind validated operations: one at a time on a local model, concurrent on an engine.
