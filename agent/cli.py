@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from rich.console import Console
-
+from agent.terminal import TerminalConsole
 from tools.about import package_version
 from tools.budgets import GEMMA4_BUDGETS
 from tools.errors import InvalidRequest, VlmError
@@ -32,8 +31,10 @@ from tools.runtimes.local import QUANTIZE
 MODEL_ENV = "VLM_AGENT_MODEL"
 
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# Plain output goes to a terminal: file names, model text, notes and errors are cleaned of
+# escape sequences there (agent/terminal.py). --json output is printed as it is.
+err = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
+out = TerminalConsole(highlight=False, soft_wrap=True)
 
 
 def model_option(parser: argparse.ArgumentParser) -> None:
