@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -28,13 +29,15 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.live import Live
-from rich.markdown import Markdown
 from rich.table import Table
 from rich.text import Text
 
 from . import render
-from .session import HANDLE_RE, ChatError, ChatSession, TurnRecord, plural, without_handles
+from .terminal import TerminalConsole, clean, escape, markdown, text as plain
+from .session import HANDLE_RE, Attached, ChatError, ChatSession, TurnRecord, plural, without_handles
 from .store import Store
+from tools.errors import ImageError
+from tools.images import Limits, decode_image
 from tools.outputs import OutputLimits, prune, write_atomic
 from tools.paths import data_home, outputs_dir
 
@@ -121,16 +124,16 @@ class TerminalView:
         self.protocol = render.image_protocol(os.environ, console.is_terminal)
 
     def notice(self, text: str) -> None:
-        self.console.print(f"[yellow]![/] {text}", highlight=False)
+        self.console.print(f"[yellow]![/] {escape(text)}", highlight=False)
 
     def status(self, message: str) -> None:
         if self.live is not None and not self.streamed:
-            self.live.update(f"[dim]{message} …[/]")
+            self.live.update(plain(f"{message} …", style="dim"))
 
     def tool_call(self, name: str, arguments: Mapping[str, Any], routed_by: str) -> None:
         args = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
         how = {"model": "chosen by the model", "router": "routed by keywords", "command": "by command"}.get(routed_by, "")
-        self.console.print(f"[cyan]→ {name}[/]({args}) [dim]{how}[/]", highlight=False)
+        self.console.print(f"[cyan]→ {escape(name)}[/]({escape(args)}) [dim]{how}[/]", highlight=False)
         self.streamed = ""
         self.live = Live("[dim]working …[/]", console=self.console, refresh_per_second=12, transient=True)
         self.live.start()
@@ -138,7 +141,7 @@ class TerminalView:
     def text_delta(self, delta: str) -> None:
         self.streamed += delta
         if self.live is not None:
-            self.live.update(Markdown(self.streamed))
+            self.live.update(markdown(self.streamed))
 
     def stop_live(self) -> None:
         if self.live is not None:
@@ -148,34 +151,54 @@ class TerminalView:
     def result(self, record: TurnRecord, images: list[bytes]) -> None:
         self.stop_live()
         if not record.ok:
-            self.console.print(f"[red]error:[/] {record.error}", highlight=False)
+            self.console.print(f"[red]error:[/] {escape(record.error)}", highlight=False)
             return
         result = record.result or {}
         if record.tool == "detect" and not result.get("detections"):
-            self.console.print(Text(f"no detections of {', '.join(result.get('labels') or [])}"))
+            self.console.print(plain(f"no detections of {', '.join(map(str, result.get('labels') or []))}"))
         elif record.tool == "detect":
             self.console.print(render.detections_table(result))
         elif record.tool == "compare_budgets":
             self.console.print(render.budgets_table(result))
         else:
-            self.console.print(Markdown(record.answer or "(no text)"))
+            self.console.print(markdown(record.answer or "(no text)"))
         for note in result.get("notes", []):
-            self.console.print(f"[dim]note: {note}[/]", highlight=False)
+            self.console.print(plain(f"note: {note}", style="dim"), highlight=False)
         for n, png in enumerate(images):
             self.show_picture(record, png, n)
         if "prompt_tokens" in result:
-            self.console.print(render.stats_line(result), style="dim", markup=False, highlight=False)
+            self.console.print(clean(render.stats_line(result)), style="dim", markup=False, highlight=False)
         elif "total_ms" in result:
             self.console.print(f"{result['total_ms'] / 1000:.2f} s in all", style="dim", highlight=False)
 
     def show_picture(self, record: TurnRecord, png: bytes, n: int) -> None:
-        from PIL import Image
-
+        # The bytes are the server's: checked as a PNG (header, size) before a pixel is decoded.
+        try:
+            image, kind = decode_image(png, Limits(), what="the picture the server sent")
+        except ImageError as exc:
+            self.console.print(plain(f"note: {exc} It was not saved.", "dim"))
+            return
+        if kind != "PNG":
+            self.console.print(plain(f"note: the picture the server sent is a {kind}, not a PNG. It was not saved.", "dim"))
+            return
         prune(self.out_dir, OutputLimits())
-        image_id = ((record.result or {}).get("image_ids") or ["image"])[0]
-        path = write_atomic(self.out_dir / f"{record.tool}-{image_id}-{n}.png", lambda partial: partial.write_bytes(png))
-        render.preview(self.console, Image.open(io.BytesIO(png)), self.protocol)
-        self.console.print(f"[dim]picture: {path}[/]", highlight=False)
+        path = write_atomic(self.out_dir / picture_name(record.tool), lambda partial: partial.write_bytes(png))
+        render.preview(self.console, image, self.protocol)
+        self.console.print(plain(f"picture: {path}", "dim"), highlight=False)
+
+
+def picture_name(tool: str) -> str:
+    """A new name for a picture the chat saves: made here, never taken from a result.
+
+    The shape of the server's own picture names (``detect-0123456789ab.png``), so the
+    outputs folder they share holds one kind of name.
+    """
+    kind = {"detect": "detect", "compare_budgets": "budgets"}.get(tool, "picture")
+    return f"{kind}-{uuid.uuid4().hex[:12]}.png"
+
+
+def attached_line(attached: Attached) -> Text:
+    return Text.assemble("attached ", (attached.handle, "bold"), " ", plain(Path(attached.source).name))
 
 
 class ChatCompleter(Completer):
@@ -264,11 +287,11 @@ class ChatApp:
         """A message sent before the model is ready waits for it, and says so."""
         if not self.startup.done.is_set():
             self.console.print(
-                Text(f"waiting for {self.startup.label} to load; this message goes as soon as it is ready "
-                     "(Ctrl-C gives up on it)", style="dim")
+                plain(f"waiting for {self.startup.label} to load; this message goes as soon as it is ready "
+                      "(Ctrl-C gives up on it)", "dim")
             )
             waiting = asyncio.ensure_future(self.startup.done.wait())
-            with self.console.status(f"loading {self.startup.label}", spinner="dots"), on_ctrl_c(waiting.cancel):
+            with self.console.status(plain(f"loading {self.startup.label}"), spinner="dots"), on_ctrl_c(waiting.cancel):
                 try:
                     await waiting
                 except asyncio.CancelledError:
@@ -299,8 +322,7 @@ class ChatApp:
     async def cmd_image(self, rest: str) -> None:
         if not rest:
             raise ChatError("Give a path or URL: /image photo.png")
-        attached = self.session.attach(rest)
-        self.console.print(f"attached [bold]{attached.handle}[/] {Path(attached.source).name}", highlight=False)
+        self.console.print(attached_line(self.session.attach(rest)), highlight=False)
 
     async def cmd_images(self, _: str) -> None:
         images = self.session.conversation.images
@@ -309,12 +331,12 @@ class ChatApp:
             return
         table = Table("handle", "image", "image_id")
         for image in images.values():
-            table.add_row(image.handle, image.source, image.image_id or "(not sent yet)")
+            table.add_row(plain(image.handle), plain(image.source), plain(image.image_id or "(not sent yet)"))
         self.console.print(table)
 
     async def cmd_forget(self, rest: str) -> None:
         forgotten = self.session.forget(rest or None)
-        self.console.print(f"forgot {', '.join(forgotten) or 'nothing'}")
+        self.console.print(plain(f"forgot {', '.join(forgotten) or 'nothing'}"))
 
     async def cmd_describe(self, rest: str) -> None:
         # A line of image marks alone ("/describe @2") chooses images and asks for a description.
@@ -354,8 +376,8 @@ class ChatApp:
             # Images the message names are already in its text.
             named = {f"@{m}" for m in HANDLE_RE.findall(record.user)}
             others = " ".join(h for h in record.images if h not in named)
-            line = Text.assemble((str(n), "bold"), f" {record.user} ", (f"{others} → {record.tool}".lstrip(), "dim"))
-            self.console.print(line, f"   {outcome[:200]}", sep="\n", highlight=False)
+            line = Text.assemble((str(n), "bold"), plain(f" {record.user} "), plain(f"{others} → {record.tool}".lstrip(), "dim"))
+            self.console.print(line, plain(f"   {outcome[:200]}"), sep="\n", highlight=False)
 
     async def cmd_reset(self, _: str) -> None:
         self.session.reset()
@@ -373,7 +395,7 @@ class ChatApp:
         conversation = self.session.ensure_conversation()
         assert conversation is not None
         store.name(conversation, rest)
-        self.console.print(f"saved as '{rest}'", highlight=False)
+        self.console.print(plain(f"saved as '{rest}'"), highlight=False)
 
     async def cmd_load(self, rest: str) -> None:
         store = self.need_store()
@@ -381,7 +403,7 @@ class ChatApp:
         if conversation is None:
             raise ChatError(f"No conversation named '{rest}'; /sessions lists them.")
         self.session.load(conversation)
-        self.console.print(f"loaded '{rest}': {len(self.session.conversation.records)} turns", highlight=False)
+        self.console.print(plain(f"loaded '{rest}': {len(self.session.conversation.records)} turns"), highlight=False)
 
     async def cmd_sessions(self, _: str) -> None:
         table = Table("name", "turns", "model", "updated")
@@ -389,15 +411,15 @@ class ChatApp:
 
         for info in self.need_store().conversations():
             when = dt.datetime.fromtimestamp(info.updated).strftime("%Y-%m-%d %H:%M")
-            table.add_row(info.name or f"#{info.id}", str(info.turns), info.model, when)
+            table.add_row(plain(info.name or f"#{info.id}"), str(info.turns), plain(info.model), when)
         self.console.print(table)
 
     async def cmd_model(self, _: str) -> None:
         info = self.session.info
         budgets = " / ".join(map(str, info.get("budgets", []))) or "fixed resolution"
         self.console.print(
-            f"[bold]{info.get('model')}[/] ({info.get('display_name')}); budgets: {budgets}; "
-            f"context window: {info.get('context_window') or 'unknown'}; tool choice by the model: "
+            f"[bold]{escape(info.get('model'))}[/] ({escape(info.get('display_name'))}); budgets: {escape(budgets)}; "
+            f"context window: {escape(info.get('context_window') or 'unknown')}; tool choice by the model: "
             f"{'yes' if info.get('chat') else 'no (keyword routing)'}. Start the chat with --model to change it.",
             highlight=False,
         )
@@ -405,7 +427,7 @@ class ChatApp:
     async def cmd_context(self, _: str) -> None:
         described = (self.session.info.get("context") or {}).get("description")
         if described:
-            self.console.print(f"context: {described}", highlight=False, markup=False)
+            self.console.print(clean(f"context: {described}"), highlight=False, markup=False)
         self.console.print(self.status_text())
 
     async def cmd_budget(self, rest: str) -> None:
@@ -432,15 +454,15 @@ class ChatApp:
 
     def toolbar_text(self) -> Any:
         if self.startup.error is not None:
-            return Text(f"the model did not load: {self.startup.error}", style="bold red")
+            return plain(f"the model did not load: {self.startup.error}", "bold red")
         if not self.startup.done.is_set():
-            return Text(self.startup.progress(), style="yellow")
+            return plain(self.startup.progress(), "yellow")
         return self.status_text()
 
     def toolbar(self) -> ANSI:
         # prompt-toolkit draws the toolbar; rich renders the same status line to ANSI for it.
         buffer = io.StringIO()
-        Console(file=buffer, force_terminal=True, color_system="truecolor", width=400).print(
+        TerminalConsole(file=buffer, force_terminal=True, color_system="truecolor", width=400).print(
             self.toolbar_text(), end=""
         )
         return ANSI(buffer.getvalue())
@@ -470,11 +492,11 @@ class ChatApp:
             try:
                 await self.handle(line)
             except ChatError as exc:
-                self.console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                self.console.print(f"[red]error:[/] {escape(exc)}", highlight=False, soft_wrap=True)
                 if exc is self.startup.error:
                     return
         if self.startup.error is not None:
-            self.console.print(f"[red]error:[/] {self.startup.error}", highlight=False, soft_wrap=True)
+            self.console.print(f"[red]error:[/] {escape(self.startup.error)}", highlight=False, soft_wrap=True)
             return
         self.console.print(Text(self.goodbye(), style="dim"))
 
@@ -580,7 +602,7 @@ async def run_chat(
     The prompt comes up at once: the server starts and loads its model behind it, the
     bottom bar shows how far it got, and a message sent before then waits for it.
     """
-    console = console or Console(highlight=False)
+    console = console or TerminalConsole(highlight=False)
     home = data_home()
     store = Store(home / "chat.sqlite3")
     history: History = FileHistory(str(home / "input_history")) if prompt is None else InMemoryHistory()
@@ -596,7 +618,7 @@ async def run_chat(
         prompt = prompt or PromptSession(history=history, completer=ChatCompleter(session), key_bindings=key_bindings())
         if real_terminal and sys.stdin.isatty():
             app.keys_fd = sys.stdin.fileno()
-        console.print(Text(f"vlm-agent chat · loading {label} in the background · /help for commands", style="dim"))
+        console.print(plain(f"vlm-agent chat · loading {label} in the background · /help for commands", "dim"))
         if resume:
             latest = store.latest()
             if latest is None:
@@ -606,7 +628,7 @@ async def run_chat(
                 console.print(f"resumed: {len(session.conversation.records)} earlier turns")
         for ref in images:
             attached = session.attach(ref)
-            console.print(f"attached [bold]{attached.handle}[/] {Path(attached.source).name}", highlight=False)
+            console.print(attached_line(attached), highlight=False)
 
         stop = asyncio.Event()
 
@@ -620,7 +642,7 @@ async def run_chat(
                     session.client = live_client
                     info = await session.start()
                     startup.finish()
-                    await app.announce(Text.assemble((str(info["model"]), "bold"), " ready"))
+                    await app.announce(Text.assemble(plain(info.get("model"), "bold"), " ready"))
                     await stop.wait()
             except ChatError as exc:
                 if not startup.done.is_set():
@@ -646,7 +668,7 @@ async def run_chat(
         if startup.error is not None:
             return 1
     except ChatError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(exc)}", highlight=False, soft_wrap=True)
         return 1
     finally:
         store.close()

@@ -24,6 +24,8 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from .terminal import clean
+
 Protocol = Literal["kitty", "sixel", "blocks", "none"]
 PROTOCOLS: tuple[Protocol, ...] = ("kitty", "sixel", "blocks", "none")
 PROTOCOL_ENV = "VLM_AGENT_IMAGES"
@@ -255,7 +257,7 @@ def detections_table(result: Mapping[str, Any]) -> Table:
     where = f" in {_size(result['image_size'])}" if result.get("image_size") else ""
     count = len(detections)
     title = f"{count} detection{'s' if count != 1 else ''}{where}" if count else "no detections"
-    table = Table(title=title)
+    table = Table(title=Text(clean(title), style="table.title"))
     table.add_column("#", justify="right", style="dim")
     table.add_column("label")
     for name in ("x1", "y1", "x2", "y2"):
@@ -271,7 +273,8 @@ def detections_table(result: Mapping[str, Any]) -> Table:
         table.add_column(name)
     for i, d in enumerate(detections, 1):
         cells = ["-" if d.get(key) is None else show(d[key]) for _, key, show in extras]
-        table.add_row(str(i), Text(d["label"]), *map(str, d["box"]), *cells)
+        # Text, not markup: labels and values are the server's (or the model's)
+        table.add_row(*(Text(clean(cell)) for cell in (i, d["label"], *d["box"], *cells)))
     return table
 
 
@@ -282,10 +285,10 @@ def budgets_table(result: Mapping[str, Any]) -> Table:
     reference = result.get("reference_budget") or max((run["budget"] for run in runs), default=None)
     table = Table(
         title="visual-token budgets",
-        caption=(
+        caption=Text(clean(
             f"agreement = {result.get('metric', '?')} vs {reference}; "
             f"recommended: {recommended} (≥ {result.get('threshold', 0):.2f})"
-        ),
+        ), style="table.caption"),
     )
     table.add_column("", width=1)
     for name in ("budget", "image tokens", "seen", "encode ms", "prefill ms", "decode ms", "total ms",
@@ -297,7 +300,7 @@ def budgets_table(result: Mapping[str, Any]) -> Table:
         tokens = run.get("image_tokens")
         timings = run.get("timings") or {}
         shared = shared or timings.get("decode_ms") is not None
-        table.add_row(
+        cells = (
             "✓" if chosen else "",
             str(run["budget"]),
             "?" if tokens is None else str(tokens),
@@ -305,11 +308,12 @@ def budgets_table(result: Mapping[str, Any]) -> Table:
             *(_ms(timings.get(name)) for name in ("preprocess_ms", "prefill_ms", "decode_ms", "total_ms")),
             str(run["generated_tokens"]),
             f"{run['agreement']:.2f}",
-            style="bold" if chosen else None,
         )
+        # Text, not markup: the values are the server's
+        table.add_row(*(Text(clean(cell)) for cell in cells), style="bold" if chosen else None)
     if shared:
         # the same decode figure on every row is one batch, not five
-        table.caption = f"{table.caption}; decode ms: one batch shared by every budget"
+        table.caption = Text(f"{table.caption}; decode ms: one batch shared by every budget", style="table.caption")
     return table
 
 
@@ -349,7 +353,7 @@ def status_line(
     if window:
         used = text_tokens + image_tokens
         context += f" / {window:,} ({round(100 * used / window)}%)"
-    line = Text.assemble((model, "bold"), f" · {family} · {policy} · {context}")
+    line = Text.assemble((clean(model), "bold"), clean(f" · {family} · {policy} · {context}"))
     if dropped > 0:
         line.append(" · ")
         line.append(f"{dropped} older turn{'s' if dropped != 1 else ''} dropped", style="bold yellow")

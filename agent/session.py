@@ -11,6 +11,7 @@ chat and scripted runs share every decision.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import mimetypes
 import re
@@ -411,7 +412,7 @@ class ChatSession:
             error = ChatError(" ".join(block.text for block in result.content if block.type == "text"))
             error.code = (result.structured_content or {}).get("error", "")  # type: ignore[attr-defined]
             raise error
-        images = [base64.b64decode(block.data) for block in result.content if block.type == "image"]
+        images = [picture_bytes(block.data) for block in result.content if block.type == "image"]
         return dict(result.structured_content or {}), images
 
     def save(self, record: TurnRecord) -> None:
@@ -451,6 +452,14 @@ class ChatSession:
                 images = int(result.get("image_tokens") or 0)
                 return int(result["prompt_tokens"]) - images + int(result.get("generated_tokens", 0)), images
         return 0, 0
+
+
+def picture_bytes(data: str) -> bytes:
+    """An image block's bytes; ``b""`` when they are not base64 (a view then says the picture is no image)."""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def plural(count: int, noun: str) -> str:
