@@ -249,6 +249,8 @@ class Startup:
 
 #: commands that work before the model is ready: they need only local files and the database
 OFFLINE_COMMANDS = {"/help", "/image", "/images", "/forget", "/history", "/reset", "/save", "/load", "/sessions", "/quit"}
+#: commands that become a turn: they check their own arguments and images before waiting for the model
+TURN_COMMANDS = {"/describe", "/ocr", "/detect", "/budgets"}
 
 
 class ChatApp:
@@ -279,27 +281,33 @@ class ChatApp:
         handler = getattr(self, "cmd_" + command[1:].replace("-", "_"), None)
         if command not in COMMANDS or handler is None:
             raise ChatError(f"Unknown command {command}; /help lists them.")
-        if command not in OFFLINE_COMMANDS:
+        if command not in OFFLINE_COMMANDS and command not in TURN_COMMANDS:
             await self.wait_until_ready()
         await handler(rest)
 
     async def wait_until_ready(self) -> None:
         """A message sent before the model is ready waits for it, and says so."""
         if not self.startup.done.is_set():
-            self.console.print(
-                plain(f"waiting for {self.startup.label} to load; this message goes as soon as it is ready "
-                      "(Ctrl-C gives up on it)", "dim")
-            )
             waiting = asyncio.ensure_future(self.startup.done.wait())
-            with self.console.status(plain(f"loading {self.startup.label}"), spinner="dots"), on_ctrl_c(waiting.cancel):
-                try:
-                    await waiting
-                except asyncio.CancelledError:
-                    raise ChatError("Not sent: you gave up waiting for the model, which goes on loading.") from None
+            spinner = self.console.status(plain(f"loading {self.startup.label}"), spinner="dots")
+            # Keys typed meanwhile wait for the next prompt instead of landing on the spinner's line:
+            # echo goes off before anything on screen says the message waits.
+            with quiet_keys(self.keys_fd), on_ctrl_c(waiting.cancel):
+                self.console.print(
+                    plain(f"waiting for {self.startup.label} to load; this message goes as soon as it is ready "
+                          "(Ctrl-C gives up on it)", "dim")
+                )
+                with spinner:
+                    try:
+                        await waiting
+                    except asyncio.CancelledError:
+                        raise ChatError("Not sent: you gave up waiting for the model, which goes on loading.") from None
         if self.startup.error is not None:
             raise self.startup.error
 
     async def turn(self, message: str, tool: str | None = None, arguments: dict[str, Any] | None = None) -> None:
+        # Image marks need no model: one that names nothing is refused before any wait for it.
+        self.session.message_images(message)
         await self.wait_until_ready()
         task = asyncio.ensure_future(self.session.send(message, tool, arguments))
         try:
@@ -492,13 +500,11 @@ class ChatApp:
             try:
                 await self.handle(line)
             except ChatError as exc:
-                self.console.print(f"[red]error:[/] {escape(exc)}", highlight=False, soft_wrap=True)
                 if exc is self.startup.error:
-                    return
-        if self.startup.error is not None:
-            self.console.print(f"[red]error:[/] {escape(self.startup.error)}", highlight=False, soft_wrap=True)
-            return
-        self.console.print(Text(self.goodbye(), style="dim"))
+                    return  # run_chat says why, once
+                self.console.print(f"[red]error:[/] {escape(exc)}", highlight=False, soft_wrap=True)
+        if self.startup.error is None:
+            self.console.print(Text(self.goodbye(), style="dim"))
 
 
 def take_flags(rest: str, valued: Sequence[str], switches: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
@@ -664,8 +670,15 @@ async def run_chat(
             await app.loop(prompt)
         finally:
             stop.set()
-            await background
+            if not startup.done.is_set():
+                # Leaving during the load: the load is abandoned and the server child ended now,
+                # not when its model is ready.
+                background.cancel()
+            await asyncio.gather(background, return_exceptions=True)
         if startup.error is not None:
+            # Whenever the chat ends for a failed start, it says why (also when the failure
+            # came in after the user chose to leave).
+            console.print(f"[red]error:[/] {escape(startup.error)}", highlight=False, soft_wrap=True)
             return 1
     except ChatError as exc:
         console.print(f"[red]error:[/] {escape(exc)}", highlight=False, soft_wrap=True)

@@ -9,8 +9,10 @@ nowhere but its own names, never crash, and never pass a sequence the terminal w
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +120,111 @@ def test_nothing_from_a_server_or_a_file_name_drives_the_terminal(hostile, tmp_p
         assert chat.wait(30) == 0, chat.tail()
     assert chat.forbidden() == [], chat.forbidden()
     assert NASTY.encode() not in chat.screen
+
+
+class HeldEngine:
+    """An OpenAI-compatible engine that takes connections and answers none until told: a load that never ends.
+
+    The chat's server child asks it for its model list while loading (``--backend openai``), so
+    the load is held for as long as the test likes, and the held connection shows whether that
+    child is still alive.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
+        self.connections: list[socket.socket] = []
+        self.answered = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def wait_for_request(self, limit: float = 120) -> None:
+        deadline = time.monotonic() + limit
+        while not self.connections:
+            assert time.monotonic() < deadline, "the server child never asked the engine for its models"
+            time.sleep(0.1)
+
+    def answer(self, status: int = 401) -> None:
+        """Answer every held request with an error: the load fails."""
+        self.answered = True
+        body = b'{"error": {"message": "bad key"}}'
+        for connection in self.connections:
+            connection.sendall(
+                f"HTTP/1.1 {status} Refused\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n".encode() + body
+            )
+
+    def hung_up(self, limit: float = 10) -> bool:
+        """Whether whoever held the first connection has closed it (a process that ends closes its sockets)."""
+        connection = self.connections[0]
+        connection.settimeout(limit)
+        try:
+            while connection.recv(65536):
+                pass
+        except TimeoutError:
+            return False
+        except OSError:
+            pass
+        return True
+
+    def __enter__(self) -> HeldEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def loading_chat(engine: HeldEngine, tmp_path: Path, *images: Path) -> PtyChat:
+    """The chat, its server child loading a model from an engine that does not answer."""
+    args = ["--backend", "openai", "--base-url", engine.url, "--api-timeout", "600", "--model", "held-model"]
+    chat = PtyChat([*args, *map(str, images)], tmp_path / "home")
+    chat.read_until(rb"you>")
+    engine.wait_for_request()
+    return chat
+
+
+@pytest.mark.parametrize("keys", ["/quit\r", "\x04"], ids=["/quit", "Ctrl-D"])
+def test_leaving_during_the_load_ends_the_chat_and_its_server_at_once(tmp_path, keys):
+    """Issue 22: /quit and Ctrl-D during the load leave at once; issue 20 item 13: an exit 1 always says why."""
+    with HeldEngine() as engine, loading_chat(engine, tmp_path) as chat:
+        chat.type(keys)
+        status = chat.wait(20)
+        if status is None:  # still waiting for the load: let it fail, to see how the chat ends then
+            engine.answer(401)
+            status = chat.wait(60)
+        errors = re.findall(rb"error: [^\r\n]+", chat.text())
+        assert status == 0 or errors, f"exit {status} and no reason: {chat.tail()!r}"
+        assert not engine.answered, "the chat waited for the load before it left"
+        assert status == 0 and b"bye" in chat.text(), chat.tail()
+        assert engine.hung_up(), "the server child outlived the chat"
+
+
+def test_a_missing_image_is_refused_before_the_model_loads(tmp_path, photo):
+    """Issue 22: an @mark that names no file needs no model: it is refused while the load goes on."""
+    with HeldEngine() as engine, loading_chat(engine, tmp_path, photo) as chat:
+        said = chat.line("what is in @missing.png", rb"error: No image @missing\.png|waiting for", limit=30)
+        assert b"error: No image @missing.png" in said and b"waiting for" not in said
+        said = chat.line("/describe @missing.png", rb"error: No image @missing\.png|waiting for", limit=30)
+        assert b"error: No image @missing.png" in said and b"waiting for" not in said
+        assert not engine.answered
+
+
+def test_keys_typed_while_a_message_waits_for_the_load_stay_off_the_spinner(tmp_path, photo):
+    """Issue 22: keys typed while a message waits for the model are not echoed into the spinner's line."""
+    with HeldEngine() as engine, loading_chat(engine, tmp_path, photo) as chat:
+        chat.line("/describe what is it", rb"waiting for held-model to load")
+        mark = chat.type("xyzzy")
+        time.sleep(0.5)  # the terminal echoes keys as it takes them, if echo is on
+        engine.answer(401)  # the load fails: the waiting message ends the chat with the reason
+        assert chat.wait(60) == 1
+        assert re.search(rb"error: \S", chat.text(mark)), chat.tail()
+        assert b"xyzzy" not in chat.text(mark), chat.tail()
