@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import sample_image
-from tests.hardening import free_port
+from tests.hardening import free_port, record
 from tests.hostile_server import NASTY
 from tests.pty_chat import PtyChat
 
@@ -64,7 +64,7 @@ def ready(chat: PtyChat) -> None:
 
 
 def test_a_hostile_server_writes_no_file_the_chat_did_not_name(hostile, tmp_path, photo):
-    """Issue 20 item 3: a picture name from a result climbing out of the folder, a shell script as a picture."""
+    """A picture name in a result that climbs out of the folder; a shell script, and no base64 at all, as a picture."""
     home = tmp_path / "home"
     with PtyChat(["--server", hostile, str(photo)], home) as chat:
         ready(chat)
@@ -80,10 +80,11 @@ def test_a_hostile_server_writes_no_file_the_chat_did_not_name(hostile, tmp_path
     saved = sorted(p.name for p in (home / "outputs").iterdir())
     assert len(saved) == 1 and PICTURE_NAME.fullmatch(saved[0]), saved  # one picture, a name of the chat's own
     assert b"Traceback" not in chat.screen
+    record(class_13=1)
 
 
 def test_markup_typed_or_sent_never_crashes_the_chat(hostile, tmp_path, photo):
-    """Issue 20 item 10: `[/x]` typed in commands and messages, chosen by the model, and in a server's notes."""
+    """`[/x]` typed in commands and messages, chosen by the model as a label, and in a server's notes and errors."""
     with PtyChat(["--server", hostile, str(photo)], tmp_path / "home") as chat:
         ready(chat)
         assert b"[/x]" in chat.line("/detect [/x]", rb"picture: ")
@@ -98,10 +99,11 @@ def test_markup_typed_or_sent_never_crashes_the_chat(hostile, tmp_path, photo):
         chat.line("/quit", rb"bye")
         assert chat.wait(30) == 0, chat.tail()
     assert b"MarkupError" not in chat.screen and b"Traceback" not in chat.screen
+    record(class_13=1)
 
 
 def test_nothing_from_a_server_or_a_file_name_drives_the_terminal(hostile, tmp_path, photo):
-    """Issue 20 item 11: escape sequences in model text, progress, notes, errors, model info and file names."""
+    """Escape sequences in model text, progress, notes, errors, model info and file names; a link that lies."""
     clipboard = tmp_path / "a\x1b]52;c;cGF5bG9hZA==\x07b\x1b[2J.png"
     link = tmp_path / "[link=mailto:a@b.c]x.png"
     sample_image(64, 48).save(clipboard)
@@ -120,6 +122,7 @@ def test_nothing_from_a_server_or_a_file_name_drives_the_terminal(hostile, tmp_p
         assert chat.wait(30) == 0, chat.tail()
     assert chat.forbidden() == [], chat.forbidden()
     assert NASTY.encode() not in chat.screen
+    record(class_13=1)
 
 
 class HeldEngine:
@@ -194,7 +197,7 @@ def loading_chat(engine: HeldEngine, tmp_path: Path, *images: Path) -> PtyChat:
 
 @pytest.mark.parametrize("keys", ["/quit\r", "\x04"], ids=["/quit", "Ctrl-D"])
 def test_leaving_during_the_load_ends_the_chat_and_its_server_at_once(tmp_path, keys):
-    """Issue 22: /quit and Ctrl-D during the load leave at once; issue 20 item 13: an exit 1 always says why."""
+    """/quit and Ctrl-D during the load leave at once and end the server child; an exit status of 1 always says why."""
     with HeldEngine() as engine, loading_chat(engine, tmp_path) as chat:
         chat.type(keys)
         status = chat.wait(20)
@@ -206,20 +209,22 @@ def test_leaving_during_the_load_ends_the_chat_and_its_server_at_once(tmp_path, 
         assert not engine.answered, "the chat waited for the load before it left"
         assert status == 0 and b"bye" in chat.text(), chat.tail()
         assert engine.hung_up(), "the server child outlived the chat"
+    record(class_2=1)
 
 
 def test_a_missing_image_is_refused_before_the_model_loads(tmp_path, photo):
-    """Issue 22: an @mark that names no file needs no model: it is refused while the load goes on."""
+    """An @mark that names no file needs no model: it is refused while the load goes on."""
     with HeldEngine() as engine, loading_chat(engine, tmp_path, photo) as chat:
         said = chat.line("what is in @missing.png", rb"error: No image @missing\.png|waiting for", limit=30)
         assert b"error: No image @missing.png" in said and b"waiting for" not in said
         said = chat.line("/describe @missing.png", rb"error: No image @missing\.png|waiting for", limit=30)
         assert b"error: No image @missing.png" in said and b"waiting for" not in said
         assert not engine.answered
+    record(class_2=1)
 
 
 def test_keys_typed_while_a_message_waits_for_the_load_stay_off_the_spinner(tmp_path, photo):
-    """Issue 22: keys typed while a message waits for the model are not echoed into the spinner's line."""
+    """Keys typed while a message waits for the model are not echoed into the spinner's line."""
     with HeldEngine() as engine, loading_chat(engine, tmp_path, photo) as chat:
         chat.line("/describe what is it", rb"waiting for held-model to load")
         mark = chat.type("xyzzy")
@@ -228,3 +233,4 @@ def test_keys_typed_while_a_message_waits_for_the_load_stay_off_the_spinner(tmp_
         assert chat.wait(60) == 1
         assert re.search(rb"error: \S", chat.text(mark)), chat.tail()
         assert b"xyzzy" not in chat.text(mark), chat.tail()
+    record(class_2=1)

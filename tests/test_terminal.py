@@ -116,13 +116,13 @@ def hostile_engine() -> Iterator[str]:
 
 
 def test_the_command_line_prints_an_engines_answer_inert_and_its_json_exact(tmp_path):
-    """Issue 20 item 11, the CLI's plain output, through the console script: `describe` on a hostile engine."""
+    """The CLI's plain output, through the console script: `describe` on a hostile engine."""
     import json
     import os
     import subprocess
 
     from tests.conftest import sample_image
-    from tests.hardening import VLM_AGENT
+    from tests.hardening import VLM_AGENT, record
 
     sample_image(32, 32).save(tmp_path / "p.png")
     with hostile_engine() as url:
@@ -137,6 +137,7 @@ def test_the_command_line_prints_an_engines_answer_inert_and_its_json_exact(tmp_
     assert plain.stdout == b"ab]52;c;cGF5c evil [/x]\n"  # no bidi override, the markup as written
     # --json carries the answer as the core gave it: JSON escapes what it must itself
     assert json.loads(as_json.stdout)["text"] == "ab]52;c;cGF5c \u202eevil\u202c [/x]"
+    record(class_13=1)
 
 
 def test_json_output_stays_exact_and_plain_output_is_cleaned(capsys):
