@@ -33,9 +33,10 @@ from rich.table import Table
 from rich.text import Text
 
 from . import render
-from .terminal import TerminalConsole, clean, escape, markdown, text as plain
 from .session import HANDLE_RE, Attached, ChatError, ChatSession, TurnRecord, plural, without_handles
 from .store import Store
+from .terminal import TerminalConsole, clean, escape, markdown
+from .terminal import text as plain
 from tools.errors import ImageError
 from tools.images import Limits, decode_image
 from tools.outputs import OutputLimits, prune, write_atomic
