@@ -442,13 +442,15 @@ async def run_script_command(args: argparse.Namespace) -> int:
     import json
 
     from agent.chat import connect, data_home
+    from agent.failures import reason
     from agent.script import RecordingView, load_script, run_script
     from agent.session import ChatError, ChatSession
 
     script = Path(args.script)
+    log_path = data_home() / "server.log"
     try:
         turns = load_script(script)
-        async with connect(serve_args(args), args.server, args.token_env, data_home() / "server.log") as client:
+        async with connect(serve_args(args), args.server, args.token_env, log_path) as client:
             session = ChatSession(
                 client, RecordingView(lambda line: err.print(line, markup=False, highlight=False)),
                 budget=args.budget, max_new_tokens=args.max_new_tokens,
@@ -459,13 +461,18 @@ async def run_script_command(args: argparse.Namespace) -> int:
     except ChatError as exc:
         err.print(f"error: {exc}", markup=False)
         return 1
+    except Exception as exc:  # the transport wraps our errors (and its own) in exception groups
+        err.print(f"error: {reason(exc, server=args.server, log_path=str(log_path))}", markup=False)
+        return 1
     text = json.dumps(transcript, indent=2, ensure_ascii=False)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
         err.print(f"transcript: {args.out}", markup=False)
     else:
         print(text)
-    err.print(f"{len(transcript['turns']) - transcript['failed']} turns ok, {transcript['failed']} failed", markup=False)
+    failed = [str(number) for number, turn in enumerate(transcript["turns"], start=1) if turn.get("error")]
+    which = f" (turn{'s' if len(failed) > 1 else ''} {', '.join(failed)})" if failed else ""
+    err.print(f"{len(transcript['turns']) - len(failed)} turns ok, {len(failed)} failed{which}", markup=False)
     return 1 if transcript["failed"] else 0
 
 
