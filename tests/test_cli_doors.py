@@ -1,0 +1,49 @@
+"""The rough edges a newcomer hits at the command line, each through the `vlm-agent` console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VLM_AGENT = str(Path(sys.executable).parent / "vlm-agent")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def console(*argv: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [VLM_AGENT, *argv], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [proc.stderr.strip()] and lines[0].startswith("error: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("config", "reason"),
+    [
+        (None, "holds no config.json"),
+        ({"architectures": ["Gemma4ForConditionalGeneration"]}, "names no model_type"),
+        ({"model_type": 7}, "names no model_type"),
+    ],
+    ids=["empty folder", "config without model_type", "model_type not text"],
+)
+def test_a_local_folder_that_is_no_checkpoint_says_why_in_one_line(config, reason, square_png, tmp_path):
+    folder = tmp_path / "emptydir"
+    folder.mkdir()
+    if config is not None:
+        (folder / "config.json").write_text(json.dumps(config))
+    line = error_line(console("describe", str(square_png), "--model", str(folder)))
+    assert reason in line and str(folder) in line and "--model" in line, line
+    assert "download" not in line and "hf " not in line, line
+
+
