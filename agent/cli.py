@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import sys
@@ -529,8 +530,27 @@ def configure_logging(verbose: bool) -> None:
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; a flag a command does not take is shown with that command's usage."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        given = list(sys.argv[1:] if argv is None else argv)
+        after = given[given.index(args.command) + 1:] if args.command in given else []
+        owner = subcommands(parser)[args.command] if extra[0] in after else parser
+        flags = [flag for action in owner._actions for flag in action.option_strings]
+        close = difflib.get_close_matches(extra[0].split("=")[0], flags, n=1) if extra[0].startswith("--") else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        owner.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     configure_logging(args.verbose)
     try:
         if args.command == "tiny-model":

@@ -47,3 +47,12 @@ def test_a_local_folder_that_is_no_checkpoint_says_why_in_one_line(config, reaso
     assert "download" not in line and "hf " not in line, line
 
 
+def test_a_misspelled_flag_prints_the_commands_usage(square_png):
+    proc = console("describe", str(square_png), "--modle", "m")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith("usage: vlm-agent describe "), proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "vlm-agent describe: error: unrecognized arguments: --modle m (did you mean --model?)"
+    )
+
+
