@@ -433,13 +433,13 @@ CLI_NAMES = {"images": "IMAGE", "labels": "LABEL", "backend": "--backend local",
 
 
 def cli_words(error: VlmError) -> str:
-    """The error's sentence, its parameter named by the flag (or argument) of this command line."""
-    if error.param is None:
-        return error.worded()
-    return error.worded({error.param: CLI_NAMES.get(error.param, "--" + error.param.replace("_", "-"))})
+    """The error's sentence in this command line's syntax: parameters named by their flags (or
+    arguments), example lists separated by commas as the flags take them."""
+    names = {param: CLI_NAMES.get(param, "--" + param.replace("_", "-")) for param in error.params}
+    return error.worded(names, lists=",".join)
 
 
-async def run_script_command(args: argparse.Namespace) -> int:
+async def run_script_command(args: argparse.Namespace, tiny_note: str | None = None) -> int:
     import json
 
     from agent.chat import connect, data_home

@@ -56,3 +56,19 @@ def test_a_misspelled_flag_prints_the_commands_usage(square_png):
     )
 
 
+@pytest.mark.parametrize(
+    ("flags", "said", "not_said"),
+    [
+        (["--consensus", "280"], "Give --consensus at least two different budgets to compare, for example 70,280,1120.",
+         "[70, 280, 1120]"),
+        (["--consensus", "280,560", "--budget", "280"],
+         "--consensus runs its own budgets on the whole image; leave --budget and --tiles unset.", "leave budget"),
+        (["--consensus", "280,560", "--tiles", "2"], "leave --budget and --tiles unset.", "leave budget"),
+    ],
+    ids=["one budget", "with a budget", "with tiles"],
+)
+def test_errors_on_the_command_line_are_worded_in_its_syntax(flags, said, not_said, square_png):
+    line = error_line(console("detect", str(square_png), "cat", *flags, "--model", "/nonexistent/model"))
+    assert line.startswith("error: ") and line.endswith(said) and not_said not in line, line
+
+

@@ -237,7 +237,7 @@ def check_budget(dialect: Dialect, budget: int | None, engine: bool = False) -> 
         return None
     if engine:
         raise InvalidRequest(
-            "The engine was not declared to take visual-token budgets ({param}); leave budget unset, or restart "
+            "The engine was not declared to take visual-token budgets ({param}); leave {param:budget} unset, or restart "
             "vlm-agent with it if the engine takes them (vLLM's mm_processor_kwargs).", param="budgets_supported",
         )
     if budget != caps.image_tokens:
