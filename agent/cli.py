@@ -205,10 +205,26 @@ def call_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every flag's default: the flag's own words where they give it, else appended."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if (
+            text and action.option_strings and "default" not in text
+            and default not in (None, False, [], argparse.SUPPRESS)
+        ):
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            text += f" (default {shown.replace('%', '%%')})"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlm-agent",
         description="Put a vision-language model to work: describe, read and detect in images.",
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
@@ -289,9 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol; logs and load progress go to stderr.",
     )
     model_option(p)
-    p.add_argument("--transport", choices=("stdio", "http"), default="stdio")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--transport", choices=("stdio", "http"), default="stdio",
+        help="stdio for an IDE assistant that starts the server; http for clients that connect to it",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument(
         "--allow-dir", action="append", default=None, metavar="DIR",
         help="folder the tools may read images from; repeatable (default: the current folder)",
@@ -311,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-max-days", type=float, default=7, metavar="DAYS",
         help="pictures older than this are removed from the output folder (default 7)",
     )
-    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the model before 'busy'")
+    p.add_argument(
+        "--max-queue", type=int, default=16, metavar="N",
+        help="requests that may wait for the model before 'busy' (default 16)",
+    )
     p.add_argument(
         "--max-sessions", type=int, default=256, metavar="N",
         help="HTTP: sessions open at once; past it a new client is told to retry (default 256)",
@@ -330,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--family", default="gemma4", choices=tuple(TINY), help="blip2 has OPT inside, blip2-t5 Flan-T5")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    for sub in subcommands(parser).values():
+        sub.formatter_class = DefaultsFormatter
     return parser
 
 

@@ -72,3 +72,40 @@ def test_errors_on_the_command_line_are_worded_in_its_syntax(flags, said, not_sa
     assert line.startswith("error: ") and line.endswith(said) and not_said not in line, line
 
 
+def option_blocks(help_text: str) -> dict[str, str]:
+    """Each option's lines of an argparse help, joined, keyed by its first flag."""
+    blocks: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            blocks[current] = line
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+        else:
+            current = None
+    return blocks
+
+
+@pytest.mark.parametrize("command", ["serve", "describe", "ocr", "detect", "segment", "chat", "run", "demo", "tiny-model"])
+def test_help_shows_the_default_of_every_flag_that_has_one(command):
+    from agent.cli import build_parser
+
+    parser = build_parser()
+    sub = next(action for action in parser._actions if action.dest == "command").choices[command]
+    proc = console(command, "--help", env={"COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stderr
+    blocks = option_blocks(proc.stdout)
+    for action in sub._actions:
+        if not action.option_strings or action.default in (None, False, [], "==SUPPRESS=="):
+            continue
+        flag = action.option_strings[0]
+        # the model's default is the environment's, which the help names rather than repeats
+        shown = "$VLM_AGENT_MODEL" if action.dest == "model" else (
+            f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
+        )
+        assert "default" in blocks[flag] and shown in blocks[flag], blocks[flag]
+    if command == "serve":
+        assert "(default 16)" in blocks["--max-queue"]
+
+
