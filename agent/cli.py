@@ -540,6 +540,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
+    # Pillow logs every PNG chunk it reads at DEBUG ("STREAM b'IHDR' 16 13"): noise, never a detail of ours.
+    logging.getLogger("PIL").setLevel(logging.INFO)
     from tools.redact import RedactUrls
 
     # On the handlers: their filters see every record, whichever library's logger made it.

@@ -109,3 +109,9 @@ def test_help_shows_the_default_of_every_flag_that_has_one(command):
         assert "(default 16)" in blocks["--max-queue"]
 
 
+def test_verbose_logs_carry_no_pillow_chunk_lines(square_png):
+    proc = console("-v", "describe", str(square_png), "--model", "/nonexistent/model")
+    assert proc.returncode == 1
+    assert "STREAM b'IHDR'" not in proc.stderr and "PIL" not in proc.stderr, proc.stderr[-2000:]
+
+
