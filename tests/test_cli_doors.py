@@ -115,3 +115,10 @@ def test_verbose_logs_carry_no_pillow_chunk_lines(square_png):
     assert "STREAM b'IHDR'" not in proc.stderr and "PIL" not in proc.stderr, proc.stderr[-2000:]
 
 
+def test_the_demo_folder_is_ignored_by_git():
+    proc = subprocess.run(
+        ["git", "check-ignore", "-q", "vlm-agent-demo/tiny/config.json"], cwd=ROOT, capture_output=True, timeout=30
+    )
+    assert proc.returncode == 0
+
+
