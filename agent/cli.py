@@ -31,6 +31,9 @@ from tools.runtimes.engine import DEFAULT_KEY_ENV, ApiSettings
 from tools.runtimes.local import QUANTIZE
 
 MODEL_ENV = "VLM_AGENT_MODEL"
+DEFAULT_MAX_NEW_TOKENS = 512
+#: a tiny random-weight checkpoint rarely stops before the cap: 512 tokens take a minute on a small machine
+TINY_MAX_NEW_TOKENS = 32
 
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -145,9 +148,32 @@ def serve_args(args: argparse.Namespace) -> list[str]:
 
 def generation_options(parser: argparse.ArgumentParser) -> None:
     """How much and how freely the model writes: every command that runs the model takes these."""
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="cap on generated tokens (default 512)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help=f"cap on generated tokens (default {DEFAULT_MAX_NEW_TOKENS}; {TINY_MAX_NEW_TOKENS} for a tiny "
+        "random-weight checkpoint from tiny-model, which writes gibberish to the cap)",
+    )
     parser.add_argument("--temperature", type=float, default=None, help="0 decodes greedily (default)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 1)")
+
+
+def choose_max_new_tokens(args: argparse.Namespace) -> str | None:
+    """Fill in ``--max-new-tokens`` when it was not given; the note to show when the choice is a tiny
+    checkpoint's shorter default."""
+    if getattr(args, "max_new_tokens", 0) is not None:
+        return None
+    from tools.tiny import is_tiny
+
+    local = args.backend == "local" and not getattr(args, "server", None)
+    if local and is_tiny(args.model):
+        args.max_new_tokens = TINY_MAX_NEW_TOKENS
+        return (
+            f"note: {args.model} is a tiny random-weight checkpoint: it writes gibberish up to the token cap, so "
+            f"--max-new-tokens defaults to {TINY_MAX_NEW_TOKENS} for it (not {DEFAULT_MAX_NEW_TOKENS}); "
+            "pass --max-new-tokens N to choose."
+        )
+    args.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    return None
 
 
 def sampling_of(args: argparse.Namespace) -> dict[str, float]:
@@ -391,7 +417,7 @@ def print_result(result: Result, as_json: bool) -> None:
     err.print(render.stats_line(data), style="dim", markup=False)
 
 
-def run_call(args: argparse.Namespace) -> Result:
+def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     from tools.images import AccessPolicy, ImageLoader
     from tools.model import check_ask, load_model, plan
     from tools.tasks import Ask
@@ -430,6 +456,8 @@ def run_call(args: argparse.Namespace) -> Result:
     started = time.perf_counter()
     what = args.model if api is None else f"{api.model} at {api.root}"
     err.print(f"{'loading' if api is None else 'connecting to'} {what} …", style="dim", markup=False)
+    if tiny_note:
+        err.print(tiny_note, markup=False)
     with err.status("loading model", spinner="dots"):
         model = load_model(
             args.model, dtype=args.dtype, quantize=args.quantize, api=api, compile=args.compile, planned=planned
@@ -475,6 +503,8 @@ async def run_script_command(args: argparse.Namespace, tiny_note: str | None = N
     log_path = data_home() / "server.log"
     try:
         turns = load_script(script)
+        if tiny_note:
+            err.print(tiny_note, markup=False)
         async with connect(serve_args(args), args.server, args.token_env, log_path) as client:
             session = ChatSession(
                 client, RecordingView(lambda line: err.print(line, markup=False, highlight=False)),
@@ -579,6 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     configure_logging(args.verbose)
     try:
+        tiny_note = choose_max_new_tokens(args)
         if args.command == "tiny-model":
             from tools.tiny import build_tiny
 
@@ -601,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "chat":
             from agent.chat import run_chat
 
+            if tiny_note:
+                err.print(tiny_note, markup=False)
             return asyncio.run(
                 run_chat(
                     args.images, serve=serve_args(args), server=args.server, token_env=args.token_env,
@@ -609,8 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if args.command == "run":
-            return asyncio.run(run_script_command(args))
-        print_result(run_call(args), args.json)
+            return asyncio.run(run_script_command(args, tiny_note))
+        print_result(run_call(args, tiny_note), args.json)
         return 0
     except VlmError as exc:
         err.print(f"error: {cli_words(exc)}", markup=False)

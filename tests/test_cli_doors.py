@@ -122,3 +122,26 @@ def test_the_demo_folder_is_ignored_by_git():
     assert proc.returncode == 0
 
 
+@pytest.fixture
+def small_png(tmp_path: Path) -> Path:
+    """A picture the tiny Gemma 4 answers past 40 tokens without stopping (greedy: always the same)."""
+    from tests.conftest import sample_image
+
+    path = tmp_path / "small.png"
+    sample_image(64, 48).save(path)
+    return path
+
+
+def test_a_tiny_checkpoint_gets_a_short_default_answer_and_says_so(tiny_gemma4, small_png):
+    proc = console("describe", str(small_png), "--model", str(tiny_gemma4), "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["generated_tokens"] == 32
+    note = next(line for line in proc.stderr.splitlines() if "tiny random-weight checkpoint" in line)
+    assert "--max-new-tokens defaults to 32" in note, note
+
+
+def test_a_tiny_checkpoint_keeps_the_max_new_tokens_it_is_given(tiny_gemma4, small_png):
+    proc = console("describe", str(small_png), "--model", str(tiny_gemma4), "--max-new-tokens", "40", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["generated_tokens"] == 40
+    assert "tiny random-weight checkpoint" not in proc.stderr
