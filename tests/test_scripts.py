@@ -229,3 +229,18 @@ def test_a_server_that_cannot_start_is_one_line_not_a_traceback(tmp_path):
     script.write_text("- user: hi\n")
     line = one_line_refusal(run_script(script, *NO_MODEL, home=tmp_path / "home"))
     assert line.startswith("error: No model directory at '/nonexistent/model'")
+
+
+@pytest.mark.parametrize("tool", ["describe", "ocr", "detect", "compare_budgets"])
+def test_the_schema_takes_what_the_session_passes_on_and_the_server_takes(tool):
+    """One list of each tool's turn arguments: the schema's, the session's and the server's tool (less what
+    the session supplies itself: images and history)."""
+    import inspect
+
+    from agent.script_schema import ARGUMENTS
+    from agent.session import TOOL_ARGUMENTS
+    from mcp_server import server
+
+    taken = set(inspect.signature(getattr(server, tool)).parameters) - {"ctx", "image", "images", "history"}
+    assert tuple(ARGUMENTS[tool].model_fields) == TOOL_ARGUMENTS[tool]
+    assert set(TOOL_ARGUMENTS[tool]) == taken
