@@ -57,18 +57,27 @@ def test_a_misspelled_flag_prints_the_commands_usage(square_png):
 
 
 @pytest.mark.parametrize(
-    ("flags", "said", "not_said"),
+    ("argv", "said", "not_said"),
     [
-        (["--consensus", "280"], "Give --consensus at least two different budgets to compare, for example 70,280,1120.",
-         "[70, 280, 1120]"),
-        (["--consensus", "280,560", "--budget", "280"],
+        (["detect", "{image}", "cat", "--consensus", "280"],
+         "Give --consensus at least two different budgets to compare, for example 70,280,1120.", "[70, 280, 1120]"),
+        (["detect", "{image}", "cat", "--consensus", "280,560", "--budget", "280"],
          "--consensus runs its own budgets on the whole image; leave --budget and --tiles unset.", "leave budget"),
-        (["--consensus", "280,560", "--tiles", "2"], "leave --budget and --tiles unset.", "leave budget"),
+        (["detect", "{image}", "cat", "--consensus", "280,560", "--tiles", "2"],
+         "leave --budget and --tiles unset.", "leave budget"),
+        (["describe", "{image}", "--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 8192, got 0.",
+         "max_new_tokens"),
+        (["describe", "{image}", "--temperature", "0.001"],
+         "--temperature must be 0 (greedy) or between 0.01 and 2, got 0.001.", "error: temperature"),
+        (["describe", "{image}", "--top-p", "0"], "--top-p must be above 0 and at most 1, got 0.0.", "top_p"),
+        (["ocr", "{image}", "--tiles", "9"], "--tiles must be between 1 and 8 across the long side, not 9.",
+         "error: tiles"),
     ],
-    ids=["one budget", "with a budget", "with tiles"],
+    ids=["one budget", "with a budget", "with tiles", "max new tokens", "temperature", "top-p", "tiles"],
 )
-def test_errors_on_the_command_line_are_worded_in_its_syntax(flags, said, not_said, square_png):
-    line = error_line(console("detect", str(square_png), "cat", *flags, "--model", "/nonexistent/model"))
+def test_errors_on_the_command_line_are_worded_in_its_syntax(argv, said, not_said, square_png):
+    argv = [arg.replace("{image}", str(square_png)) for arg in argv]
+    line = error_line(console(*argv, "--model", "/nonexistent/model"))
     assert line.startswith("error: ") and line.endswith(said) and not_said not in line, line
 
 
