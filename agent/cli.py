@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
 import sys
@@ -29,6 +30,9 @@ from tools.runtimes.engine import DEFAULT_KEY_ENV, ApiSettings
 from tools.runtimes.local import QUANTIZE
 
 MODEL_ENV = "VLM_AGENT_MODEL"
+DEFAULT_MAX_NEW_TOKENS = 512
+#: a tiny random-weight checkpoint rarely stops before the cap: 512 tokens take a minute on a small machine
+TINY_MAX_NEW_TOKENS = 32
 
 
 # Plain output goes to a terminal: file names, model text, notes and errors are cleaned of
@@ -145,9 +149,32 @@ def serve_args(args: argparse.Namespace) -> list[str]:
 
 def generation_options(parser: argparse.ArgumentParser) -> None:
     """How much and how freely the model writes: every command that runs the model takes these."""
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="cap on generated tokens (default 512)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None,
+        help=f"cap on generated tokens (default {DEFAULT_MAX_NEW_TOKENS}; {TINY_MAX_NEW_TOKENS} for a tiny "
+        "random-weight checkpoint from tiny-model, which writes gibberish to the cap)",
+    )
     parser.add_argument("--temperature", type=float, default=None, help="0 decodes greedily (default)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling threshold (default 1)")
+
+
+def choose_max_new_tokens(args: argparse.Namespace) -> str | None:
+    """Fill in ``--max-new-tokens`` when it was not given; the note to show when the choice is a tiny
+    checkpoint's shorter default."""
+    if getattr(args, "max_new_tokens", 0) is not None:
+        return None
+    from tools.tiny import is_tiny
+
+    local = args.backend == "local" and not getattr(args, "server", None)
+    if local and is_tiny(args.model):
+        args.max_new_tokens = TINY_MAX_NEW_TOKENS
+        return (
+            f"note: {args.model} is a tiny random-weight checkpoint: it writes gibberish up to the token cap, so "
+            f"--max-new-tokens defaults to {TINY_MAX_NEW_TOKENS} for it (not {DEFAULT_MAX_NEW_TOKENS}); "
+            "pass --max-new-tokens N to choose."
+        )
+    args.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+    return None
 
 
 def sampling_of(args: argparse.Namespace) -> dict[str, float]:
@@ -205,10 +232,26 @@ def call_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every flag's default: the flag's own words where they give it, else appended."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        default = action.default
+        if (
+            text and action.option_strings and "default" not in text
+            and default not in (None, False, [], argparse.SUPPRESS)
+        ):
+            shown = f"{default:g}" if isinstance(default, float) else str(default)
+            text += f" (default {shown.replace('%', '%%')})"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlm-agent",
         description="Put a vision-language model to work: describe, read and detect in images.",
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
@@ -289,9 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         "protocol; logs and load progress go to stderr.",
     )
     model_option(p)
-    p.add_argument("--transport", choices=("stdio", "http"), default="stdio")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--transport", choices=("stdio", "http"), default="stdio",
+        help="stdio for an IDE assistant that starts the server; http for clients that connect to it",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument(
         "--allow-dir", action="append", default=None, metavar="DIR",
         help="folder the tools may read images from; repeatable (default: the current folder)",
@@ -311,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out-max-days", type=float, default=7, metavar="DAYS",
         help="pictures older than this are removed from the output folder (default 7)",
     )
-    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the model before 'busy'")
+    p.add_argument(
+        "--max-queue", type=int, default=16, metavar="N",
+        help="requests that may wait for the model before 'busy' (default 16)",
+    )
     p.add_argument(
         "--max-sessions", type=int, default=256, metavar="N",
         help="HTTP: sessions open at once; past it a new client is told to retry (default 256)",
@@ -330,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--family", default="gemma4", choices=tuple(TINY), help="blip2 has OPT inside, blip2-t5 Flan-T5")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    for sub in subcommands(parser).values():
+        sub.formatter_class = DefaultsFormatter
     return parser
 
 
@@ -367,7 +418,7 @@ def print_result(result: Result, as_json: bool) -> None:
     err.print(render.stats_line(data), style="dim", markup=False)
 
 
-def run_call(args: argparse.Namespace) -> Result:
+def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     from tools.images import AccessPolicy, ImageLoader
     from tools.model import check_ask, load_model, plan
     from tools.tasks import Ask
@@ -406,6 +457,8 @@ def run_call(args: argparse.Namespace) -> Result:
     started = time.perf_counter()
     what = args.model if api is None else f"{api.model} at {api.root}"
     err.print(f"{'loading' if api is None else 'connecting to'} {what} …", style="dim", markup=False)
+    if tiny_note:
+        err.print(tiny_note, markup=False)
     with err.status("loading model", spinner="dots"):
         model = load_model(
             args.model, dtype=args.dtype, quantize=args.quantize, api=api, compile=args.compile, planned=planned
@@ -433,23 +486,27 @@ CLI_NAMES = {"images": "IMAGE", "labels": "LABEL", "backend": "--backend local",
 
 
 def cli_words(error: VlmError) -> str:
-    """The error's sentence, its parameter named by the flag (or argument) of this command line."""
-    if error.param is None:
-        return error.worded()
-    return error.worded({error.param: CLI_NAMES.get(error.param, "--" + error.param.replace("_", "-"))})
+    """The error's sentence in this command line's syntax: parameters named by their flags (or
+    arguments), example lists separated by commas as the flags take them."""
+    names = {param: CLI_NAMES.get(param, "--" + param.replace("_", "-")) for param in error.params}
+    return error.worded(names, lists=",".join)
 
 
-async def run_script_command(args: argparse.Namespace) -> int:
+async def run_script_command(args: argparse.Namespace, tiny_note: str | None = None) -> int:
     import json
 
     from agent.chat import connect, data_home
+    from agent.failures import reason
     from agent.script import RecordingView, load_script, run_script
     from agent.session import ChatError, ChatSession
 
     script = Path(args.script)
+    log_path = data_home() / "server.log"
     try:
         turns = load_script(script)
-        async with connect(serve_args(args), args.server, args.token_env, data_home() / "server.log") as client:
+        if tiny_note:
+            err.print(tiny_note, markup=False)
+        async with connect(serve_args(args), args.server, args.token_env, log_path) as client:
             session = ChatSession(
                 client, RecordingView(lambda line: err.print(line, markup=False, highlight=False)),
                 budget=args.budget, max_new_tokens=args.max_new_tokens,
@@ -460,13 +517,18 @@ async def run_script_command(args: argparse.Namespace) -> int:
     except ChatError as exc:
         err.print(f"error: {exc}", markup=False)
         return 1
+    except Exception as exc:  # the transport wraps our errors (and its own) in exception groups
+        err.print(f"error: {reason(exc, server=args.server, log_path=str(log_path))}", markup=False)
+        return 1
     text = json.dumps(transcript, indent=2, ensure_ascii=False)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
         err.print(f"transcript: {args.out}", markup=False)
     else:
         print(text)
-    err.print(f"{len(transcript['turns']) - transcript['failed']} turns ok, {transcript['failed']} failed", markup=False)
+    failed = [str(number) for number, turn in enumerate(transcript["turns"], start=1) if turn.get("error")]
+    which = f" (turn{'s' if len(failed) > 1 else ''} {', '.join(failed)})" if failed else ""
+    err.print(f"{len(transcript['turns']) - len(failed)} turns ok, {len(failed)} failed{which}", markup=False)
     return 1 if transcript["failed"] else 0
 
 
@@ -509,6 +571,8 @@ def serve(args: argparse.Namespace) -> int:
 
 def configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
+    # Pillow logs every PNG chunk it reads at DEBUG ("STREAM b'IHDR' 16 13"): noise, never a detail of ours.
+    logging.getLogger("PIL").setLevel(logging.INFO)
     from tools.redact import RedactUrls
 
     # On the handlers: their filters see every record, whichever library's logger made it.
@@ -523,10 +587,30 @@ def configure_logging(verbose: bool) -> None:
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; a flag a command does not take is shown with that command's usage."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        given = list(sys.argv[1:] if argv is None else argv)
+        after = given[given.index(args.command) + 1:] if args.command in given else []
+        owner = subcommands(parser)[args.command] if extra[0] in after else parser
+        flags = [flag for action in owner._actions for flag in action.option_strings]
+        close = difflib.get_close_matches(extra[0].split("=")[0], flags, n=1) if extra[0].startswith("--") else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        owner.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     configure_logging(args.verbose)
     try:
+        tiny_note = choose_max_new_tokens(args)
         if args.command == "tiny-model":
             from tools.tiny import build_tiny
 
@@ -549,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "chat":
             from agent.chat import run_chat
 
+            if tiny_note:
+                err.print(tiny_note, markup=False)
             return asyncio.run(
                 run_chat(
                     args.images, serve=serve_args(args), server=args.server, token_env=args.token_env,
@@ -557,8 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if args.command == "run":
-            return asyncio.run(run_script_command(args))
-        print_result(run_call(args), args.json)
+            return asyncio.run(run_script_command(args, tiny_note))
+        print_result(run_call(args, tiny_note), args.json)
         return 0
     except VlmError as exc:
         err.print(f"error: {cli_words(exc)}", markup=False)

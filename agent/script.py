@@ -4,6 +4,10 @@ SCRIPT is YAML (a list of turns, or ``{turns: [...]}``) or JSON lines (one turn 
 line). A turn is ``{user: TEXT, images: [PATH|URL, ...], tool: describe|ocr|detect|
 compare_budgets, arguments: {...}}``; only ``user`` is required. Image paths are relative
 to the script's folder.
+
+The whole script is read and checked before the server starts: at most ``MAX_SCRIPT_BYTES``
+of UTF-8, YAML without anchors or aliases (which let a kilobyte expand into gigabytes), nesting
+of at most ``MAX_DEPTH``, at most ``MAX_TURNS`` turns, each turn against ``script_schema``.
 """
 
 from __future__ import annotations
@@ -15,41 +19,108 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .session import TOOLS, ChatError, ChatSession, TurnRecord
+from .script_schema import Turn, TurnError, check_turn
+from .session import ChatError, ChatSession, TurnRecord
+
+MAX_SCRIPT_BYTES = 1 << 20
+MAX_TURNS = 1000
+#: deepest nesting a script needs is five (turns, a turn, its arguments, a list): far more is refused
+MAX_DEPTH = 16
 
 
 class ScriptError(ChatError):
     pass
 
 
-def load_script(path: Path) -> list[dict[str, Any]]:
+def read_script(path: Path) -> str:
+    """The script's text: at most ``MAX_SCRIPT_BYTES`` read (a device or a pipe never ends), UTF-8."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(MAX_SCRIPT_BYTES + 1)
     except OSError:
         raise ScriptError(f"Cannot read the script '{path}'.") from None
-    if path.suffix in (".jsonl", ".ndjson"):
-        try:
-            turns = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise ScriptError(f"Line {exc.lineno} of the script is not JSON.") from None
-    else:
-        import yaml
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise ScriptError(f"The script is larger than {MAX_SCRIPT_BYTES >> 20} MiB; split it into smaller scripts.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ScriptError(
+            f"The script is not UTF-8 text: line {line} holds the byte 0x{data[exc.start]:02X}; save it as UTF-8."
+        ) from None
 
+
+def parse_json_lines(text: str) -> list[Any]:
+    turns = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ScriptError("The script is not valid YAML.") from None
-        turns = loaded.get("turns") if isinstance(loaded, Mapping) else loaded
+            turns.append(json.loads(line))
+        except RecursionError:
+            raise ScriptError(f"Line {number} of the script is nested too deeply.") from None
+        except ValueError:  # malformed, or an integer of thousands of digits
+            raise ScriptError(f"Line {number} of the script is not JSON.") from None
+        if len(turns) > MAX_TURNS:
+            break
+    return turns
+
+
+def parse_yaml(text: str) -> Any:
+    """The YAML document, once its events show no anchor, no alias and no deep nesting.
+
+    The events are read first (libyaml's, where installed: fast), so nothing is built
+    from a script that is refused.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise ScriptError(
+                    f"Line {line} of the script holds a YAML anchor or alias (&name or *name); write the value out."
+                )
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ScriptError(f"Line {line} of the script is nested too deeply (more than {MAX_DEPTH} levels).")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+        return yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}: {exc.problem})" if mark is not None and exc.problem else ""
+        raise ScriptError(f"The script is not valid YAML{where}.") from None
+    except yaml.YAMLError:
+        raise ScriptError("The script is not valid YAML.") from None
+    except ValueError:  # an integer of thousands of digits
+        raise ScriptError("The script holds a value YAML cannot read.") from None
+
+
+def load_script(path: Path) -> list[Turn]:
+    """Every turn of the script at ``path``, checked; else ``ScriptError`` in one line."""
+    text = read_script(path)
+    if path.suffix in (".jsonl", ".ndjson"):
+        turns = parse_json_lines(text)
+    else:
+        loaded = parse_yaml(text)
+        if isinstance(loaded, Mapping):
+            extra = [str(key) for key in loaded if key != "turns"]
+            if extra:
+                raise ScriptError(f"The script's top level takes only 'turns', not {extra[0]!r}.")
+            loaded = loaded.get("turns")
+        turns = loaded
     if not isinstance(turns, list) or not turns:
         raise ScriptError("The script holds no turns: give a list of {user: ..., images: [...]} items.")
-    for n, turn in enumerate(turns, start=1):
-        if not isinstance(turn, Mapping) or not isinstance(turn.get("user", ""), str):
-            raise ScriptError(f"Turn {n} must be an object with a 'user' text.")
-        if turn.get("tool") not in (None, *TOOLS):
-            raise ScriptError(f"Turn {n} has tool {turn.get('tool')!r}; use one of {', '.join(TOOLS)}.")
-        if not isinstance(turn.get("images", []), list):
-            raise ScriptError(f"Turn {n} has 'images' that is not a list.")
-    return [dict(turn) for turn in turns]
+    if len(turns) > MAX_TURNS:
+        raise ScriptError(f"The script holds {len(turns)} turns; the limit is {MAX_TURNS}. Split it.")
+    try:
+        return [check_turn(number, turn) for number, turn in enumerate(turns, start=1)]
+    except TurnError as exc:
+        raise ScriptError(str(exc)) from None
 
 
 class RecordingView:
@@ -58,6 +129,8 @@ class RecordingView:
     def __init__(self, echo: Any = None) -> None:
         self.echo = echo
         self.events: list[dict[str, Any]] = []
+        #: the number of the turn running, for the echo
+        self.turn = 0
 
     def notice(self, text: str) -> None:
         self.events.append({"notice": text})
@@ -66,7 +139,7 @@ class RecordingView:
 
     def tool_call(self, name: str, arguments: Mapping[str, Any], routed_by: str) -> None:
         if self.echo:
-            self.echo(f"→ {name}({json.dumps(dict(arguments))}) {routed_by}")
+            self.echo(f"turn {self.turn} → {name}({json.dumps(dict(arguments))}) {routed_by}")
 
     def text_delta(self, delta: str) -> None:
         pass
@@ -75,24 +148,33 @@ class RecordingView:
         pass
 
     def result(self, record: TurnRecord, images: list[bytes]) -> None:
+        if self.echo and not record.error:
+            self.echo(f"  ok ({record.ms:.0f} ms)")
+
+    def failed(self, number: int, reason: str) -> None:
+        """A turn that failed, before its tool ran or in it: the reason, on the echo too."""
         if self.echo:
-            self.echo(f"  {'error: ' + record.error if record.error else 'ok'} ({record.ms:.0f} ms)")
+            self.echo(f"turn {number} failed: {reason}")
 
 
-async def run_script(session: ChatSession, turns: list[dict[str, Any]], base: Path) -> dict[str, Any]:
+async def run_script(session: ChatSession, turns: list[Turn], base: Path) -> dict[str, Any]:
     """Run every turn (a failed turn does not stop the run) and return the transcript."""
     started = time.time()
     session.attach_hint = "add images: [PATH] to the turn"
     records = []
-    for turn in turns:
-        entry: dict[str, Any] = {"user": turn.get("user", "")}
+    for number, turn in enumerate(turns, start=1):
+        if isinstance(session.view, RecordingView):
+            session.view.turn = number
+        entry: dict[str, Any] = {"user": turn.user}
         try:
-            for ref in turn.get("images", []):
+            for ref in turn.images:
                 session.attach(ref if "://" in ref else str((base / ref).expanduser()))
-            record = await session.send(turn.get("user", ""), turn.get("tool"), turn.get("arguments"))
+            record = await session.send(turn.user, turn.tool, turn.arguments)
             entry.update(asdict(record))
         except ChatError as exc:
             entry.update({"error": str(exc)})
+        if entry.get("error") and isinstance(session.view, RecordingView):
+            session.view.failed(number, entry["error"])
         records.append(entry)
     return {
         "model": session.info.get("model"),

@@ -27,6 +27,13 @@ from .router import route
 from .store import Store
 
 TOOLS = ("describe", "ocr", "detect", "compare_budgets")
+#: what a turn may set of each tool's arguments; the session supplies the rest (images, history)
+TOOL_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "describe": ("prompt", "budget", "max_new_tokens", "temperature", "top_p"),
+    "ocr": ("budget", "max_new_tokens", "temperature", "top_p", "engine", "tiles"),
+    "detect": ("labels", "budget", "max_new_tokens", "temperature", "top_p", "tiles", "consensus", "verify"),
+    "compare_budgets": ("prompt", "task", "budgets", "max_new_tokens"),
+}
 HANDLE_RE = re.compile(r"(?<![\w@])@(\S+)")
 MAX_UPLOAD = 20 * 1024 * 1024
 
@@ -335,11 +342,22 @@ class ChatSession:
         raise AssertionError("unreachable")
 
     async def call_once(self, record: TurnRecord) -> tuple[dict[str, Any], list[bytes]]:
-        tool, args, handles = record.tool, record.arguments, record.images
+        tool, handles = record.tool, record.images
+        if tool not in TOOL_ARGUMENTS:
+            raise ChatError(f"Unknown tool '{tool}'.")
         refs = [self.ref(h) for h in handles]
-        # compare_budgets takes neither the budget nor sampling: its payload is built without them
-        extra = {"budget": self.budget} if self.budget is not None and self.info.get("budgets") else {}
+        args = tool_arguments(tool, record.arguments)
+        # compare_budgets takes neither the budget nor sampling: its payload is built without them.
+        # The session's budget is not forced on the offline OCR or a consensus, which take none.
+        extra: dict[str, Any] = {}
+        if (
+            self.budget is not None and self.info.get("budgets") and args.get("engine") != "rapidocr"
+            and args.get("consensus") is None
+        ):
+            extra["budget"] = self.budget
         extra.update(self.sampling)
+        # What the turn says wins over the session's defaults.
+        extra.update({name: value for name, value in args.items() if name not in ("prompt", "labels")})
         if tool == "describe":
             prompt = args.get("prompt") or record.user
             # Always the structured turns: the server folds them its family's way.
@@ -364,24 +382,23 @@ class ChatSession:
                 self.dropped_total += record.dropped_turns
                 self.view.notice(f"dropped {plural(record.dropped_turns, 'older exchange')} to fit the model's context")
         elif tool == "ocr":
-            payload = {"image": refs[0], "max_new_tokens": self.max_new_tokens, **extra, **tool_flags(args)}
+            payload = {"image": refs[0], "max_new_tokens": self.max_new_tokens, **extra}
             result, images = await self.call_tool("ocr", payload)
         elif tool == "detect":
             labels = args.get("labels") or []
             if isinstance(labels, str):
                 labels = [part.strip() for part in labels.split(",")]
             result, images = await self.call_tool(
-                "detect",
-                {"image": refs[0], "labels": labels, "max_new_tokens": self.max_new_tokens, **extra, **tool_flags(args)},
+                "detect", {"image": refs[0], "labels": labels, "max_new_tokens": self.max_new_tokens, **extra}
             )
-        elif tool == "compare_budgets":
+        else:
             payload = {
                 "image": refs[0], "prompt": args.get("prompt") or "", "task": args.get("task", "describe"),
-                "max_new_tokens": self.max_new_tokens,
+                "max_new_tokens": args.get("max_new_tokens", self.max_new_tokens),
             }
+            if "budgets" in args:
+                payload["budgets"] = args["budgets"]
             result, images = await self.call_tool("compare_budgets", payload)
-        else:
-            raise ChatError(f"Unknown tool '{tool}'.")
         self.mark_uploaded(handles, result)
         return result, images
 
@@ -472,12 +489,10 @@ def without_handles(text: str) -> str:
     return " ".join(HANDLE_RE.sub(" ", text).split())
 
 
-#: per-call options of ocr and detect that a chat command or the model may set
-TOOL_FLAGS = ("tiles", "consensus", "verify")
-
-
-def tool_flags(arguments: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: arguments[name] for name in TOOL_FLAGS if name in arguments}
+def tool_arguments(tool: str, arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments ``tool`` takes from a turn; a script's others were refused before it ran,
+    and a model's choice may only name these."""
+    return {name: arguments[name] for name in TOOL_ARGUMENTS[tool] if name in arguments}
 
 
 def answer_text(tool: str, result: Mapping[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -221,14 +222,18 @@ def test_version_is_the_package_version():
 
 
 def test_demo_runs_the_tiny_model_and_reads_its_picture_for_real(tmp_path):
-    proc = console("demo", str(tmp_path / "demo"), env={"HF_HUB_OFFLINE": "1"})
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "budget 280: 256 image tokens" in out and "gibberish on purpose" in out
-    # The offline OCR is a real model: it reads the generated picture exactly.
-    assert "'Read offline by vlm-agent' (exact)" in out
-    assert "--model google/gemma-4-E2B-it" in out
-    assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
+    for built in ("built", "reused"):
+        proc = console("demo", str(tmp_path / "demo"), env={"HF_HUB_OFFLINE": "1"})
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout
+        assert "budget 280: 256 image tokens" in out and "gibberish on purpose" in out
+        # The offline OCR is a real model: it reads the generated picture exactly.
+        assert "'Read offline by vlm-agent' (exact)" in out
+        assert "--model google/gemma-4-E2B-it" in out
+        assert "FutureWarning" not in proc.stderr and "DeprecationWarning" not in proc.stderr
+        # Imports are timed apart from the load on both runs, so the two load times mean the same.
+        described = next(line for line in out.splitlines() if line.strip().startswith("describe"))
+        assert re.search(rf"\({built} in .*: imports [\d.]+ s, loaded in [\d.]+ s\)$", described), described
 
 
 @pytest.mark.parametrize(

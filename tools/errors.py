@@ -3,16 +3,28 @@
 Every failure a user can cause or fix is one of these. The message is a single
 actionable sentence: no traceback, no server path, no memory address. Each error carries
 a ``code`` (its kind) and, where it is about one, the ``param`` it is about. The core
-writes that parameter as ``{param}`` in the message and never names a command-line flag:
-each adapter words it its own way (``worded``), the MCP server with its argument names
-(``str(error)``), the CLI with its flags.
+writes that parameter as ``{param}`` in the message, any other parameter it names as
+``{param:NAME}`` and an example list as ``{list:70,280,1120}``, and never names a
+command-line flag or writes a list in one syntax: each adapter words it its own way
+(``worded``), the MCP server with its argument names and JSON lists (``str(error)``), the
+CLI with its flags and comma-separated values.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 PARAM = "{param}"
+#: another parameter a message names: ``{param:budget}``
+OTHER_PARAM_RE = re.compile(r"\{param:(\w+)\}")
+#: an example list of values: ``{list:70,280,1120}``
+EXAMPLE_LIST_RE = re.compile(r"\{list:([^{}]*)\}")
+
+
+def json_list(items: Sequence[str]) -> str:
+    """An example list as a JSON caller writes it: ``[70, 280, 1120]``."""
+    return "[" + ", ".join(items) + "]"
 
 
 class VlmError(Exception):
@@ -28,11 +40,22 @@ class VlmError(Exception):
         #: the request parameter the error is about (its API name), if one
         self.param = param
 
-    def worded(self, names: Mapping[str, str] | None = None) -> str:
-        """The message with the parameter named as ``names`` calls it (default: its API name)."""
-        if self.param is None:
-            return self.template
-        return self.template.replace(PARAM, (names or {}).get(self.param, self.param))
+    def worded(
+        self, names: Mapping[str, str] | None = None, lists: Callable[[Sequence[str]], str] = json_list
+    ) -> str:
+        """The message with each parameter named as ``names`` calls it (default: its API name) and
+        example lists written by ``lists`` (default: JSON)."""
+        names = names or {}
+        text = self.template
+        if self.param is not None:
+            text = text.replace(PARAM, names.get(self.param, self.param))
+        text = OTHER_PARAM_RE.sub(lambda found: names.get(found[1], found[1]), text)
+        return EXAMPLE_LIST_RE.sub(lambda found: lists(found[1].split(",")), text)
+
+    @property
+    def params(self) -> list[str]:
+        """Every parameter the message names: its own first, then the others."""
+        return ([self.param] if self.param else []) + OTHER_PARAM_RE.findall(self.template)
 
     @property
     def message(self) -> str:

@@ -76,28 +76,45 @@ class ConfigView:
 def read_config(model_id: str) -> Any:
     """The checkpoint's config: a small file, read before any weights (``config.json`` of a local
     directory as it is; a hub id's through ``AutoConfig``)."""
-    if _looks_like_path(model_id) and not Path(model_id).expanduser().is_dir():
+    if _looks_like_path(model_id):
+        return read_local_config(model_id)
+    check_reachable(model_id)
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as exc:
+        log.debug("reading the config of %s failed: %s", model_id, exc)
+        raise model_not_found(model_id) from None
+
+
+def read_local_config(model_id: str) -> ConfigView:
+    """A local checkpoint folder's config.json, or what keeps the folder from being a checkpoint.
+
+    A folder is never a hub id: what is wrong with it is said at once, without a download hint.
+    """
+    folder = Path(model_id).expanduser()
+    if not folder.is_dir():
         raise ModelNotFound(
             f"No model directory at '{model_id}'; pass a directory holding config.json and the weights, "
             "or a hub id such as google/gemma-4-E2B-it.", param="model",
         )
-    local = Path(model_id).expanduser() / "config.json"
-    if _looks_like_path(model_id) and local.is_file():
-        try:
-            data = json.loads(local.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raise ModelNotFound(f"The config.json in '{model_id}' is not readable JSON.", param="model") from None
-        if isinstance(data, dict) and isinstance(data.get("model_type"), str):
-            return ConfigView(data)
-    if not _looks_like_path(model_id):
-        check_reachable(model_id)
-    from transformers import AutoConfig
-
+    local = folder / "config.json"
+    if not local.is_file():
+        raise ModelNotFound(
+            f"The folder '{model_id}' holds no config.json, so it is not a checkpoint; pass as {{param}} a folder "
+            "holding a checkpoint's config.json and weights.", param="model",
+        )
     try:
-        return AutoConfig.from_pretrained(str(Path(model_id).expanduser()) if _looks_like_path(model_id) else model_id)
-    except (OSError, ValueError) as exc:
-        log.debug("reading the config of %s failed: %s", model_id, exc)
-        raise model_not_found(model_id) from None
+        data = json.loads(local.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ModelNotFound(f"The config.json in '{model_id}' is not readable JSON.", param="model") from None
+    if not (isinstance(data, dict) and isinstance(data.get("model_type"), str)):
+        raise ModelNotFound(
+            f"The config.json in '{model_id}' names no model_type, so its family is unknown; pass as {{param}} a "
+            "checkpoint whose config.json names one, as every transformers checkpoint's does.", param="model",
+        )
+    return ConfigView(data)
 
 
 def detect_family(model_id: str) -> str:
@@ -220,7 +237,7 @@ def check_budget(dialect: Dialect, budget: int | None, engine: bool = False) -> 
         return None
     if engine:
         raise InvalidRequest(
-            "The engine was not declared to take visual-token budgets ({param}); leave budget unset, or restart "
+            "The engine was not declared to take visual-token budgets ({param}); leave {param:budget} unset, or restart "
             "vlm-agent with it if the engine takes them (vLLM's mm_processor_kwargs).", param="budgets_supported",
         )
     if budget != caps.image_tokens:

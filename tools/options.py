@@ -29,15 +29,17 @@ class GenerationOptions:
     def __post_init__(self) -> None:
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise InvalidRequest(
-                f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}."
+                f"{{param}} must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {self.max_new_tokens}.",
+                param="max_new_tokens",
             )
         # Tiny temperatures divide the logits into infinities: sampling then fails inside the model.
         if not (self.temperature == 0.0 or MIN_TEMPERATURE <= self.temperature <= 2.0):
             raise InvalidRequest(
-                f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE} and 2, got {self.temperature:g}."
+                f"{{param}} must be 0 (greedy) or between {MIN_TEMPERATURE} and 2, got {self.temperature:g}.",
+                param="temperature",
             )
         if not 0.0 < self.top_p <= 1.0:
-            raise InvalidRequest(f"top_p must be above 0 and at most 1, got {self.top_p}.")
+            raise InvalidRequest(f"{{param}} must be above 0 and at most 1, got {self.top_p}.", param="top_p")
         if self.min_new_tokens is not None and not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise InvalidRequest("min_new_tokens must be between 0 and max_new_tokens.")
 

@@ -72,7 +72,9 @@ def parse_tiles(value: str | int | None) -> str | int:
     if value is None:
         return TILES_OFF
     if isinstance(value, bool):
-        raise InvalidRequest("tiles must be 'auto', 'off' or a number of tiles across the long side, e.g. 3.")
+        raise InvalidRequest(
+            "{param} must be 'auto', 'off' or a number of tiles across the long side, e.g. 3.", param="tiles"
+        )
     text = str(value).strip().lower()
     if text in (TILES_AUTO, TILES_OFF):
         return text
@@ -80,10 +82,13 @@ def parse_tiles(value: str | int | None) -> str | int:
         count = int(text)
     except ValueError:
         raise InvalidRequest(
-            f"tiles {str(value)[:20]!r} is not 'auto', 'off' or a number of tiles across the long side, e.g. 3."
+            f"{{param}} {str(value)[:20]!r} is not 'auto', 'off' or a number of tiles across the long side, e.g. 3.",
+            param="tiles",
         ) from None
     if not 1 <= count <= MAX_TILES_ACROSS:
-        raise InvalidRequest(f"tiles must be between 1 and {MAX_TILES_ACROSS} across the long side, not {count}.")
+        raise InvalidRequest(
+            f"{{param}} must be between 1 and {MAX_TILES_ACROSS} across the long side, not {count}.", param="tiles"
+        )
     return TILES_OFF if count == 1 else count
 
 

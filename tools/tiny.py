@@ -8,11 +8,15 @@ outputs are gibberish, but token counts, shapes and timings of the plumbing are 
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidRequest
+
+#: the key ``build_tiny`` adds to a checkpoint's config.json: the front ends tell a tiny model by it
+TINY_MARKER = "vlm_agent_tiny"
 
 
 # Byte-fallback vocab: every string is encodable, so prompts never hit <unk>.
@@ -298,4 +302,18 @@ def build_tiny(out_dir: str | Path, family: str = "gemma4", *, seed: int = 0) ->
         builder = TINY[family]
     except KeyError:
         raise InvalidRequest(f"Unknown family '{family}'; choose one of: {', '.join(TINY)}.", param="family") from None
-    return builder(out_dir, seed=seed)
+    out = Path(builder(out_dir, seed=seed))
+    config = out / "config.json"
+    data = json.loads(config.read_text(encoding="utf-8"))
+    data[TINY_MARKER] = True
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
+def is_tiny(model: str) -> bool:
+    """Whether ``model`` is a local folder holding a checkpoint ``build_tiny`` wrote (config.json only is read)."""
+    try:
+        data = json.loads((Path(model).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get(TINY_MARKER) is True

@@ -140,7 +140,8 @@ def check_consensus(consensus: Sequence[int], tiles: str | int, budget: int | st
     on the whole image."""
     if tiles != tiling.TILES_OFF or budget is not None:
         raise InvalidRequest(
-            "consensus runs its own budgets on the whole image; leave budget and tiles unset.", param="consensus"
+            "{param} runs its own budgets on the whole image; leave {param:budget} and {param:tiles} unset.",
+            param="consensus",
         )
     two_budgets(consensus, "consensus")
 
@@ -153,7 +154,7 @@ def two_budgets(budgets: Sequence[int], param: str) -> list[int]:
         template = "Give at least two different {param} to compare" if param == "budgets" else (
             "Give {param} at least two different budgets to compare"
         )
-        raise InvalidRequest(template + ", for example [70, 280, 1120].", param=param)
+        raise InvalidRequest(template + ", for example {list:70,280,1120}.", param=param)
     return chosen
 
 
