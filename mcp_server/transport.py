@@ -171,7 +171,8 @@ class HostGuard:
     """ASGI middleware: Host and Origin compared whole, before the SDK's own (prefix-matching) check.
 
     ``Host: localhost:evil`` or ``Origin: http://localhost:1234.evil.com`` name other hosts: a
-    DNS-rebinding page could use them. A wrong Host gets 421, a wrong Origin 403.
+    DNS-rebinding page could use them. A wrong Host gets 421, a wrong Origin 403. Host names and
+    schemes compare without case (``Host: LOCALHOST``), ports exactly.
     """
 
     def __init__(self, app: ASGIApp, names: set[str]) -> None:
@@ -189,6 +190,10 @@ class HostGuard:
             if len(origins) > 1 or (origins and not origin_allowed(origins[0], self.names)):
                 await refuse(scope, send, 403, "Requests from this origin are not allowed.")
                 return
+            # Names and schemes are case-insensitive and ports are digits: lower case, they pass the
+            # SDK's own (case-sensitive) check behind this one as they passed ours.
+            lowered = [(k, v.lower() if k in (b"host", b"origin") else v) for k, v in headers]
+            scope = {**scope, "headers": lowered}
         await self.app(scope, receive, send)
 
 
