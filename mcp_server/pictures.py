@@ -15,6 +15,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import ResourceLink
 
+from tools.outputs import read_picture
+
 TEMPLATE = "vlm-agent://pictures/{name}"
 #: the names the server gives its pictures (Engine.output_path): nothing else can be read here
 NAME = re.compile(r"[a-z_]+-[0-9a-f]{12}\.png")
@@ -47,9 +49,10 @@ def register(server: MCPServer, out_dir: Path) -> None:
         "that a tool result linked to.",
     )
     async def picture(name: str) -> bytes:
-        # Only names of the server's own pictures: no path can be smuggled in.
-        path = out_dir / name
-        if not NAME.fullmatch(name) or not path.is_file():
+        # Only names of the server's own pictures: no path can be smuggled in. A full-size picture
+        # may be tens of megabytes: read on a worker thread, not the event loop.
+        data = await anyio.to_thread.run_sync(read_picture, out_dir, name) if NAME.fullmatch(name) else None
+        if data is None:
+            # The same sentence for a name never written and for a link put in its place.
             raise ResourceError(f"No picture named {name[:60]!r}; tool results link to the pictures there are.")
-        # A full-size picture may be tens of megabytes: read on a worker thread, not the event loop.
-        return await anyio.to_thread.run_sync(path.read_bytes)
+        return data

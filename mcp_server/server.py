@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from tools.about import package_version
-from tools.outputs import OutputLimits, prune
+from tools.outputs import OutputLimits, picture_name, prune
 from tools.budgets import GEMMA4_BUDGETS
 from tools.detections import Detection
 from tools.drawing import fit_for_client
@@ -205,7 +204,7 @@ class Engine:
     def output_path(self, kind: str) -> Path:
         # Room first: the folder never grows past its limits by more than the new picture.
         prune(self.settings.out_dir, self.settings.out_limits)
-        return self.settings.out_dir / f"{kind}-{uuid.uuid4().hex[:12]}.png"
+        return self.settings.out_dir / picture_name(kind)
 
 
 def text_sink(ctx: Context, total: int) -> TextSink:
