@@ -152,6 +152,7 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "unknown image id": ["describe", "img_0123456789abcdef"],
         "nul in prompt": ["describe", str(good), "--prompt", "a\x00b"],
         "missing model dir": ["describe", str(good), "--model", str(tmp / "no-model")],
+        "out in a folder that is a file": ["detect", str(good), "cat", "--out", str(tmp / "empty.png" / "boxes.png")],
     }
 
 
@@ -161,7 +162,7 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "missing file", "directory", "text renamed png", "empty file", "truncated png",
         "budget outside the set", "zero max new tokens", "negative temperature", "empty label",
         "loopback url", "file scheme", "bad data uri", "text data uri", "unknown image id",
-        "nul in prompt", "missing model dir",
+        "nul in prompt", "missing model dir", "out in a folder that is a file",
     ],
 )
 def test_bad_input_gives_one_line_error_and_nonzero_exit(case, tiny_gemma4, tmp_path, capsys):
@@ -176,6 +177,8 @@ def test_bad_input_gives_one_line_error_and_nonzero_exit(case, tiny_gemma4, tmp_
     assert err.endswith(errors[0] + "\n")  # the error is the last line, whole
     assert "Traceback" not in err and " at 0x" not in err
     assert len(errors[0]) < 300
+    if case == "out in a folder that is a file":
+        assert errors[0].startswith("error: Could not write the picture boxes.png: "), errors[0]
 
 
 def test_unreachable_hub_model_is_one_line_with_local_copy_hint(square_png, capsys):

@@ -280,3 +280,23 @@ def test_a_link_under_a_picture_name_is_never_served(tiny_gemma4, tmp_path):
             message = check_tool_error(answer["error"]["message"], [str(out), str(elsewhere)])
             assert message == unknown["error"]["message"].replace("detect-aaaaaaaaaaaa.png", name), message
     record(class_13=1)
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [(28, "no room left"), (27, "no room left"), (13, "cannot be written to"), (30, "cannot be written to"),
+     (2, "No such file or directory; check that its folder exists")],
+)
+def test_a_failed_picture_write_says_what_to_do(tmp_path, error, said):
+    def fail(partial: Path) -> None:
+        raise OSError(error, os.strerror(error))
+
+    from tools.errors import OutputError
+    from tools.outputs import save_png
+
+    with pytest.raises(OutputError) as caught, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image.Image, "save", lambda self, path, format=None: fail(path))
+        save_png(Image.new("RGB", (4, 4)), tmp_path / "boxes.png")
+    message = check_tool_error(str(caught.value), [str(tmp_path)])
+    assert message.startswith("Could not write the picture boxes.png: ") and said in message
+    assert caught.value.code == "output_failed"

@@ -14,6 +14,7 @@ folder is left alone, whatever its age or size.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -81,10 +82,17 @@ def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
         return write_atomic(target, lambda partial: image.save(partial, format="PNG"))
     except OSError as exc:
         # the name only: the message may reach a remote client, which must not learn server paths
-        reason = str(exc.strerror or "the write failed").rstrip(".")
-        raise OutputError(
-            f"Could not write the picture {target.name}: {reason}; make room or allow writing in its folder, and try again."
-        ) from exc
+        raise OutputError(f"Could not write the picture {target.name}: {write_failure(exc)}.") from exc
+
+
+def write_failure(exc: OSError) -> str:
+    """What went wrong with a write, and what to do, for a CLI user and an MCP client alike."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "there is no room left there; free some space and try again"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "its folder cannot be written to; allow writing there or choose another folder"
+    reason = str(exc.strerror or "the write failed").rstrip(".")
+    return f"{reason}; check that its folder exists and can be written to"
 
 
 def cap_picture(image: Image.Image, max_side: int = MAX_PICTURE_SIDE) -> tuple[Image.Image, str | None]:
