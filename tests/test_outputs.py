@@ -1,9 +1,11 @@
-"""Class 5 of the transport campaign: output files whole or not at all, in a bounded folder.
+"""Classes 5 and 13 of the transport campaign: output files whole or not at all, in a bounded
+folder that holds and prunes only what the server wrote.
 
 Pure rules table-driven; then a real `vlm-agent serve` on raw stdio: a write that fails for
 lack of room (mid-way, or as the file is closed) leaves no partial file and the next call
 still works, the folder keeps to its size and age limits, and a huge input gives a full-size
-picture a person can use.
+picture a person can use. Class 13: a folder of the user's keeps every file the server did not
+write, and a link put under a picture's name is never served.
 """
 
 from __future__ import annotations
