@@ -184,9 +184,9 @@ class Engine:
         waited for on the event loop; bounded.
 
         When the caller cancels or hangs up, ``cancel`` is set: a request still waiting for its
-        turn gives up, and a generation stops at its next token. The request stays counted
-        in ``pending`` until its thread has let go of the model, so the bound holds and the
-        next request finds the model free. With ``stream_to``, generated text reaches the
+        turn gives up, and a generation stops at its next token. Its place in ``pending``
+        comes back at once; its turn only once its thread has let go of the model, so the next
+        request finds the model free. With ``stream_to``, generated text reaches the
         caller as progress notifications (progress = tokens so far, total = ``total``,
         message = the new text). The work runs as ``owner``'s (default: the one owner there is
         while the server has one client): it finds only that owner's images and cached work.
