@@ -25,7 +25,7 @@ LABELS = [f"thing{n:02d}" for n in range(20)]
 
 
 @pytest.fixture(scope="module")
-def served(tiny_gemma4, tmp_path_factory) -> tuple[int, str]:
+def session_server(tiny_gemma4, tmp_path_factory) -> tuple[int, str]:
     """One server for the module: its port, and an image in its allowed folder."""
     root = tmp_path_factory.mktemp("sessions")
     sample_image(64, 48).save(root / "a.png")
@@ -35,13 +35,13 @@ def served(tiny_gemma4, tmp_path_factory) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def port(served) -> int:
-    return served[0]
+def port(session_server) -> int:
+    return session_server[0]
 
 
 @pytest.fixture(scope="module")
-def image(served) -> str:
-    return served[1]
+def image(session_server) -> str:
+    return session_server[1]
 
 
 def complete(session: RawSession, ref: dict, name: str, value: str) -> dict:
