@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import difflib
 import logging
+import math
 import os
 import sys
 import time
@@ -532,7 +533,31 @@ async def run_script_command(args: argparse.Namespace, tiny_note: str | None = N
     return 1 if transcript["failed"] else 0
 
 
+#: serve's number flags: (lowest, highest, unit, whether the lowest itself is refused). Infinite,
+#: not-a-number and absurd values are refused before anything starts: they would overflow later.
+SERVE_NUMBERS: dict[str, tuple[float, float, str, bool]] = {
+    "port": (1, 65535, "", False),
+    "max_queue": (1, 100_000, "requests", False),
+    "max_sessions": (1, 100_000, "sessions", False),
+    "session_idle_s": (0, 31_536_000, "seconds", True),
+    "out_max_mb": (0, 1_000_000_000, "MB", True),
+    "out_max_days": (0, 36_500, "days", True),
+    "api_timeout": (0, 1_000_000, "seconds", True),
+}
+
+
+def check_serve_numbers(args: argparse.Namespace) -> None:
+    for name, (low, high, unit, above) in SERVE_NUMBERS.items():
+        value = getattr(args, name)
+        if math.isfinite(value) and (value > low if above else value >= low) and value <= high:
+            continue
+        flag = "--" + name.replace("_", "-")
+        bounds = f"above {low:,} and at most {high:,}" if above else f"from {low:,} to {high:,}"
+        raise InvalidRequest(f"{flag} must be {bounds}{f' {unit}' if unit else ''}, got {value:g}.")
+
+
 def serve(args: argparse.Namespace) -> int:
+    check_serve_numbers(args)
     from mcp_server.server import Settings, build_server, default_out_dir
     from tools.outputs import OutputLimits
     from mcp_server.transport import SessionLimits, serve_http
@@ -542,10 +567,6 @@ def serve(args: argparse.Namespace) -> int:
         token = os.environ.get(args.token_env)
         if not token:
             raise InvalidRequest(f"--token-env names ${args.token_env}, which is not set or empty.")
-    if not (args.out_max_mb > 0 and args.out_max_days > 0):
-        raise InvalidRequest("--out-max-mb and --out-max-days must be positive numbers.")
-    if not (args.max_sessions > 0 and 0 < args.session_idle_s < float("inf")):
-        raise InvalidRequest("--max-sessions and --session-idle-s must be positive numbers.")
     settings = Settings(
         model=args.model,
         dtype=args.dtype,

@@ -5,8 +5,10 @@ one place; past ``max_queue`` places a call is told ``Busy`` at once, so waiting
 cannot pile up memory. Both waits sit on the event loop, in no worker thread: a crowd waiting
 for a slow load or a busy model must not use up the threads that work needing no model (the
 offline OCR) runs on. A call gets its turn (``Turns``) before its work goes to a thread, so
-only the calls that hold a turn have a thread. A cancelled caller gives its place back as soon
-as its work has let go, image downloads included (``tools.cancel``).
+only the calls that hold a turn have a thread. A cancelled caller (``notifications/cancelled``,
+or a hang-up, which the HTTP transport turns into one) gives its place back at once, so the
+callers after it wait for the model instead of being told it is busy; its turn comes back
+once its thread has let go of the model (``tools.cancel`` asks the work to stop).
 """
 
 from __future__ import annotations
@@ -119,6 +121,19 @@ def _loop_here() -> object | None:
         return None
 
 
+class Place:
+    """One place in the queue, given back once however often ``release`` is called."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.admission.pending -= 1
+
+
 class Admission:
     """The count of requests waiting or running, bounded by ``max_queue``."""
 
@@ -127,8 +142,8 @@ class Admission:
         self.pending = 0
 
     @contextmanager
-    def place(self) -> Iterator[None]:
-        """Hold one place for the block, or raise ``Busy`` at once when none is free.
+    def place(self) -> Iterator[Place]:
+        """Hold one place for the block (or until it is released), or raise ``Busy`` at once when none is free.
 
         Taking and giving back never await, so a request that moves from waiting for the load
         to its turn at the model gives one place back and takes the next without another
@@ -136,10 +151,11 @@ class Admission:
         if self.pending >= self.max_queue:
             raise Busy(f"The server is busy with {self.pending} requests; retry in a few seconds.")
         self.pending += 1
+        held = Place(self)
         try:
-            yield
+            yield held
         finally:
-            self.pending -= 1
+            held.release()
 
     async def run(
         self, call: Callable[[threading.Event], T], turns: Turns | None = None,
@@ -152,28 +168,32 @@ class Admission:
 
         When the caller cancels or hangs up, ``cancel`` is set (and is the running request's
         event in ``tools.cancel``): a request still waiting for its turn gives up, an image
-        download stops, and a generation stops at its next token.
+        download stops, and a generation stops at its next token. Its place is given back at
+        once; its turn once its thread has let go, so the model never runs two calls at once.
         """
-        with self.place():
+        with self.place() as place:
             if prepare is not None:
-                await _on_thread(prepare)
+                await _on_thread(prepare, place.release)
             if turns is not None:
                 await turns.acquire()
             try:
-                return await _on_thread(call)
+                return await _on_thread(call, place.release)
             finally:
                 if turns is not None:
                     turns.release()
 
 
-async def _on_thread(call: Callable[[threading.Event], T]) -> T:
-    """``call(cancel)`` on a worker thread; cancelled, it is asked to stop and waited for."""
+async def _on_thread(call: Callable[[threading.Event], T], on_cancel: Callable[[], None] = lambda: None) -> T:
+    """``call(cancel)`` on a worker thread; cancelled, it is asked to stop, ``on_cancel`` runs at
+    once, and the thread is waited for."""
     job = Job(call)
     try:
         return await anyio.to_thread.run_sync(job.run, abandon_on_cancel=True)
     except anyio.get_cancelled_exc_class():
+        # The caller is gone: its place goes to the next caller now, whatever the work still does.
+        on_cancel()
         if job.stop():
-            # The place and the turn are given back only once the thread has let go of the model.
+            # The turn is given back only once the thread has let go of the model.
             with anyio.CancelScope(shield=True):
                 await job.finished.wait()
         raise

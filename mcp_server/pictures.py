@@ -1,19 +1,27 @@
 """Full-size pictures behind a link: what is too large for a tool result is read on demand.
 
 Clients cap tool results (1 MB, 2000 px, 25k tokens are common), so a picture goes out
-downscaled, with a ``resource_link`` to the full-size PNG the server wrote, which any
-client can fetch through ``resources/read`` at ``vlm-agent://pictures/NAME``.
+downscaled, with a ``resource_link`` to the full-size PNG the server wrote, which the client
+that made it can fetch through ``resources/read`` at ``vlm-agent://pictures/NAME``. Only a
+picture the caller's own calls wrote is served (``owners``), and only the regular file the
+server wrote under that name, never a link put in its place (``tools.outputs.read_picture``).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError
 from mcp_types import ResourceLink
+
+from tools.outputs import read_picture
+
+from .owners import Owner, Owners
 
 TEMPLATE = "vlm-agent://pictures/{name}"
 #: the names the server gives its pictures (Engine.output_path): nothing else can be read here
@@ -32,24 +40,35 @@ def link(path: Path, size: tuple[int, int]) -> ResourceLink:
     )
 
 
-def names(out_dir: Path) -> list[str]:
-    """The pictures the server wrote, newest first."""
-    if not out_dir.is_dir():
-        return []
-    found = [p for p in out_dir.iterdir() if NAME.fullmatch(p.name) and p.is_file()]
-    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)]
+def names(out_dir: Path, owner: Owner, prefix: str = "", most: int = 100) -> list[str]:
+    """Up to ``most`` of the pictures ``owner``'s calls wrote that are still there, newest first."""
+    found: list[str] = []
+    for name in owner.pictures.newest_first():
+        if len(found) >= most:
+            break
+        if not name.startswith(prefix):
+            continue
+        try:
+            if stat.S_ISREG(os.lstat(out_dir / name).st_mode):
+                found.append(name)
+        except OSError:
+            continue  # pruned since
+    return found
 
 
-def register(server: MCPServer, out_dir: Path) -> None:
+def register(server: MCPServer, out_dir: Path, owners: Owners) -> None:
     @server.resource(
         TEMPLATE, mime_type="image/png", title="Full-size picture",
         description="A full-size annotated picture (detect) or budget comparison (compare_budgets) "
         "that a tool result linked to.",
     )
-    async def picture(name: str) -> bytes:
-        # Only names of the server's own pictures: no path can be smuggled in.
-        path = out_dir / name
-        if not NAME.fullmatch(name) or not path.is_file():
+    async def picture(name: str, ctx: Context) -> bytes:
+        # Only names of pictures this caller's calls wrote: no path can be smuggled in, and no
+        # other session's picture is found. A full-size picture may be tens of megabytes: read
+        # on a worker thread, not the event loop.
+        mine = NAME.fullmatch(name) is not None and name in owners.of(ctx.request_context.session).pictures
+        data = await anyio.to_thread.run_sync(read_picture, out_dir, name) if mine else None
+        if data is None:
+            # The same sentence for a name never written, another session's, and a link put in its place.
             raise ResourceError(f"No picture named {name[:60]!r}; tool results link to the pictures there are.")
-        # A full-size picture may be tens of megabytes: read on a worker thread, not the event loop.
-        return await anyio.to_thread.run_sync(path.read_bytes)
+        return data

@@ -15,7 +15,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
 from tools.about import package_version
-from tools.outputs import OutputLimits, prune
+from tools.outputs import OutputLimits, picture_name, prune
 from tools.budgets import GEMMA4_BUDGETS
 from tools.detections import Detection
 from tools.drawing import fit_for_client
@@ -39,12 +38,14 @@ from tools.images import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.runtimes.engine import ApiSettings
+from tools.scope import owned_by
 from tools.streaming import TextSink, streaming
 from tools.vision import MAX_IMAGES, Vision
 
 from . import completion, logs, pictures, prompts
 from .admission import Admission, Signal, Turns
 from .icons import icon
+from .owners import Owner, Owners
 
 log = logging.getLogger("vlm_agent.server")
 
@@ -93,8 +94,11 @@ class Engine:
         self.policy = AccessPolicy.for_server(
             settings.allow_dirs, allow_private_urls=settings.allow_private_urls, limits=settings.limits
         )
-        # One image store for the model and the offline OCR, so image_ids work across both.
+        # One image store for the model and the offline OCR, so image_ids work across both;
+        # an id is found only by the owner that loaded its image (tools.scope).
         self.loader = ImageLoader(self.policy)
+        #: who owns what: one owner on stdio, one per session over HTTP
+        self.owners = Owners()
         #: what works with no model: ocr with engine "rapidocr", even while the model loads or if it failed
         self.offline = Vision(None, self.loader)
         self._load = load
@@ -174,17 +178,18 @@ class Engine:
 
     async def run(
         self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0,
-        model: bool = True, images: Sequence[str] = (),
+        model: bool = True, images: Sequence[str] = (), owner: Owner | None = None,
     ) -> T:
         """Run ``call(cancel)`` on a worker thread once it has a turn at the model (``model``),
         waited for on the event loop; bounded.
 
         When the caller cancels or hangs up, ``cancel`` is set: a request still waiting for its
-        turn gives up, and a generation stops at its next token. The request stays counted
-        in ``pending`` until its thread has let go of the model, so the bound holds and the
-        next request finds the model free. With ``stream_to``, generated text reaches the
+        turn gives up, and a generation stops at its next token. Its place in ``pending``
+        comes back at once; its turn only once its thread has let go of the model, so the next
+        request finds the model free. With ``stream_to``, generated text reaches the
         caller as progress notifications (progress = tokens so far, total = ``total``,
-        message = the new text).
+        message = the new text). The work runs as ``owner``'s (default: the one owner there is
+        while the server has one client): it finds only that owner's images and cached work.
         """
         sink = None if stream_to is None else text_sink(stream_to, total)
         turns = self.turns if model else None
@@ -192,20 +197,25 @@ class Engine:
         # reference it names, history included), unless there are more than it may send.
         ahead: dict[str, Any] = {}
         fetch = list(images) if turns is not None and 0 < len(images) <= MAX_IMAGES else []
+        scope = (owner or self.owners.of(None)).scope
 
         def prepare(cancel: threading.Event) -> None:
-            ahead.update(self.loader.fetch_ahead(fetch))
+            with owned_by(scope):
+                ahead.update(self.loader.fetch_ahead(fetch))
 
         def streamed(cancel: threading.Event) -> T:
-            with streaming(sink), self.loader.prefetched(ahead):
+            with streaming(sink), owned_by(scope), self.loader.prefetched(ahead):
                 return call(cancel)
 
         return await self.admission.run(streamed, turns, prepare if fetch else None)
 
-    def output_path(self, kind: str) -> Path:
+    def output_path(self, kind: str, owner: Owner) -> Path:
+        """A new picture's path; ``owner`` alone may read it back or complete its name."""
         # Room first: the folder never grows past its limits by more than the new picture.
         prune(self.settings.out_dir, self.settings.out_limits)
-        return self.settings.out_dir / f"{kind}-{uuid.uuid4().hex[:12]}.png"
+        name = picture_name(kind)
+        owner.pictures.add(name)
+        return self.settings.out_dir / name
 
 
 def text_sink(ctx: Context, total: int) -> TextSink:
@@ -301,8 +311,6 @@ class VisionServer(MCPServer):
     """MCPServer whose tool errors are one sentence meant for the caller, never a traceback."""
 
     engine: Engine
-    #: labels of earlier calls, for argument completion
-    seen: completion.Seen
 
     async def run_stdio_async(self) -> None:
         # Our stdio transport answers every line, even one the SDK's parser would drop silently.
@@ -321,7 +329,9 @@ class VisionServer(MCPServer):
             refused = error_result(*explain(name, exc))
             await logs.notify(context, "warning", f"{name} refused: {refused.content[0].text}")  # type: ignore[union-attr]
             return refused
-        self.seen.remember(name, arguments)
+        if context is not None:
+            # Labels of calls that worked, for completing new ones: the caller's own.
+            owner_of(context).remember(name, arguments)
         if isinstance(result, CallToolResult):
             await logs.after_call(context, name, result.structured_content)
         return result
@@ -406,6 +416,12 @@ def engine_of(ctx: Context) -> Engine:
     return ctx.request_context.lifespan_context
 
 
+def owner_of(ctx: Context) -> Owner:
+    """Who the request belongs to: its session over HTTP, the one client on stdio."""
+    # A tool called on its own (a context with no session) is the one client's.
+    return engine_of(ctx).owners.of(getattr(ctx.request_context, "session", None))
+
+
 async def run_tool(
     ctx: Context,
     work: Callable[[Vision, GenerationOptions], R],
@@ -427,7 +443,7 @@ async def run_tool(
     chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     return await engine.run(
         lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens,
-        model=model, images=images,
+        model=model, images=images, owner=owner_of(ctx),
     )
 
 
@@ -518,7 +534,7 @@ async def detect(
     in the result is a downscaled copy.
     """
     # Pruning the output folder touches every file in it: off the event loop too.
-    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "detect")
+    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "detect", owner_of(ctx))
     detected = await run_tool(
         ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=[image],
@@ -546,7 +562,7 @@ async def compare_budgets(
     highest budget, recommends the smallest budget that agrees, and returns one
     picture with every budget's result. Families with budgets only (vlm-agent://model lists them).
     """
-    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "budgets")
+    out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "budgets", owner_of(ctx))
 
     def progress(done: int, total: int, message: str) -> None:
         anyio.from_thread.run(ctx.report_progress, done, total, message)
@@ -629,12 +645,11 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
         lifespan=lifespan,
     )
     server.engine = resident
-    server.seen = completion.Seen()
     # logging/setLevel is a request the SDK's MCPServer does not route itself.
     logs.install(server._lowlevel_server)  # noqa: SLF001
-    pictures.register(server, settings.out_dir)
+    pictures.register(server, settings.out_dir, resident.owners)
     prompts.register(server)
-    completion.register(server, resident, server.seen, settings.out_dir)
+    completion.register(server, resident, settings.out_dir)
     for tool in TOOLS:
         # Docstrings are indented in source; clients show the description verbatim.
         server.tool(

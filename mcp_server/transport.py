@@ -11,12 +11,14 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import INTERNAL_ERROR, INVALID_REQUEST
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, JSONRPCRequest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .wire import MAX_MESSAGE_BYTES, MiB, Refusal, check_message
@@ -171,7 +173,8 @@ class HostGuard:
     """ASGI middleware: Host and Origin compared whole, before the SDK's own (prefix-matching) check.
 
     ``Host: localhost:evil`` or ``Origin: http://localhost:1234.evil.com`` name other hosts: a
-    DNS-rebinding page could use them. A wrong Host gets 421, a wrong Origin 403.
+    DNS-rebinding page could use them. A wrong Host gets 421, a wrong Origin 403. Host names and
+    schemes compare without case (``Host: LOCALHOST``), ports exactly.
     """
 
     def __init__(self, app: ASGIApp, names: set[str]) -> None:
@@ -189,6 +192,10 @@ class HostGuard:
             if len(origins) > 1 or (origins and not origin_allowed(origins[0], self.names)):
                 await refuse(scope, send, 403, "Requests from this origin are not allowed.")
                 return
+            # Names and schemes are case-insensitive and ports are digits: lower case, they pass the
+            # SDK's own (case-sensitive) check behind this one as they passed ours.
+            lowered = [(k, v.lower() if k in (b"host", b"origin") else v) for k, v in headers]
+            scope = {**scope, "headers": lowered}
         await self.app(scope, receive, send)
 
 
@@ -232,7 +239,162 @@ class MessageGuard:
             replayed = True
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        await self.app(scope, replay, send)
+        # What the message is, for the guards behind this one (HangUps): parsed once, here.
+        await self.app({**scope, MESSAGE: checked}, replay, send)
+
+
+#: the scope key under which MessageGuard leaves the parsed message
+MESSAGE = "vlm_agent.message"
+
+
+def session_of(scope: Scope) -> str | None:
+    value = dict(scope.get("headers") or []).get(b"mcp-session-id")
+    return value.decode("latin-1") if value else None
+
+
+class HangUps:
+    """ASGI middleware: a client that hangs up before its request is answered has cancelled it.
+
+    On a session (the 2025 protocol) the SDK keeps serving a request whose client has gone, in
+    case it reconnects: the call would hold its queue place and the model to the end. Here a
+    hang-up before the answer is complete becomes the protocol's own ``notifications/cancelled``
+    for that request, sent into the session, so the call stops as if the client had cancelled
+    it. (Without a session, the SDK already cancels a request whose stream is closed.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = scope.get(MESSAGE)
+        request = getattr(message, "root", message)
+        if (
+            scope["type"] != "http" or not isinstance(request, JSONRPCRequest) or request.method == "initialize"
+            or session_of(scope) is None
+        ):
+            await self.app(scope, receive, send)
+            return
+        answered = cancelled = False
+
+        async def watched_send(event: Message) -> None:
+            nonlocal answered
+            if event["type"] == "http.response.body" and not event.get("more_body"):
+                answered = True
+            await send(event)
+
+        async def watched_receive() -> Message:
+            nonlocal cancelled
+            event = await receive()
+            if event["type"] == "http.disconnect" and not answered and not cancelled:
+                cancelled = True
+                with anyio.CancelScope(shield=True):
+                    await self.cancel(scope, request.id)
+            return event
+
+        await self.app(scope, watched_receive, watched_send)
+
+    async def cancel(self, scope: Scope, request_id: Any) -> None:
+        note = {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                "params": {"requestId": request_id, "reason": "the client hung up"}}
+        body = json.dumps(note).encode()
+        headers = [(k, v) for k, v in scope.get("headers") or [] if k not in (b"content-length", b"content-type", b"accept")]
+        headers += [(b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream"),
+                    (b"content-length", str(len(body)).encode())]
+        sent = False
+
+        async def receive() -> Message:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def discard(_: Message) -> None:
+            pass
+
+        log.info("a client hung up before its request %r was answered: cancelling it", request_id)
+        try:
+            await self.app({**scope, "headers": headers, MESSAGE: None}, receive, discard)
+        except Exception:  # the session may be ending too; the request then ends with it
+            log.debug("could not cancel the request of a client that hung up", exc_info=True)
+
+
+class IdleSessions:
+    """ASGI middleware: a session is idle when it has sent no request for ``idle_s``, whatever
+    streams it holds open, and is then ended.
+
+    The SDK counts an open GET stream (which a client may hold for hours to hear from the
+    server) as a request in flight, so a client that only listens would keep its session, and
+    its place under ``max_sessions``, forever. Here every other request marks the session
+    active; while a GET stream is open, a watch ends the session once it has been idle by
+    requests for ``idle_s``, through the SDK's own idle scope, as its timer would.
+    """
+
+    def __init__(self, app: ASGIApp, idle_s: float, transport_of: Callable[[str], Any]) -> None:
+        self.app = app
+        self.idle_s = idle_s
+        self.transport_of = transport_of
+        #: per session: requests (other than GET streams) in flight, and when the last one ended
+        self.busy: dict[str, int] = {}
+        self.last: dict[str, float] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        session = session_of(scope)
+        if session is None:
+            await self.app(scope, receive, self.noting_new(send))
+        elif scope.get("method") == "GET":
+            await self.listen(session, scope, receive, send)
+        else:
+            self.busy[session] = self.busy.get(session, 0) + 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.busy[session] -= 1
+                self.last[session] = anyio.current_time()
+                self.forget_ended()
+
+    def noting_new(self, send: Send) -> Send:
+        async def noted(event: Message) -> None:
+            if event["type"] == "http.response.start":
+                opened = dict(event.get("headers") or []).get(b"mcp-session-id")
+                if opened:
+                    self.last[opened.decode("latin-1")] = anyio.current_time()
+            await send(event)
+
+        return noted
+
+    def idle_for(self, session: str) -> float:
+        if self.busy.get(session):
+            return 0.0
+        return anyio.current_time() - self.last.setdefault(session, anyio.current_time())
+
+    async def listen(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
+        async def watch() -> None:
+            while (left := self.idle_s - self.idle_for(session)) > 0:
+                await anyio.sleep(left)
+            transport = self.transport_of(session)
+            if transport is not None:
+                log.info("session %s sent no request for %g s: ending it and its open stream", session[:16], self.idle_s)
+                idle = getattr(transport, "idle_scope", None)
+                if idle is not None:
+                    idle.cancel()  # the SDK's own way out: it forgets the session and closes its streams
+                else:
+                    await transport.terminate()
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                group.cancel_scope.cancel()
+
+    def forget_ended(self) -> None:
+        for session in [s for s in self.last if not self.busy.get(s) and self.transport_of(s) is None]:
+            self.last.pop(session, None)
+            self.busy.pop(session, None)
 
 
 def too_large() -> str:
@@ -268,11 +430,19 @@ def http_app(
     server: MCPServer, host: str, token: str | None, extra_hosts: Sequence[str] = (),
     sessions: SessionLimits = SessionLimits(),
 ) -> ASGIApp:
+    engine = getattr(server, "engine", None)
+    if engine is not None:
+        # Many clients from here on: each session owns the images, pictures and labels it makes.
+        engine.owners.per_session()
     app: ASGIApp = server.streamable_http_app(
         transport_security=security_settings(host, extra_hosts), host=host, max_request_body_size=MAX_MESSAGE_BYTES,
         max_sessions=sessions.max_sessions, session_idle_timeout=sessions.idle_s,
     )
+    manager = server.session_manager
+    # The SDK keeps no public map of its sessions; the pinned version's is read, never changed.
+    app = IdleSessions(app, sessions.idle_s, lambda session: manager._server_instances.get(session))  # noqa: SLF001
     app = SessionCap(app, sessions)
+    app = HangUps(app)
     app = MessageGuard(app)
     # The token first: nobody without it learns anything, not even which hosts are allowed.
     app = HostGuard(app, allowed_names(host, extra_hosts))

@@ -156,3 +156,82 @@ def raw_http(port: int, request: bytes, timeout: float = 30) -> tuple[int, dict[
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     return status, headers, body
+
+
+def dechunk(body: bytes) -> bytes:
+    """The payload of a ``Transfer-Encoding: chunked`` body."""
+    out, rest = bytearray(), body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        rest = rest[size + 2:]
+    return bytes(out)
+
+
+def messages(headers: dict[str, str], body: bytes) -> list[dict]:
+    """The JSON-RPC messages of an HTTP answer: a JSON body, or the data of its server-sent events."""
+    if headers.get("transfer-encoding") == "chunked":
+        body = dechunk(body)
+    if headers.get("content-type", "").startswith("application/json"):
+        return [json.loads(body)] if body else []
+    found = []
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        if data:
+            found.append(json.loads(data))
+    return found
+
+
+class RawSession:
+    """One MCP session (the 2025 handshake, with its ``Mcp-Session-Id``) spoken in hand-made HTTP requests."""
+
+    def __init__(self, port: int, token: str | None = None) -> None:
+        self.port, self.token = port, token
+        self.id: str | None = None
+        self.n = 0
+
+    def post(self, message: dict, session: bool = True) -> bytes:
+        body = json.dumps(message).encode()
+        fields = {
+            "Host": f"127.0.0.1:{self.port}", "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream", "Content-Length": str(len(body)), "Connection": "close",
+        }
+        if self.token:
+            fields["Authorization"] = f"Bearer {self.token}"
+        if session and self.id:
+            fields.update({"Mcp-Session-Id": self.id, "Mcp-Protocol-Version": INIT["protocolVersion"]})
+        head = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+        return f"POST /mcp HTTP/1.1\r\n{head}\r\n".encode() + body
+
+    def open(self) -> RawSession:
+        status, headers, body = raw_http(self.port, self.post({"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                                                               "params": INIT}, session=False))
+        assert status == 200 and headers.get("mcp-session-id"), (status, body[:300])
+        self.id = headers["mcp-session-id"]
+        status, _, body = raw_http(self.port, self.post({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        assert status == 202, (status, body[:300])
+        return self
+
+    def exchange(self, method: str, params: dict | None = None, timeout: float = 120) -> tuple[dict, int]:
+        """The answer to one request, and the size of the HTTP body it came in."""
+        self.n += 1
+        message: dict = {"jsonrpc": "2.0", "id": self.n, "method": method}
+        if params is not None:
+            message["params"] = params
+        status, headers, body = raw_http(self.port, self.post(message), timeout=timeout)
+        assert status == 200, (status, body[:300])
+        for answer in messages(headers, body):
+            if answer.get("id") == self.n:
+                return answer, len(body)
+        raise AssertionError(f"no answer to {method}: {body[:300]!r}")
+
+    def request(self, method: str, params: dict | None = None, timeout: float = 120) -> dict:
+        return self.exchange(method, params, timeout)[0]
+
+    def call(self, tool: str, arguments: dict) -> dict:
+        answer = self.request("tools/call", {"name": tool, "arguments": arguments})
+        assert "result" in answer, answer
+        return answer["result"]

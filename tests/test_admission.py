@@ -108,3 +108,31 @@ async def test_a_call_cancelled_while_it_waits_for_its_turn_leaves_the_queue():
     turns.release()
     await turns.acquire()  # free again: the cancelled waiter took nothing
     turns.release()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_call_gives_its_place_back_at_once_and_its_turn_when_its_thread_lets_go():
+    """Its thread may not stop at once (a generation between tokens): the next caller may queue meanwhile."""
+    admission, turns = Admission(1), Turns(1)
+    started, release = threading.Event(), threading.Event()
+
+    def stuck(cancel_event: threading.Event) -> None:
+        started.set()
+        release.wait(10)  # ignores the cancel, as work between two checks does
+
+    call = anyio.CancelScope()
+
+    async def caller() -> None:
+        with call:
+            await admission.run(stuck, turns)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(caller)
+        assert await anyio.to_thread.run_sync(started.wait, 10)
+        call.cancel()
+        with anyio.fail_after(5):
+            while admission.pending:
+                await anyio.sleep(0.01)
+        assert turns._held == 1  # noqa: SLF001  still running on the model
+        release.set()
+    assert admission.pending == 0 and turns._held == 0  # noqa: SLF001

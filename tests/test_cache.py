@@ -17,6 +17,7 @@ from tools.tasks import Ask, Prompt, Turn
 from tools.cache import (
     BytesLRU,
     DynamicPrefixCache,
+    EncodedImage,
     ImageBlock,
     StaticPrefixCache,
     VisionCache,
@@ -26,6 +27,7 @@ from tools.cache import (
     reusable_prefix,
 )
 from tools.errors import InvalidRequest
+from tools.scope import Scope, owned_by
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.prompts import CHAT_SYSTEM, CHAT_TOOLS
@@ -186,6 +188,31 @@ def test_prefix_cache_picks_the_longest_match_and_ignores_short_ones():
     assert reused == 40 and kv_length(kv) == 40
     kv, reused = cache.begin([0, 1, 2, 3, 5], [], 10)  # 4 shared tokens: under min_tokens
     assert reused == 0 and kv_length(kv) == 0
+
+
+@pytest.mark.parametrize(
+    ("made_in", "asked_in", "reused"),
+    [("a", "a", 40), ("a", "b", 0), (None, "a", 0), ("a", None, 0), (None, None, 40)],
+)
+def test_a_prefix_is_resumed_only_in_the_scope_that_computed_it(made_in, asked_in, reused):
+    """How much of another client's prompt matches must not be learnt from reused_prompt_tokens."""
+    scopes = {"a": Scope(), "b": Scope(), None: None}
+    cache = DynamicPrefixCache(min_tokens=8)
+    with owned_by(scopes[made_in]):
+        cache.end(list(range(40)), [], kv_of(40))
+    with owned_by(scopes[asked_in]):
+        assert cache.begin(list(range(45)), [], 60)[1] == reused
+
+
+@pytest.mark.parametrize(("made_in", "asked_in", "hit"), [("a", "a", True), ("a", "b", False), (None, "a", False)])
+def test_an_encoding_is_found_only_in_the_scope_that_made_it(made_in, asked_in, hit):
+    scopes = {"a": Scope(), "b": Scope(), None: None}
+    cache = VisionCache()
+    key = ("model", "hash", 70)
+    with owned_by(scopes[made_in]):
+        cache.keep(key, EncodedImage(4, torch.zeros(4, 8)))
+    with owned_by(scopes[asked_in]):
+        assert (cache.get(key) is not None) == hit
 
 
 # -- on the tiny model ------------------------------------------------------------------------

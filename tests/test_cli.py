@@ -153,6 +153,7 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "unknown image id": ["describe", "img_0123456789abcdef"],
         "nul in prompt": ["describe", str(good), "--prompt", "a\x00b"],
         "missing model dir": ["describe", str(good), "--model", str(tmp / "no-model")],
+        "out in a folder that is a file": ["detect", str(good), "cat", "--out", str(tmp / "empty.png" / "boxes.png")],
     }
 
 
@@ -162,7 +163,7 @@ def bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "missing file", "directory", "text renamed png", "empty file", "truncated png",
         "budget outside the set", "zero max new tokens", "negative temperature", "empty label",
         "loopback url", "file scheme", "bad data uri", "text data uri", "unknown image id",
-        "nul in prompt", "missing model dir",
+        "nul in prompt", "missing model dir", "out in a folder that is a file",
     ],
 )
 def test_bad_input_gives_one_line_error_and_nonzero_exit(case, tiny_gemma4, tmp_path, capsys):
@@ -177,6 +178,8 @@ def test_bad_input_gives_one_line_error_and_nonzero_exit(case, tiny_gemma4, tmp_
     assert err.endswith(errors[0] + "\n")  # the error is the last line, whole
     assert "Traceback" not in err and " at 0x" not in err
     assert len(errors[0]) < 300
+    if case == "out in a folder that is a file":
+        assert errors[0].startswith("error: Could not write the picture boxes.png: "), errors[0]
 
 
 def test_unreachable_hub_model_is_one_line_with_local_copy_hint(square_png, capsys):
@@ -327,12 +330,22 @@ def test_what_a_family_cannot_do_is_refused_before_any_weights_load(
 
 
 @pytest.mark.parametrize(
-    "flags",
-    [["--max-sessions", "0"], ["--max-sessions", "-3"], ["--session-idle-s", "0"], ["--session-idle-s", "inf"],
-     ["--session-idle-s", "nan"]],
-    ids=" ".join,
+    ("flags", "named"),
+    [
+        (["--max-sessions", "0"], "--max-sessions"), (["--max-sessions", "-3"], "--max-sessions"),
+        (["--session-idle-s", "0"], "--session-idle-s"), (["--session-idle-s", "inf"], "--session-idle-s"),
+        (["--session-idle-s", "nan"], "--session-idle-s"), (["--session-idle-s", "1e308"], "--session-idle-s"),
+        (["--out-max-mb", "inf"], "--out-max-mb"), (["--out-max-mb", "1e308"], "--out-max-mb"),
+        (["--out-max-mb", "nan"], "--out-max-mb"), (["--out-max-mb", "-1"], "--out-max-mb"),
+        (["--out-max-days", "inf"], "--out-max-days"), (["--out-max-days", "1e308"], "--out-max-days"),
+        (["--max-queue", "0"], "--max-queue"), (["--port", "99999"], "--port"),
+        (["--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-timeout", "inf"], "--api-timeout"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )
-def test_session_limits_that_cannot_work_are_refused_in_one_line(flags):
+def test_serve_numbers_that_cannot_work_are_refused_in_one_line(flags, named):
+    """Each number flag of serve: out of range, infinite or not a number is one line naming the flag, never a traceback."""
     proc = console("serve", "--transport", "http", "--model", "none", "--port", "9", *flags, timeout=60)
     assert proc.returncode == 1 and proc.stdout == "", proc
-    assert proc.stderr.splitlines()[-1] == "error: --max-sessions and --session-idle-s must be positive numbers."
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line
+    assert proc.stderr.startswith(f"error: {named} must be ") and "Traceback" not in proc.stderr, proc.stderr

@@ -68,6 +68,18 @@ def test_loopback_names_with_a_port_are_served(port):
         assert code == 200, body
 
 
+@pytest.mark.parametrize(
+    "host, origin",
+    [("LOCALHOST", "HTTP://LOCALHOST"), ("LocalHost:{port}", "Http://localHOST:{port}"), ("localhost", "HTTPS://127.0.0.1")],
+)
+def test_host_names_and_schemes_are_compared_without_case(port, host, origin):
+    """Host names and URL schemes are case-insensitive: a browser or client may send them in capitals."""
+    headers = {"Host": host.format(port=port), "Origin": origin.format(port=port)}
+    code, _, body = raw_http(port, post(port, initialize(), **headers))
+    assert code == 200, body
+    record(class_9=1)
+
+
 def test_a_message_carrying_an_image_past_the_sdk_default_is_taken(port):
     """5 MiB: over the SDK's 4 MiB default, well under one 20 MiB image as a data URI."""
     code, _, body = raw_http(port, post(port, initialize(pad=5 * 1024 * 1024)))

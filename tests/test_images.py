@@ -404,6 +404,26 @@ def test_unknown_id_message(loader: ImageLoader) -> None:
     )
 
 
+@pytest.mark.parametrize(("loaded_in", "named_in", "found"), [("a", "a", True), ("a", "b", False), ("a", None, True)])
+def test_an_image_id_is_found_only_in_the_scope_that_loaded_it(loader: ImageLoader, loaded_in, named_in, found) -> None:
+    """Outside any scope (the CLI) every id is found; in a scope, only the ids it loaded itself."""
+    from tools.scope import Scope, owned_by
+
+    scopes = {"a": Scope(), "b": Scope(), None: None}
+    uri = data_uri(png((16, 16)))
+    with owned_by(scopes[loaded_in]):
+        image_id = loader.load(uri).image_id
+    with owned_by(scopes[named_in]):
+        if found:
+            assert loader.load(image_id).image_id == image_id
+        else:
+            with pytest.raises(UnknownImage) as caught:
+                loader.load(image_id)
+            assert str(caught.value) == f"Unknown image_id '{image_id}'; send the image itself (path, URL or data: URI) again."
+    with owned_by(scopes[named_in]):
+        assert loader.load(uri).image_id == image_id  # its own bytes make it its own
+
+
 def test_long_and_odd_refs_are_shortened_to_one_line(loader: ImageLoader) -> None:
     ref = "dir\nname/" + "x" * 500 + ".png"
     with pytest.raises(ImageError) as caught:

@@ -6,7 +6,7 @@ A resident backend owns one of each:
   vision tower's projected features, on the model's device, in a bytes-capped LRU. A hit skips
   both the pixel preprocessing and the vision tower.
 - ``PrefixCache``: the KV caches of recent calls, each with the token ids and image keys it was
-  computed from. A call whose prompt starts with the same tokens *and* the same images (a
+  computed from, and the scope (``tools.scope``) of the call; only calls of that scope resume from it. A call whose prompt starts with the same tokens *and* the same images (a
   follow-up turn, or another task on the same image) resumes from the longest such prefix and
   prefills only the rest. Image tokens are one repeated id, so two different images at the same
   budget give identical ids: the image keys are what tells them apart.
@@ -27,6 +27,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from tools import scope
 
 MiB = 1024 * 1024
 
@@ -118,18 +119,23 @@ class EncodedImage:
 VisionKey = tuple[str, str, int]
 
 
-class VisionCache(BytesLRU[VisionKey, EncodedImage]):
-    """Encoded images keyed by (model, image content hash, budget).
+class VisionCache(BytesLRU[tuple[str | None, VisionKey], EncodedImage]):
+    """Encoded images keyed by (model, image content hash, budget), for the running request's scope.
 
     Only the features are kept, not the processed pixels they came from: a hit needs nothing
-    else, and at budget 1120 the pixels are ten times the size of the features.
+    else, and at budget 1120 the pixels are ten times the size of the features. Each scope
+    (``tools.scope``: one client session of the server) has entries of its own, so a hit, and
+    the time it saves, never tells one client that another sent the same picture.
     """
 
     def __init__(self, max_bytes: int = 512 * MiB) -> None:
         super().__init__(max_bytes)
 
+    def get(self, key: VisionKey) -> EncodedImage | None:  # type: ignore[override]
+        return super().get((scope.key(), key))
+
     def keep(self, key: VisionKey, encoded: EncodedImage) -> bool:
-        return self.put(key, encoded, encoded.nbytes)
+        return self.put((scope.key(), key), encoded, encoded.nbytes)
 
 
 # -- prefix matching -----------------------------------------------------------------------------
@@ -208,6 +214,8 @@ class KeptPrefix:
     blocks: list[ImageBlock]
     kv: Any
     nbytes: int
+    #: the scope (``tools.scope``) whose call computed it: only that scope resumes from it
+    owner: str | None = None
 
 
 class DynamicPrefixCache:
@@ -228,9 +236,12 @@ class DynamicPrefixCache:
         """A cache to generate ``ids`` with, already holding the longest reusable prefix, and that prefix's length."""
         from transformers import DynamicCache
 
+        owner = scope.key()
         with self._lock:
             best, reused = None, 0
             for entry in self._entries:
+                if entry.owner != owner:
+                    continue  # how much of another client's prompt matches is not this client's to learn
                 n = reusable_prefix(entry.ids, entry.blocks, ids, blocks)
                 if n >= self.min_tokens and n > reused:
                     best, reused = entry, n
@@ -251,7 +262,7 @@ class DynamicPrefixCache:
         if nbytes > self.max_bytes:
             return False
         with self._lock:
-            self._entries.append(KeptPrefix(list(ids), list(blocks), kv, nbytes))
+            self._entries.append(KeptPrefix(list(ids), list(blocks), kv, nbytes, scope.key()))
             while len(self._entries) > self.max_entries or sum(e.nbytes for e in self._entries) > self.max_bytes:
                 self._entries.pop(0)
         return True
@@ -307,7 +318,8 @@ class StaticPrefixCache:
                 self.capacity = max(self.min_capacity, 1 << (total_tokens - 1).bit_length())
                 self.kv = static_cache(self.config, self.capacity)
                 kept = None
-            reused = reusable_prefix(kept.ids, kept.blocks, ids, blocks) if kept is not None else 0
+            mine = kept is not None and kept.owner == scope.key()
+            reused = reusable_prefix(kept.ids, kept.blocks, ids, blocks) if kept is not None and mine else 0
             if reused < self.min_tokens:
                 reused = 0
             rewind(self.kv, reused)
@@ -317,7 +329,7 @@ class StaticPrefixCache:
         if kv is not self.kv or kv_length(kv) != len(ids):
             return False
         with self._lock:
-            self._kept = KeptPrefix(list(ids), list(blocks), kv, kv_nbytes(kv))
+            self._kept = KeptPrefix(list(ids), list(blocks), kv, kv_nbytes(kv), scope.key())
         return True
 
     def clear(self) -> None:

@@ -83,6 +83,12 @@ class ImageError(VlmError):
     code = "bad_image"
 
 
+class OutputError(VlmError):
+    """A picture could not be written (a full disk, a folder that cannot be written to)."""
+
+    code = "output_failed"
+
+
 class AccessDenied(VlmError):
     """The access policy forbids reading this path or URL."""
 

@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tools import cancel
+from tools import cancel, scope
 from tools.errors import AccessDenied, Cancelled, ImageError, InvalidRequest, UnknownImage, VlmError
 from tools.safe_open import open_beneath
 
@@ -368,7 +368,17 @@ class ImageLoader:
             self._ahead.fetched = None
 
     def load(self, ref: str) -> LoadedImage:
-        """Load a path, http(s) URL, data: URI or image_id; the result is stored."""
+        """Load a path, http(s) URL, data: URI or image_id; the result is stored.
+
+        Inside a ``tools.scope`` scope, an image_id names only an image that scope loaded itself;
+        any other is unknown, in the same words as one nobody loaded."""
+        loaded = self._load(ref)
+        owner = scope.current()
+        if owner is not None:
+            owner.know(loaded.image_id)
+        return loaded
+
+    def _load(self, ref: str) -> LoadedImage:
         if not isinstance(ref, str):
             raise InvalidRequest(
                 "The image reference must be text: a file path, an http(s) URL, a data: URI or an image_id."
@@ -379,7 +389,8 @@ class ImageLoader:
             )
         ref = ref.strip()
         if IMAGE_ID_RE.match(ref):
-            found = self.store.get(ref)
+            owner = scope.current()
+            found = self.store.get(ref) if owner is None or owner.knows(ref) else None
             if found is None:
                 raise UnknownImage(
                     f"Unknown image_id '{ref}'; send the image itself (path, URL or data: URI) again."
