@@ -365,7 +365,7 @@ def _tiles_value(value: Any) -> Any:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    raise PydanticCustomError("tiles", "Input should be 'auto', 'off' or a whole number of tiles across the long side, such as 3")
+    raise PydanticCustomError("tiles", "Input should be 'auto', 'off' or a whole number of tiles across the long side, e.g. 3")
 
 
 Budget = Annotated[

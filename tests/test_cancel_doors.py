@@ -128,7 +128,6 @@ TILE_REFUSALS = [
     ({"engine": "vlm", "tiles": "auto", "budget": 70}, f"more than the {tiling.MAX_TILES}"),
     ({"engine": "rapidocr", "tiles": "off"}, "too long and thin"),
     ({"engine": "rapidocr", "tiles": 8}, "too long and thin"),
-    ({"engine": "rapidocr", "tiles": "twelve"}, "is not 'auto'"),
     ({"engine": "vlm", "tiles": 9}, "between 1 and 8"),
 ]
 

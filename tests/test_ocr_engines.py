@@ -309,7 +309,7 @@ def test_a_tilted_page_reads_line_by_line_whole_and_in_tiles(degrees):
         assert all(0 <= l.box[0] < l.box[2] <= image.width and 0 <= l.box[1] < l.box[3] <= image.height for l in reading.lines)
 
 
-TILES_REFUSED = "Argument 'tiles': Input should be 'auto', 'off' or a whole number of tiles across the long side, such as 3."
+TILES_REFUSED = "Argument 'tiles': Input should be 'auto', 'off' or a whole number of tiles across the long side, e.g. 3."
 
 
 @needs_rapidocr

@@ -76,7 +76,9 @@ def parse_tiles(value: str | int | None) -> str | int:
     if value is None:
         return TILES_OFF
     if isinstance(value, bool):
-        raise InvalidRequest("{param} must be 'auto', 'off' or a number of tiles across the long side, such as 3.", param="tiles")
+        raise InvalidRequest(
+            "{param} must be 'auto', 'off' or a number of tiles across the long side, e.g. 3.", param="tiles"
+        )
     text = str(value).strip().lower()
     if text in (TILES_AUTO, TILES_OFF):
         return text
@@ -84,7 +86,7 @@ def parse_tiles(value: str | int | None) -> str | int:
         count = int(text)
     except ValueError:
         raise InvalidRequest(
-            f"{{param}} {str(value)[:20]!r} is not 'auto', 'off' or a number of tiles across the long side, such as 3.",
+            f"{{param}} {str(value)[:20]!r} is not 'auto', 'off' or a number of tiles across the long side, e.g. 3.",
             param="tiles",
         ) from None
     if not 1 <= count <= MAX_TILES_ACROSS:
