@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from tests.hardening import VLM_AGENT, check_tool_error
+from tests.hardening import VLM_AGENT, check_tool_error, record
 from tests.injected import inject, units_of
 from tests.raw import RawStdio, call, raw_stdio
 from tests.test_queue_doors import data_uri
@@ -61,6 +61,7 @@ def test_a_cancelled_tiled_reading_on_the_model_stops_between_tiles(tiny_gemma4,
         answer = s.answer(2, timeout=60)["result"]
         assert not answer.get("isError"), answer
     assert after_cancel(talk, "encode") == [] and after_cancel(talk, "generate") == [], units_of(talk)
+    record(class_4=1)
 
 
 def test_a_cancelled_tiled_rapidocr_reading_stops_between_tiles(tmp_path):
@@ -76,6 +77,7 @@ def test_a_cancelled_tiled_rapidocr_reading_stops_between_tiles(tmp_path):
         answer = s.answer(2, timeout=60)["result"]
         assert not answer.get("isError"), answer
     assert after_cancel(talk, "detect") == [], units_of(talk)
+    record(class_4=1)
 
 
 def lined_page(path: Path) -> None:
@@ -108,6 +110,7 @@ def test_a_cancelled_rapidocr_reading_stops_between_batches_of_lines(lined, tmp_
         assert not answer.get("isError"), answer
     read = [u for u in units_of(talk) if u["unit"] == "recognise" and (u["held"] or u["cancelled"])]
     assert read and read[0]["held"] and sum(u["size"] for u in read) <= DEFAULT_BATCH, units_of(talk)
+    record(class_4=1)
 
 
 #: a PNG strip planned into far more tiles than a call may read, by either reader
@@ -134,8 +137,8 @@ TILE_REFUSALS = [
 
 def test_tile_plans_past_the_cap_are_refused_before_any_work(tiny_gemma4, strip, tmp_path):
     """Before, tiles auto on this 1 x 200,000 strip planned 111 tiles for rapidocr and 141 for the model and
-    read them all, and rapidocr searched the strip whole (or in 8 tiles) on a padded canvas of 10 gigapixels;
-    errors about tiles named no argument."""
+    set about reading them, rapidocr padded the strip to 50,000 x 200,000 px to search it whole (6,797 x
+    27,188 for each of 8 tiles), and errors about tiles named no argument."""
     talk = tmp_path / "talk"
     detect = {"labels": ["cat"], "tiles": "auto"}
     with raw_stdio(["--model", str(tiny_gemma4), *serve_args(strip.parent)], env=inject(talk, "hold-unit")) as s:
@@ -151,6 +154,7 @@ def test_tile_plans_past_the_cap_are_refused_before_any_work(tiny_gemma4, strip,
         assert units_of(talk) == []
         s.send(call(99, "ocr", {"image": data_uri(), "engine": "rapidocr"}))
         assert not s.answer(99, timeout=60)["result"].get("isError")
+    record(class_4=1)
 
 
 def test_the_command_line_refuses_a_tile_plan_past_the_cap_in_one_line(strip):

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import sample_image
-from tests.hardening import VLM_AGENT, check_tool_error
+from tests.hardening import VLM_AGENT, check_tool_error, record
 from tests.raw import RawStdio, call, raw_stdio
 from tests.test_queue_doors import data_uri, loopback
 
@@ -237,6 +237,7 @@ def test_a_non_answer_from_the_engine_is_a_typed_one_line_error(server, engine, 
     assert seen.sent[case] < READ_BOUND, seen.sent[case]
     assert "/v1/trap" not in seen.paths and "/trap" not in seen.paths
     still_serving(server, number + 1)
+    record(engine_answers=1)
 
 
 def test_an_endless_stream_is_read_only_to_max_new_tokens(server, engine):
@@ -251,6 +252,7 @@ def test_an_endless_stream_is_read_only_to_max_new_tokens(server, engine):
     assert any("max_new_tokens=8" in note for note in structured["notes"]), structured["notes"]
     assert seen.dropped["endless"].wait(10)
     still_serving(server, 101)
+    record(engine_answers=1)
 
 
 def test_a_cancelled_stream_is_hung_up_at_once_and_frees_the_engine(engine):
@@ -271,6 +273,7 @@ def test_a_cancelled_stream_is_hung_up_at_once_and_frees_the_engine(engine):
         s.send(call(2, "describe", {"images": [data_uri()], "prompt": "case:ok", "max_new_tokens": 8}))
         after = s.answer(2, timeout=30)["result"]
         assert not after.get("isError"), after
+    record(class_4=1)
 
 
 @pytest.mark.parametrize(("case", "expected"), [("redirect-302", "redirect"), ("usage-huge", "token usage"),
@@ -288,3 +291,4 @@ def test_the_command_line_refuses_non_answers_in_one_line(engine, tmp_path: Path
     assert len(lines) == 1 and expected in lines[0], done.stderr
     check_tool_error(lines[0].removeprefix("error: "))
     assert "Traceback" not in done.stderr and not done.stdout
+    record(engine_answers=1)
