@@ -130,15 +130,15 @@ TILE_REFUSALS = [
     ({"engine": "vlm", "tiles": "auto"}, f"more than the {tiling.MAX_TILES}"),
     ({"engine": "vlm", "tiles": "auto", "budget": 70}, f"more than the {tiling.MAX_TILES}"),
     ({"engine": "rapidocr", "tiles": "off"}, "too long and thin"),
-    ({"engine": "rapidocr", "tiles": 8}, "too long and thin"),
+    ({"engine": "rapidocr", "tiles": 4}, "too long and thin"),
     ({"engine": "vlm", "tiles": 9}, "between 1 and 8"),
 ]
 
 
 def test_tile_plans_past_the_cap_are_refused_before_any_work(tiny_gemma4, strip, tmp_path):
     """Before, tiles auto on this 1 x 200,000 strip planned 111 tiles for rapidocr and 141 for the model and
-    set about reading them, rapidocr padded the strip to 50,000 x 200,000 px to search it whole (6,797 x
-    27,188 for each of 8 tiles), and errors about tiles named no argument."""
+    set about reading them, rapidocr padded the strip to 50,000 x 200,000 px to search it whole (13,438 x
+    53,750 for each of 4 tiles), and errors about tiles named no argument."""
     talk = tmp_path / "talk"
     detect = {"labels": ["cat"], "tiles": "auto"}
     with raw_stdio(["--model", str(tiny_gemma4), *serve_args(strip.parent)], env=inject(talk, "hold-unit")) as s:

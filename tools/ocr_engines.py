@@ -58,10 +58,11 @@ DEFAULT_MIN_SIDE = 30
 WIDTH_HEIGHT_RATIO = 8
 #: a piece this many times wider than tall says which way the page's lines run
 SKEW_ASPECT = 2
-#: the most pixels the detector is given to search: a strip is padded (``strip_padded``) so that it
-#: survives the engine's shrink, 1 x 20,000 px into 5,000 x 20,000; a longer one would need more
-#: memory than a machine has (1 x 40,000,000 px: 10 million x 40 million)
-MAX_SEARCH_PIXELS = 100_000_000
+#: the most pixels the detector is given to search (600 MB of RGB): a strip is padded (``strip_padded``)
+#: so that it survives the engine's shrink, 1 x 20,000 px into 5,000 x 20,000, and any image within the
+#: decoder's 40 megapixels and 20:1 stays within this; a strip of 1 x 40,000,000 px would become 10
+#: million x 40 million. Read in tiles ('auto': none longer than ``max_side``), a strip needs no padding
+MAX_SEARCH_PIXELS = 200_000_000
 #: rapidocr 1.4's rec_batch_num and cls_batch_num: the pieces its recogniser and its angle classifier
 #: take at once, and so the most a cancelled call reads after the cancel
 DEFAULT_BATCH = 6
@@ -197,10 +198,13 @@ class RapidOcr:
         for size in sizes:
             width, height = self.searched_size(size)
             if width * height > MAX_SEARCH_PIXELS:
-                what = f"its {size[0]} x {size[1]} px tiles are" if tiled else f"this {size[0]} x {size[1]} px image is"
+                what = f"The {size[0]} x {size[1]} px tiles of this image are" if tiled else (
+                    f"This {size[0]} x {size[1]} px image is"
+                )
                 raise InvalidRequest(
-                    f"For the rapidocr engine {what} too long and thin to search for text (it would pad them to "
-                    f"{width:,} x {height:,} px); crop it into shorter parts first.",
+                    f"{what} too long and thin for the rapidocr engine to search whole (padded, "
+                    f"{'each' if tiled else 'it'} would be {width:,} x {height:,} px); read it with {{param}} 'auto', "
+                    "or crop it into shorter parts.",
                     param="tiles",
                 )
 
@@ -374,7 +378,6 @@ def strip_padded(image: Image.Image, max_side: int, min_side: int, ratio: float 
     so, and enough that its short side still holds ``min_side`` once the long one is shrunk. The
     page's coordinates are unchanged: the padding comes after them.
     """
-    width, height = image.size
     size = padded_size(image.size, max_side, min_side, ratio)
     if size == image.size:
         return image
