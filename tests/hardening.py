@@ -61,6 +61,8 @@ def summary_line() -> str | None:
         parts.append(f"{t['busy']} calls told busy past the queue bound")
     if t["faults"]:
         parts.append(f"{t['faults']} faults survived")
+    if t["engine_answers"]:
+        parts.append(f"{t['engine_answers']} hostile engine answers cut or refused")
     classes = sorted(int(key.removeprefix("class_")) for key in t if key.startswith("class_") and t[key])
     if classes:
         parts.append(

@@ -15,6 +15,11 @@ Modes, each talking to the test through files in ``VLM_TEST_DIR``:
 - ``hold-generate``: the first local generation writes ``generating`` and waits for ``release``.
 - ``fail-close``: the first picture file opened for writing in ``VLM_TEST_OUT`` loses its last
   half and fails when it is closed, as a full disk does when the last buffer is flushed.
+- ``hold-unit``: every unit of a call's work (a tile or prompt encoded, a generation, a tile
+  searched for text, a batch of text pieces recognised) appends one JSON line to ``units.jsonl``
+  (the unit, how many pieces it holds, whether its call was already cancelled). The first unit
+  named ``VLM_TEST_HOLD`` writes ``holding`` and waits until its call is cancelled: what runs
+  after that is work a cancelled call did.
 """
 
 from __future__ import annotations
@@ -197,6 +202,62 @@ class Hooks:
         builtins.open = fake_open
 
 
+class Units:
+    """``hold-unit``: records each unit of work, and holds the first of one kind until its call is cancelled."""
+
+    def __init__(self, folder: Path, hold: str) -> None:
+        self.folder, self.hold = folder, hold
+        self.lock = threading.Lock()
+        self.held = threading.Event()
+
+    def wrap(self, owner: Any, name: str, unit: str, size: Any = None) -> None:
+        original = owner.__dict__[name]
+        units = self
+
+        @functools.wraps(original)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from tools import cancel
+
+            holding = unit == units.hold and not units.held.is_set()
+            if holding:
+                units.held.set()
+                (units.folder / "holding").write_text(unit)
+                deadline = time.monotonic() + GATE_CAP_S
+                while not cancel.cancelled() and time.monotonic() < deadline:
+                    time.sleep(0.005)
+            line = {"unit": unit, "size": size(*args) if size else 1, "held": holding, "cancelled": cancel.cancelled()}
+            with units.lock, open(units.folder / "units.jsonl", "a") as log:
+                log.write(json.dumps(line) + "\n")
+            return original(*args, **kwargs)
+
+        setattr(owner, name, wrapper)
+
+    def install(self) -> None:
+        def gemma4(module: Any) -> None:
+            self.wrap(module.Gemma4Runtime, "encode", "encode", lambda runtime, images, budget: len(images))
+
+        def local(module: Any) -> None:
+            self.wrap(module.LocalRuntime, "call_generate", "generate")
+
+        def ocr(module: Any) -> None:
+            self.wrap(module.RapidOcr, "detect", "detect")
+
+        def recogniser(module: Any) -> None:
+            self.wrap(module.TextRecognizer, "__call__", "recognise", lambda engine, crops, *rest: len(crops))
+
+        for name, then in (
+            ("tools.families.gemma4", gemma4), ("tools.runtimes.local", local), ("tools.ocr_engines", ocr),
+            ("rapidocr_onnxruntime.ch_ppocr_rec.text_recognize", recogniser),
+        ):
+            sys.meta_path.insert(0, AfterImport(name, then))
+
+
+def units_of(folder: Path) -> list[dict[str, Any]]:
+    """What ``hold-unit`` recorded, in order."""
+    path = folder / "units.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 class AfterImport(importlib.abc.MetaPathFinder):
     """Runs ``then(module)`` once ``name`` has been imported, wherever the import comes from."""
 
@@ -237,6 +298,8 @@ def install() -> None:
         sys.meta_path.insert(0, AfterImport("tools.runtimes.local", hooks.hold_generate))
     if "fail-close" in modes:
         hooks.fail_close(Path(os.environ["VLM_TEST_OUT"]))
+    if "hold-unit" in modes:
+        Units(Path(os.environ["VLM_TEST_DIR"]), os.environ.get("VLM_TEST_HOLD", "")).install()
 
 
 if __name__ == "sitecustomize":

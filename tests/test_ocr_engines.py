@@ -351,3 +351,57 @@ def test_cli_ocr_more_tiles_than_a_small_image_holds_is_read_whole_and_says_so(t
     result = json.loads(capsys.readouterr().out)
     assert result["tiles"] is None
     assert result["notes"] == ["asked for 8 tiles across, but the 50 px side holds 1 of at least 64 px, so it was read whole"]
+
+
+def many_lines(count: int = 60) -> Image.Image:
+    font = ImageFont.load_default(size=14)
+    image = Image.new("RGB", (700, 20 + count * 19), "white")
+    draw = ImageDraw.Draw(image)
+    for row in range(count):
+        draw.text((20, 10 + row * 19), f"line {row}: the quick brown fox {row * 7}", font=font, fill="black")
+    return image
+
+
+@needs_rapidocr
+def test_pieces_recognised_in_batches_read_as_in_one_call():
+    """The recogniser is given the pieces one of its own batches at a time (so a cancel can stop it in
+    between); the readings are those of one call over all of them."""
+    import numpy as np
+
+    from tools.ocr_engines import DEFAULT_BATCH, _recognise_parts
+
+    reader = RapidOcr()
+    image = many_lines()
+    quads = reader.detect(image)
+    engine = reader._load()
+    bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+    crops = engine.get_crop_img_list(bgr, [np.array(q, dtype=np.float32) for q in quads])
+    assert len(crops) > DEFAULT_BATCH  # several batches
+    whole, _ = engine.text_rec(crops)
+    assert _recognise_parts(engine, crops) == list(whole)
+
+
+@needs_rapidocr
+def test_a_cancelled_reading_stops_before_its_next_tile_or_batch():
+    import threading
+
+    from tools import cancel, tiled
+    from tools.errors import Cancelled
+
+    event = threading.Event()
+    event.set()
+    reader = RapidOcr()
+    with cancel.cancellable(event), pytest.raises(Cancelled):
+        tiled.rapidocr_tiled(reader, Image.new("RGB", (900, 260), "white"), 3)
+    with cancel.cancellable(event), pytest.raises(Cancelled):
+        reader.read(many_lines(3))
+
+
+@needs_rapidocr
+@pytest.mark.parametrize(("size", "tiles"), [((1, 200_000), "off"), ((1, 200_000), 4), ((28_285, 1), "off")])
+def test_a_strip_too_long_to_search_is_refused_before_any_work(size, tiles):
+    from tools import tiled
+
+    with pytest.raises(InvalidRequest, match="too long and thin for the rapidocr engine") as error:
+        tiled.rapidocr_tiled(RapidOcr(), Image.new("L", size, 255), tiles)
+    assert error.value.param == "tiles"

@@ -27,7 +27,8 @@ from tools.families.gemma4 import Gemma4
 from tools.images import AccessPolicy, ImageInput, ImageLoader
 from tools.model import Model
 from tools.options import GenerationOptions
-from tools.runtimes.engine import ApiSettings, EngineRuntime, read_stream
+from tools.errors import Cancelled
+from tools.runtimes.engine import TRAILING_EVENTS, ApiSettings, EngineRuntime, event_lines, read_stream, read_upto
 from tools.tasks import Turn
 from tools.vision import Vision
 
@@ -235,6 +236,166 @@ def test_an_error_event_mid_stream_is_one_sentence():
         read_stream(['data: {"error": "Invalid prefix encountered while decoding "x""}'])
     with pytest.raises(EngineError, match="malformed stream event"):
         read_stream(["data: {nonsense"])
+
+
+def piece(text: str) -> dict:
+    return {"choices": [{"index": 0, "delta": {"content": text}}]}
+
+
+FINISH = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+
+
+def usage(prompt: object = 10, completion: object = 2) -> dict:
+    return {"choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion}}
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        (['"hello"'], "malformed stream event"),
+        (["[1, 2]"], "malformed stream event"),
+        ([{"choices": "abc"}], "malformed stream event"),
+        ([{"choices": [7]}], "malformed stream event"),
+        ([{"choices": [{"index": 0, "delta": "text"}]}], "malformed stream event"),
+        ([{"choices": [{"index": 0, "delta": {"content": 5}}]}], "malformed stream event"),
+        ([{"choices": [{"index": 0, "delta": {}, "finish_reason": 3}]}], "malformed stream event"),
+        ([{"choices": [{"index": 0, "delta": {"tool_calls": ["x"]}}]}], "malformed stream event"),
+        ([{"choices": [{"index": 0, "delta": {"tool_calls": [{"index": [1]}]}}]}], "malformed stream event"),
+        ([{"choices": [{"index": 0, "delta": {"tool_calls": [{"function": "f"}]}}]}], "malformed stream event"),
+        ([{"choices": [], "usage": "lots"}], "malformed stream event"),
+        ([], "without a completion"),
+        ([{"choices": []}, usage()], "without a completion"),
+        ([piece("a"), FINISH, usage(completion=1e308)], r"token usage that cannot be right \(completion_tokens 1e\+308\)"),
+        ([piece("a"), FINISH, usage(completion=-3)], "completion_tokens -3"),
+        ([piece("a"), FINISH, usage(completion=2.5)], "completion_tokens 2.5"),
+        ([piece("a"), FINISH, usage(completion=True)], "completion_tokens true"),
+        ([piece("a"), FINISH, usage(completion="7")], "completion_tokens"),
+        ([piece("a"), FINISH, usage(completion=9)], "completion_tokens 9"),  # more than the 8 asked for
+        ([piece("a"), FINISH, usage(prompt=-1)], "prompt_tokens -1"),
+        ([piece("a"), FINISH, usage(prompt=10**12)], "prompt_tokens"),
+    ],
+)
+def test_events_that_are_no_answer_are_refused_in_one_sentence(events, expected):
+    with pytest.raises(EngineError, match=expected) as caught:
+        read_stream(sse(*events).decode().splitlines(), max_tokens=8)
+    one_sentence(caught.value)
+    assert caught.value.param is None  # about the engine, never about an argument of the call
+
+
+def counted(events: list[object], endless: object | None = None) -> tuple[list[str], list[int]]:
+    """The lines of ``events``, then ``endless`` forever; and a list whose length is how many were read."""
+    pulled: list[int] = []
+
+    def lines():
+        for line in sse(*events).decode().splitlines():
+            pulled.append(1)
+            yield line
+        while endless is not None:
+            for line in sse(endless).decode().splitlines():
+                pulled.append(1)
+                yield line
+
+    return lines(), pulled
+
+
+def test_pieces_past_max_new_tokens_are_not_read():
+    lines, pulled = counted([], endless=piece("a "))
+    reply = read_stream(lines, max_tokens=8)
+    assert reply.text == "a " * 8 and reply.cut and reply.finish_reason == "length"
+    assert len(pulled) == 2 * 9 - 1  # each event and its blank line, up to the ninth piece, which is not taken
+    # An engine that keeps sending nothing once the pieces are in is cut off too.
+    lines, pulled = counted([piece("a")] * 8, endless={"choices": []})
+    reply = read_stream(lines, max_tokens=8)
+    assert reply.cut and len(pulled) == 2 * (8 + TRAILING_EVENTS + 1) - 1
+
+
+def test_an_answer_of_exactly_max_new_tokens_keeps_its_usage():
+    lines, _ = counted([piece("a")] * 8 + [{"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]},
+                                           usage(completion=8), "[DONE]"])
+    reply = read_stream(lines, max_tokens=8)
+    assert not reply.cut and reply.finish_reason == "length" and reply.generated_tokens == 8
+
+
+def test_a_cancelled_read_stops_at_the_next_event():
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def on_text(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 3:
+            stop.set()
+
+    lines, _ = counted([], endless=piece("a"))
+    with pytest.raises(Cancelled):
+        read_stream(lines, on_text, stop=stop)
+    assert len(seen) == 3
+
+
+def test_a_cancelled_call_hangs_up_on_an_engine_that_has_not_answered_yet():
+    """The engine holds the request without a byte of answer (a long prefill, a full queue): the cancel
+    shuts the connection down, and the engine sees it. Before, the call waited for the read timeout."""
+    got, closed = threading.Event(), threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def hold() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(60)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                got.set()
+                try:
+                    while conn.recv(65536):
+                        pass
+                except OSError:
+                    pass
+                closed.set()
+
+        threading.Thread(target=hold, daemon=True).start()
+        settings = ApiSettings(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}/v1", model="gemma", timeout_s=30)
+        runtime = EngineRuntime(settings)
+        stop = threading.Event()
+        threading.Thread(target=lambda: got.wait(30) and stop.set(), daemon=True).start()
+        with pytest.raises(Cancelled):
+            runtime.complete({"model": "gemma", "messages": []}, options=GenerationOptions().with_cancel(stop))
+        assert closed.wait(10)
+        runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "lines"),
+    [
+        ([b"data: 1\n\ndata: 2\n"], ["data: 1", "", "data: 2"]),
+        ([b"data: 1\r\n\r\ndata", b": 2\r", b"\n"], ["data: 1", "", "data: 2", ""]),
+        ([b"da", b"ta", b": 3"], ["data: 3"]),
+        ([b"data: \xc3", b"\xa9\n"], ["data: \u00e9"]),
+    ],
+)
+def test_event_lines_are_split_across_chunks(chunks, lines):
+    assert list(event_lines(chunks, 1000, lambda: EngineError("too large"))) == lines
+
+
+def test_event_lines_stop_at_the_cap_without_holding_the_rest():
+    pulled: list[int] = []
+
+    def endless_line():
+        while True:
+            pulled.append(1)
+            yield b"a" * 1000
+
+    with pytest.raises(EngineError, match="too large"):
+        list(event_lines(endless_line(), 10_000, lambda: EngineError("too large")))
+    assert len(pulled) == 11
+
+
+@pytest.mark.parametrize(
+    ("chunks", "cap", "expected"),
+    [([b"abc", b"def"], 10, (b"abcdef", False)), ([b"abc", b"def"], 6, (b"abcdef", False)),
+     ([b"abc", b"def", b"never"], 4, (b"abcd", True)), ([], 4, (b"", False))],
+)
+def test_read_upto(chunks, cap, expected):
+    assert read_upto(iter(chunks), cap) == expected
 
 
 # -- errors -------------------------------------------------------------------------------

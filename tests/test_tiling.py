@@ -27,6 +27,22 @@ def test_parse_tiles_refuses_in_one_sentence(value):
     with pytest.raises(InvalidRequest) as error:
         tiling.parse_tiles(value)
     assert str(error.value).endswith(".") and "\n" not in str(error.value)
+    assert error.value.param == "tiles" and str(error.value).startswith("tiles ")
+
+
+@pytest.mark.parametrize(
+    ("size", "seen", "count"),
+    [((4000, 3000), 2000, 6), ((13110, 3049), 1584, 30), ((1, 115_400), 2000, 64)],
+)
+def test_an_auto_plan_up_to_the_cap_is_made(size, seen, count):
+    assert len(tiling.plan(size, "auto", seen)) == count <= tiling.MAX_TILES
+
+
+@pytest.mark.parametrize(("size", "seen"), [((1, 115_401), 2000), ((1, 40_000_000), 2000), ((8000, 5000), 384)])
+def test_an_auto_plan_past_the_cap_is_refused_in_one_sentence(size, seen):
+    with pytest.raises(InvalidRequest, match=f"more than the {tiling.MAX_TILES} one call may read") as error:
+        tiling.plan(size, "auto", seen)
+    assert error.value.param == "tiles" and "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -29,6 +29,11 @@ def cancellable(event: threading.Event | None) -> Iterator[None]:
         yield
     finally:
         _event.reset(token)
+
+
+def current() -> threading.Event | None:
+    """The running request's cancel event, if it runs under one."""
+    return _event.get()
 
 
 def cancelled() -> bool:
@@ -55,3 +60,28 @@ def wait(done: threading.Event, timeout: float) -> bool:
             return done.is_set()
         if done.wait(min(POLL_S, left)):
             return True
+
+
+@contextmanager
+def on_cancel(event: threading.Event | None, action: Callable[[], None]) -> Iterator[None]:
+    """Run ``action`` (on a watcher thread) as soon as ``event`` is set while the block runs: what
+    unblocks work stuck in a read that no check between its steps would reach, such as shutting
+    down the socket an engine's answer comes on."""
+    if event is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if event.wait(POLL_S):
+                if not done.is_set():
+                    action()
+                return
+
+    watcher = threading.Thread(target=watch, name="vlm-cancel-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()

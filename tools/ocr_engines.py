@@ -20,9 +20,10 @@ from typing import Any
 
 from PIL import Image
 
+from . import cancel
 from .tasks import Stopwatch
 from .detections import Detection, from_pixel_box
-from .errors import Unsupported
+from .errors import InvalidRequest, Unsupported
 from .results import Timings
 
 #: ``ocr(engine=...)``: the loaded vision-language model, or the offline OCR
@@ -57,6 +58,14 @@ DEFAULT_MIN_SIDE = 30
 WIDTH_HEIGHT_RATIO = 8
 #: a piece this many times wider than tall says which way the page's lines run
 SKEW_ASPECT = 2
+#: the most pixels the detector is given to search (600 MB of RGB): a strip is padded (``strip_padded``)
+#: so that it survives the engine's shrink, 1 x 20,000 px into 5,000 x 20,000, and any image within the
+#: decoder's 40 megapixels and 20:1 stays within this; a strip of 1 x 40,000,000 px would become 10
+#: million x 40 million. Read in tiles ('auto': none longer than ``max_side``), a strip needs no padding
+MAX_SEARCH_PIXELS = 200_000_000
+#: rapidocr 1.4's rec_batch_num and cls_batch_num: the pieces its recogniser and its angle classifier
+#: take at once, and so the most a cancelled call reads after the cancel
+DEFAULT_BATCH = 6
 
 
 def bounds(quad: Quad) -> tuple[float, float, float, float]:
@@ -177,6 +186,28 @@ class RapidOcr:
             if min(x for x, _ in quad) < width and min(y for _, y in quad) < height
         ]
 
+    def searched_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The size of the canvas the detector searches for an image of ``size`` (``strip_padded``)."""
+        engine = self._load()
+        min_side = int(getattr(engine, "min_side_len", DEFAULT_MIN_SIDE) or DEFAULT_MIN_SIDE)
+        ratio = float(getattr(engine, "width_height_ratio", WIDTH_HEIGHT_RATIO) or WIDTH_HEIGHT_RATIO)
+        return padded_size(size, self.max_side, min_side, ratio if ratio > 0 else WIDTH_HEIGHT_RATIO)
+
+    def check_searchable(self, sizes: Sequence[tuple[int, int]], tiled: bool) -> None:
+        """Refuse, before any work, pieces (the page, or its tiles) too long and thin to search."""
+        for size in sizes:
+            width, height = self.searched_size(size)
+            if width * height > MAX_SEARCH_PIXELS:
+                what = f"The {size[0]} x {size[1]} px tiles of this image are" if tiled else (
+                    f"This {size[0]} x {size[1]} px image is"
+                )
+                raise InvalidRequest(
+                    f"{what} too long and thin for the rapidocr engine to search whole (padded, "
+                    f"{'each' if tiled else 'it'} would be {width:,} x {height:,} px); read it with {{param}} 'auto', "
+                    "or crop it into shorter parts.",
+                    param="tiles",
+                )
+
     def read_quads(self, image: Image.Image, quads: Sequence[Quad]) -> list[tuple[str, float]]:
         """The text of each quadrilateral of ``image`` and the recogniser's confidence, read from
         ``image``'s own pixels (never a shrunk copy), in one batch.
@@ -195,7 +226,7 @@ class RapidOcr:
             bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
             crops = engine.get_crop_img_list(bgr, [np.array(q, dtype=np.float32) for q in quads])
             readings = _recognise(engine, crops)
-            _, verdicts, _ = engine.text_cls(crops)
+            verdicts = _classify(engine, crops)
             threshold = float(getattr(engine.text_cls, "cls_thresh", 0.9))
             doubtful = [
                 i for i, ((_, score), (label, sure)) in enumerate(zip(readings, verdicts))
@@ -232,7 +263,7 @@ def arrange(
 
 
 def _recognise(engine: Any, crops: Sequence[Any]) -> list[tuple[str, float]]:
-    """Each crop's text and confidence (the least of its parts'), long lines read in parts, all in one batch."""
+    """Each crop's text and confidence (the least of its parts'), long lines read in parts."""
     import numpy as np
 
     parts: list[Any] = []
@@ -242,7 +273,7 @@ def _recognise(engine: Any, crops: Sequence[Any]) -> list[tuple[str, float]]:
         at = [0] + [column for column, _ in where] + [crop.shape[1]]
         parts.extend(np.ascontiguousarray(crop[:, a:b]) for a, b in zip(at, at[1:]))
         plans.append([gap for _, gap in where])
-    results, _ = engine.text_rec(parts)
+    results = _recognise_parts(engine, parts)
     readings: list[tuple[str, float]] = []
     k = 0
     for gaps in plans:
@@ -254,6 +285,38 @@ def _recognise(engine: Any, crops: Sequence[Any]) -> list[tuple[str, float]]:
             line = f"{line} {text}" if gap and line and text and not (_wide(line[-1]) and _wide(text[0])) else line + text
         readings.append((line.strip(), score))
     return readings
+
+
+def _recognise_parts(engine: Any, parts: Sequence[Any]) -> list[tuple[str, float]]:
+    """``engine.text_rec`` over ``parts``, one of its batches at a time, a cancelled call stopping in between.
+
+    The recogniser sorts what it is given by width (this same ``argsort``) and pads each batch of
+    ``rec_batch_num`` to its widest; given each of those batches alone, it reads every piece as a
+    single call over all of them would."""
+    import numpy as np
+
+    step = max(1, int(getattr(engine.text_rec, "rec_batch_num", DEFAULT_BATCH) or DEFAULT_BATCH))
+    order = [int(i) for i in np.argsort(np.array([p.shape[1] / float(p.shape[0]) for p in parts]))]
+    results: list[Any] = [("", 0.0)] * len(parts)
+    for start in range(0, len(order), step):
+        cancel.check()
+        batch = order[start : start + step]
+        found, _ = engine.text_rec([parts[i] for i in batch])
+        for i, result in zip(batch, found):
+            results[i] = result
+    return results
+
+
+def _classify(engine: Any, crops: Sequence[Any]) -> list[Any]:
+    """The angle classifier's verdict on each crop, one of its batches at a time, a cancelled call stopping
+    in between (it scales every crop to one size, so what is batched with what does not matter)."""
+    step = max(1, int(getattr(engine.text_cls, "cls_batch_num", DEFAULT_BATCH) or DEFAULT_BATCH))
+    verdicts: list[Any] = []
+    for start in range(0, len(crops), step):
+        cancel.check()
+        _, found, _ = engine.text_cls(list(crops[start : start + step]))
+        verdicts.extend(found)
+    return verdicts
 
 
 def _wide(char: str) -> bool:
@@ -315,21 +378,29 @@ def strip_padded(image: Image.Image, max_side: int, min_side: int, ratio: float 
     so, and enough that its short side still holds ``min_side`` once the long one is shrunk. The
     page's coordinates are unchanged: the padding comes after them.
     """
-    width, height = image.size
+    size = padded_size(image.size, max_side, min_side, ratio)
+    if size == image.size:
+        return image
+    import numpy as np
+
+    rgb = image.convert("RGB")
+    fill = tuple(int(v) for v in np.median(np.asarray(rgb).reshape(-1, 3), axis=0))
+    canvas = Image.new("RGB", size, fill)
+    canvas.paste(rgb, (0, 0))
+    return canvas
+
+
+def padded_size(size: tuple[int, int], max_side: int, min_side: int, ratio: float = WIDTH_HEIGHT_RATIO) -> tuple[int, int]:
+    """The size ``strip_padded`` makes of an image of ``size``."""
+    width, height = size
     long_side, short_side = max(width, height), min(width, height)
     need = math.ceil(long_side * min_side / max_side)
     if long_side > ratio * short_side:
         need = max(need, math.ceil(2 * long_side / ratio))
     if short_side >= need:
-        return image
+        return size
     need = max(need, min_side)
-    import numpy as np
-
-    rgb = image.convert("RGB")
-    fill = tuple(int(v) for v in np.median(np.asarray(rgb).reshape(-1, 3), axis=0))
-    canvas = Image.new("RGB", (width, need) if width >= height else (need, height), fill)
-    canvas.paste(rgb, (0, 0))
-    return canvas
+    return (width, need) if width >= height else (need, height)
 
 
 def assemble(

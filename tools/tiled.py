@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from . import tiling
+from . import cancel, tiling
 from .detections import Detection, ParsedDetections
 from .images import ImageInput
 from .model import Model
@@ -42,12 +42,14 @@ def rapidocr_tiled(reader: RapidOcr, image: Image.Image, tiles: str | int) -> Ti
     """
     watch = Stopwatch()
     plan = tiling.plan(image.size, tiles, reader.max_side)
+    reader.check_searchable(sorted({tile.size for tile in plan}), tiled=len(plan) > 1)
     preprocess_ms = watch.lap()
     if len(plan) == 1:
         reading = reader.read(image)
         return TiledReading(reading.text, reading.lines, reading.timings, plan)
     quads: list[tuple[int, Quad]] = []
     for tile in plan:
+        cancel.check()  # between tiles: a cancelled call searches no further tile
         dx, dy = tile.box[0], tile.box[1]
         quads.extend((tile.index, tuple((x + dx, y + dy) for x, y in quad)) for quad in reader.detect(image.crop(tile.box)))
     # On a tilted page the upright boxes around neighbouring lines overlap, and joining by them

@@ -31,6 +31,10 @@ TILES_AUTO = "auto"
 TILES_OFF = "off"
 #: the most tiles across the long side a caller may ask for (64 tiles on a square page)
 MAX_TILES_ACROSS = 8
+#: the most tiles one call reads, however they were chosen: what 8 across make of a square page. With
+#: ``auto``, an image within the decoder's 40 megapixels and 10:1 takes at most 22 for rapidocr and 30
+#: for the model at budget 1120; a long strip, or a low budget on a large photo, takes hundreds or more
+MAX_TILES = MAX_TILES_ACROSS**2
 #: the shortest tile a number of tiles may make: a smaller one holds less than a line of text or
 #: an object, and each costs a reader's full price (64 tiles of 8 px on a 50 px image took 13 s)
 MIN_TILE_SIDE = 64
@@ -162,9 +166,16 @@ def plan(size: tuple[int, int], tiles: str | int, seen: int) -> list[Tile]:
         return grid(size, 1, 1, 0)
     if tiles == TILES_AUTO:
         cols, rows = count_for(size[0], seen), count_for(size[1], seen)
+        if cols * rows > MAX_TILES:
+            # Refused before a tile is made: a strip of 40 million pixels planned 22,000 of them.
+            raise InvalidRequest(
+                f"{{param}} 'auto' would read this {size[0]} x {size[1]} px image in {cols * rows:,} tiles, more than "
+                f"the {MAX_TILES} one call may read; crop it into parts, or read it whole with {{param}} 'off'.",
+                param="tiles",
+            )
         return grid(size, cols, rows, math.ceil(OVERLAP_FRACTION * seen) if cols * rows > 1 else 0)
     if not isinstance(tiles, int):
-        raise InvalidRequest(f"Unknown tiles choice {tiles!r}; use 'auto', 'off' or a number.")
+        raise InvalidRequest(f"Unknown {{param}} choice {tiles!r}; use 'auto', 'off' or a number.", param="tiles")
     return across(size, tiles)
 
 

@@ -59,6 +59,7 @@ def verify(
     for i, detection in enumerate(detections):
         by_label.setdefault(detection.label, []).append(i)
     for label, indices in by_label.items():
+        options.check_cancelled()
         asks = [
             Ask("describe", (ImageInput.from_pixels(crop(image, detections[i].box)),), question(label), budget=budget)
             for i in indices

@@ -346,9 +346,10 @@ class Vision:
         options = options or GenerationOptions()
         ask = Ask("ocr", (loaded[0].input,), budget=chosen)
         self.model.check(ask)
+        # Planned, and refused past the cap, before the call waits for the model.
+        plan = self._plan(self.model, loaded[0].size, choice, chosen)
+        short = tiling.shortfall(loaded[0].size, choice)
         with self._turn(options) as model:
-            plan = self._plan(model, loaded[0].size, choice, chosen)
-            short = tiling.shortfall(loaded[0].size, choice)
             if plan is None:
                 answer = model.run(ask, options)
                 answer.generation.notes.extend([short] if short else [])
@@ -533,8 +534,8 @@ class Vision:
         picture = loaded[0].image
         ask = Ask("detect", (loaded[0].input,), labels=tuple(labels), budget=budget)
         self.model.check(ask)
+        plan = self._plan(self.model, picture.size, choice, budget)
         with self._turn(options) as model:
-            plan = self._plan(model, picture.size, choice, budget)
             if plan is None:
                 answer = model.run(ask, options)
             else:

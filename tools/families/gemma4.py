@@ -287,6 +287,7 @@ class Gemma4Runtime(LocalRuntime):
         watch = Stopwatch()
         rows, encode_ms = [], []
         for n, prompt in enumerate(prompts):
+            options.check_cancelled()  # between encodings: a cancelled call encodes no further tile or budget
             if progress:
                 progress(n, len(prompts), f"budget {prompt.budget}")
             rows.append(self.encoded(prompt))

@@ -50,6 +50,7 @@ class Runtime(ABC):
         """Several prompts of one task (compare_budgets' rows), in order; one after another here."""
         generations = []
         for n, prompt in enumerate(prompts):
+            options.check_cancelled()
             if progress:
                 progress(n, len(prompts), f"budget {prompt.budget}")
             generations.append(self.generate(prompt, options))

@@ -16,8 +16,11 @@ import io
 import json
 import logging
 import os
+import re
+import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,9 +28,10 @@ from urllib.parse import urlsplit
 import httpx
 from PIL import Image
 
-from ..errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound, Unsupported, VlmError
+from .. import cancel
+from ..errors import Cancelled, EngineError, EngineUnavailable, InvalidRequest, ModelNotFound, Unsupported, VlmError
 from ..images import ImageInput
-from ..options import GenerationOptions
+from ..options import MAX_NEW_TOKENS_LIMIT, GenerationOptions
 from ..streaming import current_sink
 from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note
 from ..toolcalls import ParsedReply, ToolCall
@@ -42,6 +46,19 @@ MAX_CONCURRENCY_LIMIT = 64
 CONNECT_TIMEOUT_S = 10.0
 #: longest engine message quoted in an error
 DETAIL_CHARS = 200
+#: the most of one answer read, a JSON body or a stream's events together: 8192 tokens with their
+#: event framing take a few megabytes, so past this the engine is not answering a chat completion
+MAX_ANSWER_BYTES = 16 * 2**20
+#: the most of an error body read: only its first DETAIL_CHARS are ever shown
+MAX_ERROR_BYTES = 64 * 2**10
+#: the most of the model list (/models) read
+MAX_LIST_BYTES = 2**20
+#: events an engine may still send once it has sent the tokens asked for (finish reason, usage, [DONE])
+TRAILING_EVENTS = 16
+#: more prompt tokens than any model's context: a usage report past it is not a count
+MAX_PROMPT_TOKENS = 10_000_000
+#: what ends a line of a server-sent event stream
+_EOL = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,8 @@ class Reply:
     #: None when the engine reported no usage
     prompt_tokens: int | None = None
     generated_tokens: int | None = None
+    #: the engine sent more than the tokens asked for, and the rest was not read
+    cut: bool = False
 
     def message(self) -> dict[str, Any]:
         """This reply as an assistant message, to send back with the next turn."""
@@ -148,16 +167,59 @@ def error_detail(body: bytes | str) -> str:
     return json.dumps(data)[:DETAIL_CHARS]
 
 
-def read_stream(lines: Iterable[str], on_text: Callable[[str], None] | None = None) -> Reply:
+def malformed(data: str) -> EngineError:
+    return EngineError(f"The engine sent a malformed stream event ({one_line(data, 60)}).")
+
+
+def token_count(value: Any, name: str, most: int) -> int | None:
+    """A usage count the engine reported, refused unless it is a whole number a generation can have."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+        shown = one_line(json.dumps(value), 40)
+        raise EngineError(f"The engine reported a token usage that cannot be right ({name} {shown}); check its log.")
+    return value
+
+
+def choice_delta(choice: dict[str, Any], data: str) -> tuple[str, list[dict[str, Any]], str | None, bool]:
+    """A choice's text, tool-call fragments and finish reason, refused unless they have the API's
+    types; and whether it carries a token (text, a call fragment or reasoning)."""
+    delta = choice.get("delta") or choice.get("message") or {}
+    if not isinstance(delta, dict):
+        raise malformed(data)
+    piece, parts, finish = delta.get("content") or "", delta.get("tool_calls") or [], choice.get("finish_reason")
+    if not (isinstance(piece, str) and isinstance(parts, list) and isinstance(finish, (str, type(None)))):
+        raise malformed(data)
+    for part in parts:
+        if not (isinstance(part, dict) and isinstance(part.get("index", 0), int)
+                and isinstance(part.get("function") or {}, dict)):
+            raise malformed(data)
+    return piece, parts, finish, bool(piece or parts or delta.get("reasoning_content"))
+
+
+def read_stream(
+    lines: Iterable[str],
+    on_text: Callable[[str], None] | None = None,
+    *,
+    max_tokens: int | None = None,
+    stop: threading.Event | None = None,
+) -> Reply:
     """A reply from server-sent ``data:`` events; text is handed to ``on_text`` as it arrives.
 
     Tool calls come in pieces keyed by index (name first, arguments in fragments), and the
     usage in a last chunk with no choices. Some engines end with ``data: [DONE]``, some just close.
+    At most ``max_tokens`` events carrying text or call fragments are taken (an engine sends about
+    one per token): an engine that goes on past them is cut off there (``Reply.cut``). ``stop``
+    set, reading ends with ``Cancelled`` at the next event.
     """
     text: list[str] = []
     calls: dict[int, dict[str, str]] = {}
     reply = Reply(text="")
+    pieces = trailing = 0
+    answered = False
     for line in lines:
+        if stop is not None and stop.is_set():
+            raise Cancelled("The request was cancelled before it finished; send it again if it is still wanted.")
         if not line.startswith("data:"):
             continue  # blank separators, ": keep-alive" comments, event names
         data = line[5:].strip()
@@ -169,31 +231,53 @@ def read_stream(lines: Iterable[str], on_text: Callable[[str], None] | None = No
             # transformers serve writes its error events unescaped, so they may not parse.
             if '"error"' in data:
                 raise EngineError(f"The engine failed while answering: {one_line(data)}") from None
-            raise EngineError(f"The engine sent a malformed stream event ({one_line(data, 60)}).") from None
+            raise malformed(data) from None
         if not isinstance(chunk, dict):
-            continue
+            raise malformed(data)
         if "error" in chunk:
             raise EngineError(f"The engine failed while answering: {one_line(error_detail(data))}")
+        choices = chunk.get("choices") or []
         usage = chunk.get("usage")
+        if not isinstance(choices, list) or not isinstance(usage, (dict, type(None))):
+            raise malformed(data)
         if isinstance(usage, dict):
-            reply.prompt_tokens = usage.get("prompt_tokens")
-            reply.generated_tokens = usage.get("completion_tokens")
-        for choice in chunk.get("choices") or []:
+            reply.prompt_tokens = token_count(usage.get("prompt_tokens"), "prompt_tokens", MAX_PROMPT_TOKENS)
+            reply.generated_tokens = token_count(
+                usage.get("completion_tokens"), "completion_tokens", max_tokens or MAX_NEW_TOKENS_LIMIT
+            )
+        carried = False
+        for choice in choices:
+            if not isinstance(choice, dict):
+                raise malformed(data)
             if choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta") or choice.get("message") or {}
-            piece = delta.get("content")
+            answered = True
+            piece, parts, finish, token = choice_delta(choice, data)
+            if token:
+                if max_tokens is not None and pieces >= max_tokens:
+                    reply.cut = True
+                    break
+                pieces += 1
+                carried = True
             if piece:
                 text.append(piece)
                 if on_text is not None:
                     on_text(piece)
-            for part in delta.get("tool_calls") or []:
+            for part in parts:
                 slot = calls.setdefault(part.get("index", len(calls)), {"id": "", "name": "", "arguments": ""})
                 function = part.get("function") or {}
-                slot["id"] = part.get("id") or slot["id"]
-                slot["name"] = slot["name"] or function.get("name") or ""
-                slot["arguments"] += function.get("arguments") or ""
-            reply.finish_reason = choice.get("finish_reason") or reply.finish_reason
+                slot["id"] = str(part.get("id") or slot["id"])
+                slot["name"] = slot["name"] or str(function.get("name") or "")
+                slot["arguments"] += str(function.get("arguments") or "")
+            reply.finish_reason = finish or reply.finish_reason
+        if not (reply.cut or carried) and max_tokens is not None and pieces >= max_tokens:
+            trailing += 1
+            reply.cut = trailing > TRAILING_EVENTS
+        if reply.cut:
+            reply.finish_reason = "length"
+            break
+    if not answered:
+        raise EngineError("The engine ended its answer without a completion; check its log.")
     reply.text = "".join(text)
     for index in sorted(calls):
         call = calls[index]
@@ -207,6 +291,80 @@ def read_stream(lines: Iterable[str], on_text: Callable[[str], None] | None = No
         else:
             reply.invalid.append(f"arguments for {call['name']} are not an object")
     return reply
+
+
+def event_lines(chunks: Iterable[bytes], cap: int, too_large: Callable[[], VlmError]) -> Iterator[str]:
+    """The lines of a server-sent event stream, read ``cap`` bytes at most: past it, ``too_large()``.
+
+    Split here rather than by httpx, whose ``iter_lines`` holds a line whole however long it grows."""
+    total = 0
+    pending: list[bytes] = []
+    for chunk in chunks:
+        total += len(chunk)
+        if total > cap:
+            raise too_large()
+        parts = _EOL.split(chunk)
+        pending.append(parts[0])
+        if len(parts) == 1:
+            continue
+        yield b"".join(pending).decode("utf-8", "replace")
+        for part in parts[1:-1]:
+            yield part.decode("utf-8", "replace")
+        pending = [parts[-1]]
+    rest = b"".join(pending)
+    if rest:
+        yield rest.decode("utf-8", "replace")
+
+
+def read_upto(chunks: Iterable[bytes], cap: int) -> tuple[bytes, bool]:
+    """At most ``cap`` bytes of a body, and whether there was more (which is then left unread)."""
+    kept: list[bytes] = []
+    total = 0
+    for chunk in chunks:
+        kept.append(chunk)
+        total += len(chunk)
+        if total > cap:
+            return b"".join(kept)[:cap], True
+    return b"".join(kept), False
+
+
+class Connection:
+    """The sockets one request to the engine opened, to hang up on it from another thread.
+
+    Shutting a socket down wakes a read blocked on it, and the engine sees the hang-up at once
+    (vLLM then aborts the request and frees its batch slot)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._closed = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            return
+        stream = info.get("return_value")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._sockets.append(sock)
+                closed = self._closed
+            if closed:
+                shut_down(sock)
+
+    def hang_up(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            shut_down(sock)
+
+
+def shut_down(sock: socket.socket) -> None:
+    try:
+        # The base-class call: SSLSocket.shutdown would tear down its SSL object under the reading thread.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def stream_pieces() -> Callable[[str], None] | None:
@@ -268,12 +426,17 @@ class EngineRuntime(Runtime):
         self._slots = threading.BoundedSemaphore(settings.max_concurrency)
         self._client = httpx.Client(
             base_url=self.url,
-            headers={"Authorization": f"Bearer {self._key}"} if self._key else {},
+            # Bodies are read as sent and counted against their caps: a compressed one could expand
+            # past a cap inside one chunk.
+            headers={"Accept-Encoding": "identity", **({"Authorization": f"Bearer {self._key}"} if self._key else {})},
             timeout=httpx.Timeout(settings.timeout_s, connect=CONNECT_TIMEOUT_S),
-            limits=httpx.Limits(max_connections=settings.max_concurrency),
+            # A connection per request (none kept alive): the request knows its own socket, so a
+            # cancelled call can hang up on the engine even before the answer's first byte.
+            limits=httpx.Limits(max_connections=settings.max_concurrency, max_keepalive_connections=0),
             # The engine's address is given explicitly; a proxy from the environment would
             # reroute loopback and cluster-internal addresses.
             trust_env=False,
+            follow_redirects=False,
             transport=transport,
         )
 
@@ -308,7 +471,7 @@ class EngineRuntime(Runtime):
         messages = api_messages(prompt.messages, self.settings.send_urls)
         body = self.body(messages, options, prompt.processor_kwargs, prompt.tools)
         preprocess_ms = watch.lap()
-        reply = self.complete(body, stream_pieces())
+        reply = self.complete(body, stream_pieces(), options)
         generation = self.generation(reply, prompt.budget, prompt.history_turns, options, preprocess_ms, watch)
         generation.notes[:0] = prompt.notes
         if prompt.tools:
@@ -338,6 +501,10 @@ class EngineRuntime(Runtime):
             generation.notes.append("the engine reported no token usage, so the token counts read 0")
         if generation.finish_reason == "length":
             generation.notes.append(cut_note(options.max_new_tokens))
+        if reply.cut:
+            generation.notes.append(
+                f"the engine went on past max_new_tokens={options.max_new_tokens}; the rest was not read"
+            )
         return generation
 
     def complete_chat(
@@ -351,8 +518,8 @@ class EngineRuntime(Runtime):
         The reply holds text or tool calls; send ``reply.message()`` and a ``{"role": "tool",
         "tool_call_id": ..., "content": ...}`` message per call back for the model's next turn.
         """
-        body = self.body(list(messages), options or GenerationOptions(), {}, tools)
-        return self.complete(body, stream_pieces())
+        options = options or GenerationOptions()
+        return self.complete(self.body(list(messages), options, {}, tools), stream_pieces(), options)
 
     # -- the wire -----------------------------------------------------------------
 
@@ -383,39 +550,115 @@ class EngineRuntime(Runtime):
         body.update(self.settings.extra_body)
         return body
 
-    def complete(self, body: Mapping[str, Any], on_text: Callable[[str], None] | None = None) -> Reply:
-        """POST one streamed chat completion; every failure becomes a one-line VlmError."""
-        with self._slots:
+    def complete(
+        self,
+        body: Mapping[str, Any],
+        on_text: Callable[[str], None] | None = None,
+        options: GenerationOptions | None = None,
+    ) -> Reply:
+        """POST one streamed chat completion; every failure becomes a one-line VlmError.
+
+        Read within bounds (``MAX_ANSWER_BYTES``, ``max_new_tokens`` pieces); once the call is
+        cancelled (``options.cancel``, else the running request's event), the connection is shut
+        down at once, wherever the read is."""
+        options = options or GenerationOptions()
+        stop = options.cancel or cancel.current()
+        with self._slot(stop):
+            connection = Connection()
             try:
-                with self._client.stream("POST", "/chat/completions", json=body) as response:
-                    if response.status_code >= 400:
-                        raise self.http_error(response.status_code, response.read())
-                    if response.headers.get("content-type", "").startswith("application/json"):
-                        # An engine (or a proxy) that ignored stream: true answers in one piece.
-                        return read_stream(["data: " + response.read().decode("utf-8", "replace")], on_text)
-                    return read_stream(response.iter_lines(), on_text)
+                with cancel.on_cancel(stop, connection.hang_up):
+                    request = self._client.build_request(
+                        "POST", "/chat/completions", json=body, extensions={"trace": connection.trace}
+                    )
+                    response = self._client.send(request, stream=True)
+                    try:
+                        return self.read_reply(response, on_text, options.max_new_tokens, stop)
+                    finally:
+                        response.close()
             except httpx.TimeoutException:
+                stopped(stop)
                 raise EngineUnavailable(
                     f"The engine at {self.url} did not answer within {self.settings.timeout_s:g} s; it may be "
                     "overloaded or still loading its model: retry, or allow longer with {param}.",
                     param="api_timeout",
                 ) from None
             except httpx.HTTPError as exc:
+                stopped(stop)
                 raise self.transport_error(exc) from None
+            except EngineError:
+                stopped(stop)  # an answer cut by the hang-up reads as a broken one
+                raise
+
+    @contextmanager
+    def _slot(self, stop: threading.Event | None) -> Iterator[None]:
+        """One of the ``max_concurrency`` requests in flight; a call cancelled while it waits gives up."""
+        while not self._slots.acquire(timeout=cancel.POLL_S):
+            stopped(stop)
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    def read_reply(
+        self, response: httpx.Response, on_text: Callable[[str], None] | None, max_tokens: int,
+        stop: threading.Event | None,
+    ) -> Reply:
+        """The engine's answer, or the error it amounts to: a redirect, a page, a body past its cap
+        are no answer."""
+        status = response.status_code
+        if 300 <= status < 400:
+            raise EngineError(
+                f"The engine at {self.url} answered with a redirect (HTTP {status}), which is not followed; "
+                "give the engine's own API address as {param}.",
+                param="base_url",
+            )
+        plain = uncompressed(response)
+        if status >= 400:
+            raise self.http_error(status, read_upto(response.iter_bytes(), MAX_ERROR_BYTES)[0] if plain else b"")
+        ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not plain or ctype not in ("application/json", "text/event-stream"):
+            shown = f"a {one_line(ctype, 40)} page" if ctype else "a body without a content type"
+            if not plain:
+                shown = "a compressed body"
+            raise EngineError(
+                f"The engine at {self.url} answered with {shown} (HTTP {status}), not a chat completion; "
+                "check that {param} is the engine's API address, which usually ends in /v1.",
+                param="base_url",
+            )
+        if ctype == "application/json":
+            # An engine (or a proxy) that ignored stream: true answers in one piece.
+            declared = response.headers.get("content-length", "").strip()
+            if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+                raise self.too_large()
+            data, more = read_upto(response.iter_bytes(), MAX_ANSWER_BYTES)
+            if more:
+                raise self.too_large()
+            return read_stream(["data: " + data.decode("utf-8", "replace")], on_text, max_tokens=max_tokens, stop=stop)
+        lines = event_lines(response.iter_bytes(), MAX_ANSWER_BYTES, self.too_large)
+        return read_stream(lines, on_text, max_tokens=max_tokens, stop=stop)
+
+    def too_large(self) -> EngineError:
+        return EngineError(
+            f"The engine at {self.url} sent an answer larger than {MAX_ANSWER_BYTES // 2**20} MiB, more than any "
+            "chat completion needs; check the engine's log."
+        )
 
     def check_model(self) -> None:
         """Fail early when the engine is down or lists its models without ours."""
         try:
-            response = self._client.get("/models")
+            with self._client.stream("GET", "/models") as response:
+                status = response.status_code
+                content, more = read_upto(response.iter_bytes(), MAX_LIST_BYTES) if uncompressed(response) else (b"", True)
         except httpx.HTTPError as exc:
             raise self.transport_error(exc) from None
-        if response.status_code in (401, 403):
-            raise self.http_error(response.status_code, response.content)
+        if status in (401, 403):
+            raise self.http_error(status, content)
         served: list[str] = []
-        if response.status_code == 200:
+        if status == 200 and not more:
             try:
-                served = [str(m["id"]) for m in response.json().get("data", []) if isinstance(m, dict) and "id" in m]
-            except (ValueError, AttributeError):
+                listed = json.loads(content).get("data", [])
+                served = [str(m["id"]) for m in listed if isinstance(m, dict) and "id" in m]
+            except (ValueError, AttributeError, TypeError):
                 served = []
         # An empty list says nothing: transformers serve lists only its hub cache, not the
         # directory it was started on.
@@ -490,3 +733,15 @@ class EngineRuntime(Runtime):
     def redact(self, text: str) -> str:
         # An engine that echoes headers must not get the key into a message.
         return text.replace(self._key, "***") if self._key else text
+
+
+def uncompressed(response: httpx.Response) -> bool:
+    """Whether the body comes as sent (identity was asked for): only then is a cap on the bytes read a cap on
+    what they expand to."""
+    return response.headers.get("content-encoding", "identity").strip().lower() in ("", "identity")
+
+
+def stopped(stop: threading.Event | None) -> None:
+    """Raise ``Cancelled`` when the call was cancelled: whatever broke then, the hang-up did it."""
+    if stop is not None and stop.is_set():
+        raise Cancelled("The request was cancelled before it finished; send it again if it is still wanted.")
