@@ -327,12 +327,21 @@ class VisionServer(MCPServer):
         return result
 
 
+#: where a tool error's code (and the argument it is about) travel, in the result's ``_meta``
+ERROR_META = "vlm-agent/error"
+
+
 def error_result(message: str, code: str = "invalid_request", param: str | None = None) -> CallToolResult:
-    # The code (and the argument it is about) let programs (the chat client) react without parsing the sentence.
-    structured: dict[str, Any] = {"error": code}
+    """A tool error: the sentence as text, the code for programs (the chat client) in ``_meta``.
+
+    No structured content: TypeScript clients (the Inspector, Claude Code, VS Code, Cursor) check it
+    against the tool's output schema even on an error and would show that failure instead of the
+    sentence, and clients that hand their model only the structured content would hide the sentence.
+    """
+    error: dict[str, Any] = {"code": code}
     if param is not None:
-        structured["param"] = param
-    return CallToolResult(content=[TextContent(type="text", text=message)], structured_content=structured, is_error=True)
+        error["param"] = param
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True, _meta={ERROR_META: error})
 
 
 def explain(tool: str, error: ToolError) -> tuple[str, str, str | None]:

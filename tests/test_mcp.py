@@ -363,9 +363,11 @@ async def test_tool_errors_carry_a_machine_readable_code(server, workdir):
         missing = await client.call_tool("ocr", {"image": img(workdir, "nothing.png")})
         unknown = await client.call_tool("ocr", {"image": "img_00000000000000ff"})
         bad = await client.call_tool("ocr", {"image": 5})
-    assert missing.structured_content == {"error": "bad_image"}
-    assert unknown.structured_content == {"error": "unknown_image"}
-    assert bad.structured_content == {"error": "invalid_request", "param": "image"}
+    # in _meta, not as structured content, which clients check against the tool's output schema
+    assert [r.structured_content for r in (missing, unknown, bad)] == [None, None, None]
+    assert missing.meta["vlm-agent/error"] == {"code": "bad_image"}
+    assert unknown.meta["vlm-agent/error"] == {"code": "unknown_image"}
+    assert bad.meta["vlm-agent/error"] == {"code": "invalid_request", "param": "image"}
 
 
 async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir, gemma4_backend, tiny_gemma4):
