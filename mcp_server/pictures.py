@@ -12,7 +12,7 @@ from pathlib import Path
 
 import anyio
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp_types import ResourceLink
 
 TEMPLATE = "vlm-agent://pictures/{name}"
@@ -50,6 +50,7 @@ def register(server: MCPServer, out_dir: Path) -> None:
         # Only names of the server's own pictures: no path can be smuggled in.
         path = out_dir / name
         if not NAME.fullmatch(name) or not path.is_file():
-            raise ResourceError(f"No picture named {name[:60]!r}; tool results link to the pictures there are.")
+            # Not found: invalid params with the URI, as the protocol asks, not an internal error.
+            raise ResourceNotFoundError(f"No picture named {name[:60]!r}; tool results link to the pictures there are.")
         # A full-size picture may be tens of megabytes: read on a worker thread, not the event loop.
         return await anyio.to_thread.run_sync(path.read_bytes)

@@ -326,6 +326,10 @@ class VisionServer(MCPServer):
             await logs.after_call(context, name, result.structured_content)
         return result
 
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Context | None = None) -> Any:
+        prompts.check(await self.list_prompts(), name, arguments)
+        return await super().get_prompt(name, arguments, context)
+
 
 #: where a tool error's code (and the argument it is about) travel, in the result's ``_meta``
 ERROR_META = "vlm-agent/error"
