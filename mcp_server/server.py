@@ -255,9 +255,15 @@ def box_line(detection: Detection) -> str:
     return f"{detection.label}: {list(detection.box)}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
+def noted(notes: Sequence[str]) -> list[str]:
+    # Some clients give their model only the text: what was cut or left out must be there too.
+    return [f"note: {note}" for note in notes]
+
+
 def text_result(result: Result, text: str) -> CallToolResult:
+    lines = [text, "", *noted(result.notes), stats(result)]
     return CallToolResult(
-        content=[TextContent(type="text", text=f"{text}\n\n{stats(result)}")],
+        content=[TextContent(type="text", text="\n".join(lines))],
         structured_content=result.model_dump(mode="json"),
     )
 
@@ -537,8 +543,7 @@ async def detect(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=[image],
     )
     lines = [box_line(d) for d in detected.detections] or ["nothing found"]
-    notes = [f"note: {n}" for n in detected.notes]
-    text = "\n".join([f"{len(detected.detections)} detections", *lines, *notes, stats(detected)])
+    text = "\n".join([f"{len(detected.detections)} detections", *lines, *noted(detected.notes), stats(detected)])
     # Decoding and scaling a big picture is CPU work: off the event loop, so pings and other calls go on.
     return await anyio.to_thread.run_sync(picture_result, text, out, detected)
 
@@ -578,6 +583,7 @@ async def compare_budgets(
             f"{task} at budgets {', '.join(str(r.budget) for r in result.runs)} ({result.metric} vs {result.reference_budget})",
             *rows,
             f"recommended budget: {result.recommended_budget} ({result.recommendation_reason})",
+            *noted(result.notes),
         ]
     )
     return await anyio.to_thread.run_sync(picture_result, text, out, result)

@@ -194,6 +194,10 @@ def test_a_typescript_sdk_client_calls_every_tool_and_reads_every_error(served, 
             assert not result["isError"] and result["structured"], (door, name, result)
             pictured = name in ("detect", "compare_budgets")
             assert result["types"] == (["text", "image", "resource_link"] if pictured else ["text"]), (door, name)
+            # clients that show their model only the text learn what was cut too
+            notes = result["structured"].get("notes") or []
+            assert all(f"note: {note}" in result["text"] for note in notes), (door, name, result["text"])
+        assert seen["calls"]["describe"]["ok"]["structured"]["notes"], door  # cut at max_new_tokens: it has one
         assert seen["calls"]["ocr_rapidocr"]["ok"]["structured"]["engine"] == "rapidocr"
         assert seen["progress"]["describe"] > 0, door  # streamed text reaches the client
         for name, (code, param) in TOOL_ERRORS.items():
