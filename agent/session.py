@@ -427,7 +427,8 @@ class ChatSession:
             raise ChatError(f"The server stopped answering ({type(exc).__name__}); restart the chat.") from None
         if result.is_error:
             error = ChatError(" ".join(block.text for block in result.content if block.type == "text"))
-            error.code = (result.structured_content or {}).get("error", "")  # type: ignore[attr-defined]
+            # The server's error_result puts the code in _meta, where no client checks it against a schema.
+            error.code = ((result.meta or {}).get("vlm-agent/error") or {}).get("code", "")  # type: ignore[attr-defined]
             raise error
         images = [picture_bytes(block.data) for block in result.content if block.type == "image"]
         return dict(result.structured_content or {}), images

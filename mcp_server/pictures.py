@@ -16,7 +16,7 @@ from pathlib import Path
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from mcp_types import ResourceLink
 
 from tools.outputs import read_picture
@@ -69,6 +69,7 @@ def register(server: MCPServer, out_dir: Path, owners: Owners) -> None:
         mine = NAME.fullmatch(name) is not None and name in owners.of(ctx.request_context.session).pictures
         data = await anyio.to_thread.run_sync(read_picture, out_dir, name) if mine else None
         if data is None:
-            # The same sentence for a name never written, another session's, and a link put in its place.
-            raise ResourceError(f"No picture named {name[:60]!r}; tool results link to the pictures there are.")
+            # The same sentence for a name never written, another session's, and a link put in its place;
+            # not found is invalid params with the URI, as the protocol asks, not an internal error.
+            raise ResourceNotFoundError(f"No picture named {name[:60]!r}; tool results link to the pictures there are.")
         return data

@@ -6,9 +6,12 @@ arguments complete through ``completion/complete`` (see ``completion.py``).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, Prompt
 from pydantic import Field
 
 from tools.budgets import GEMMA4_BUDGETS
@@ -74,4 +77,23 @@ def register(server: MCPServer) -> None:
         return (
             f"Call the vlm-agent tool `compare_budgets` with image={image!r}, task={task.strip() or 'describe'!r}"
             f"{asked}; show me its table of budgets and the recommended budget."
+        )
+
+
+def check(prompts: Sequence[Prompt], name: str, arguments: Mapping[str, Any] | None) -> None:
+    """Refuse an unknown prompt, a missing argument or an unknown one in one sentence (invalid params),
+    where the SDK answers "Internal server error" and logs a traceback."""
+    known = {prompt.name: prompt for prompt in prompts}
+    if name not in known:
+        names = sorted(known)
+        raise MCPError(INVALID_PARAMS, f"Unknown prompt {name[:40]!r}; use one of {', '.join(names[:-1])} or {names[-1]}.")
+    takes = {argument.name: argument.required for argument in known[name].arguments or []}
+    given = set(arguments or {})
+    missing = [argument for argument, required in takes.items() if required and argument not in given]
+    if missing:
+        raise MCPError(INVALID_PARAMS, f"The {name} prompt needs {' and '.join(map(repr, missing))}.")
+    unknown = sorted(given - set(takes))
+    if unknown:
+        raise MCPError(
+            INVALID_PARAMS, f"The {name} prompt has no argument {unknown[0][:40]!r}; it takes {', '.join(map(repr, takes))}."
         )

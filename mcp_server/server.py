@@ -265,9 +265,15 @@ def box_line(detection: Detection) -> str:
     return f"{detection.label}: {list(detection.box)}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
+def noted(notes: Sequence[str]) -> list[str]:
+    # Some clients give their model only the text: what was cut or left out must be there too.
+    return [f"note: {note}" for note in notes]
+
+
 def text_result(result: Result, text: str) -> CallToolResult:
+    lines = [text, "", *noted(result.notes), stats(result)]
     return CallToolResult(
-        content=[TextContent(type="text", text=f"{text}\n\n{stats(result)}")],
+        content=[TextContent(type="text", text="\n".join(lines))],
         structured_content=result.model_dump(mode="json"),
     )
 
@@ -336,13 +342,26 @@ class VisionServer(MCPServer):
             await logs.after_call(context, name, result.structured_content)
         return result
 
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None, context: Context | None = None) -> Any:
+        prompts.check(await self.list_prompts(), name, arguments)
+        return await super().get_prompt(name, arguments, context)
+
+
+#: where a tool error's code (and the argument it is about) travel, in the result's ``_meta``
+ERROR_META = "vlm-agent/error"
+
 
 def error_result(message: str, code: str = "invalid_request", param: str | None = None) -> CallToolResult:
-    # The code (and the argument it is about) let programs (the chat client) react without parsing the sentence.
-    structured: dict[str, Any] = {"error": code}
+    """A tool error: the sentence as text, the code for programs (the chat client) in ``_meta``.
+
+    No structured content: TypeScript clients (the Inspector, Claude Code, VS Code, Cursor) check it
+    against the tool's output schema even on an error and would show that failure instead of the
+    sentence, and clients that hand their model only the structured content would hide the sentence.
+    """
+    error: dict[str, Any] = {"code": code}
     if param is not None:
-        structured["param"] = param
-    return CallToolResult(content=[TextContent(type="text", text=message)], structured_content=structured, is_error=True)
+        error["param"] = param
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True, _meta={ERROR_META: error})
 
 
 def explain(tool: str, error: ToolError) -> tuple[str, str, str | None]:
@@ -540,8 +559,7 @@ async def detect(
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=[image],
     )
     lines = [box_line(d) for d in detected.detections] or ["nothing found"]
-    notes = [f"note: {n}" for n in detected.notes]
-    text = "\n".join([f"{len(detected.detections)} detections", *lines, *notes, stats(detected)])
+    text = "\n".join([f"{len(detected.detections)} detections", *lines, *noted(detected.notes), stats(detected)])
     # Decoding and scaling a big picture is CPU work: off the event loop, so pings and other calls go on.
     return await anyio.to_thread.run_sync(picture_result, text, out, detected)
 
@@ -581,6 +599,7 @@ async def compare_budgets(
             f"{task} at budgets {', '.join(str(r.budget) for r in result.runs)} ({result.metric} vs {result.reference_budget})",
             *rows,
             f"recommended budget: {result.recommended_budget} ({result.recommendation_reason})",
+            *noted(result.notes),
         ]
     )
     return await anyio.to_thread.run_sync(picture_result, text, out, result)

@@ -138,6 +138,32 @@ async def test_commands_and_errors_stay_in_the_chat(tiny_gemma4, tmp_path, home,
     assert "forgot @1" in transcript and "new conversation" in transcript
 
 
+async def test_an_image_the_server_forgot_is_sent_again(tiny_gemma4, tmp_path, home, photo):
+    """The chat reads the error's code (unknown_image, in the result's _meta) and re-sends the bytes once,
+    as after a server restart."""
+    from tools.images import ImageStore
+
+    server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"))
+
+    class Forgetting(Recorder):
+        async def call_tool(self, name, arguments, **kwargs):
+            if name == "describe" and len(self.calls) == 1:
+                server.engine.loader.store = ImageStore()  # every image id the server held is gone
+            return await super().call_tool(name, arguments, **kwargs)
+
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    async with Client(server) as client:
+        recorder = Forgetting(client)
+        with create_pipe_input() as pipe:
+            pipe.send_text("/describe one\n/describe two\n/quit\n")
+            prompt = PromptSession(input=pipe, output=DummyOutput())
+            assert await run_chat([str(photo)], console=console, prompt=prompt, client=recorder) == 0
+    transcript = console.file.getvalue()
+    sent = [args["images"][0] for name, args in recorder.calls if name == "describe"]
+    assert len(sent) == 3 and "error" not in transcript, transcript
+    assert sent[0].startswith("data:image/png") and sent[1].startswith("img_") and sent[2] == sent[0]
+
+
 async def test_trimming_is_announced(tiny_gemma4, tmp_path, home, photo, monkeypatch):
     real_start = ChatSession.start
 

@@ -273,6 +273,22 @@ def test_missing_file(loader: ImageLoader, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("ref", "shown"),
+    [
+        ("missing.png", "'missing.png'"),
+        ("a" * 56 + ".png", "'" + "a" * 56 + ".png'"),  # 60 characters: whole
+        ("a" * 60 + ".png", "'" + "a" * 20 + "…" + "a" * 35 + ".png'"),
+        ("deep/" * 20 + "missing.png", "'deep/deep/deep/deep/…ep/deep/deep/deep/deep/deep/missing.png'"),
+    ],
+)
+def test_a_long_reference_is_shortened_in_the_middle(loader: ImageLoader, tmp_path: Path, ref: str, shown: str) -> None:
+    # the file name, at the end, is what tells a person which file it was
+    with pytest.raises(ImageError) as caught:
+        loader.load(ref)
+    assert check_message(caught.value, str(tmp_path)) == f"No image at {shown}."
+
+
+@pytest.mark.parametrize(
     ("ref", "setup", "kind", "expected"),
     [
         ("sub", "dir", ImageError, "is a folder"),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 from PIL import Image
 
 from mcp_server.server import Settings, build_server
@@ -113,12 +115,13 @@ async def test_detect_returns_boxes_and_a_client_sized_picture(server, workdir):
         assert [block.type for block in result.content] == ["text", "image", "resource_link"]
         link = result.content[2]
         full_size = await client.read_resource(link.uri)
-        refused = []
+        refused, codes = [], []
         for name in ("..%2F..%2Fchat.sqlite3", "chat.sqlite3", "detect-000000000000.png"):
             try:
                 await client.read_resource(f"vlm-agent://pictures/{name}")
-            except Exception as exc:  # the client raises the server's error
+            except MCPError as exc:  # the client raises the server's error
                 refused.append(str(exc))
+                codes.append((exc.error.code, (exc.error.data or {}).get("uri")))
     data = result.structured_content
     assert data["image_size"] == [3000, 2000] and data["labels"] == ["person", "car"]
     assert isinstance(data["detections"], list)
@@ -137,6 +140,8 @@ async def test_detect_returns_boxes_and_a_client_sized_picture(server, workdir):
     # only the server's own pictures: no path, no other file, no picture it never wrote
     assert len(refused) == 3 and "Unknown resource" in refused[0]
     assert all("No picture named" in message for message in refused[1:])
+    # not there: invalid params with the URI, as for any missing resource, not an internal error
+    assert codes[1:] == [(INVALID_PARAMS, f"vlm-agent://pictures/{name}") for name in ("chat.sqlite3", "detect-000000000000.png")]
 
 
 async def call_with_progress(server, tool: str, arguments: dict):
@@ -363,9 +368,11 @@ async def test_tool_errors_carry_a_machine_readable_code(server, workdir):
         missing = await client.call_tool("ocr", {"image": img(workdir, "nothing.png")})
         unknown = await client.call_tool("ocr", {"image": "img_00000000000000ff"})
         bad = await client.call_tool("ocr", {"image": 5})
-    assert missing.structured_content == {"error": "bad_image"}
-    assert unknown.structured_content == {"error": "unknown_image"}
-    assert bad.structured_content == {"error": "invalid_request", "param": "image"}
+    # in _meta, not as structured content, which clients check against the tool's output schema
+    assert [r.structured_content for r in (missing, unknown, bad)] == [None, None, None]
+    assert missing.meta["vlm-agent/error"] == {"code": "bad_image"}
+    assert unknown.meta["vlm-agent/error"] == {"code": "unknown_image"}
+    assert bad.meta["vlm-agent/error"] == {"code": "invalid_request", "param": "image"}
 
 
 async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir, gemma4_backend, tiny_gemma4):

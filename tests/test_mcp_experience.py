@@ -10,7 +10,8 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
-from mcp_types import PromptReference, ResourceTemplateReference
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, PromptReference, ResourceTemplateReference
 
 from mcp_server.server import Settings, build_server
 from tests.conftest import sample_image
@@ -122,6 +123,23 @@ async def test_prompts_for_the_common_jobs(images):
     assert message.role == "user"
     assert "`detect`" in message.content.text and "['person', 'red car']" in message.content.text
     assert "prompt=" not in plain.messages[0].content.text  # no empty arguments invented
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments", "said"),
+    [
+        ("nope", {}, "Unknown prompt 'nope'; use one of compare_budgets, describe, find_objects or read_text."),
+        ("find_objects", {"image": "a.png"}, "The find_objects prompt needs 'labels'."),
+        ("read_text", {}, "The read_text prompt needs 'image'."),
+        ("read_text", {"image": "a.png", "labels": "x"}, "The read_text prompt has no argument 'labels'; it takes 'image', 'budget'."),
+    ],
+)
+async def test_a_wrong_prompt_request_is_invalid_params_in_one_sentence(images, name, arguments, said):
+    # the SDK alone answers these with "Internal server error" (and a traceback in the log)
+    async with Client(server_on(images, "none")) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.get_prompt(name, arguments)
+    assert (refused.value.error.code, refused.value.error.message) == (INVALID_PARAMS, said)
 
 
 async def test_completion_of_budgets_labels_images_and_pictures(tiny_gemma4, images):

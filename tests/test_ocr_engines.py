@@ -87,7 +87,7 @@ async def test_mcp_ocr_reads_rendered_text_back_exactly_with_no_model(page):
         no_model = await client.call_tool("describe", {"images": [str(path)]})
         # named as the server's model setting, not as a command-line flag the client does not have
     assert no_model.is_error and "(model none)" in no_model.content[0].text and "--" not in no_model.content[0].text
-    assert no_model.structured_content == {"error": "unsupported", "param": "model"}
+    assert no_model.meta["vlm-agent/error"] == {"code": "unsupported", "param": "model"}
 
 
 @needs_rapidocr

@@ -91,7 +91,7 @@ def serve_args(base_url: str, max_queue: int, *extra: str) -> list[str]:
 
 def is_busy(answer: dict) -> bool:
     result = answer.get("result", {})
-    return bool(result.get("isError")) and (result.get("structuredContent") or {}).get("error") == "busy"
+    return bool(result.get("isError")) and ((result.get("_meta") or {}).get("vlm-agent/error") or {}).get("code") == "busy"
 
 
 def describe(id_: int, progress: bool = False, **arguments: object) -> bytes:

@@ -247,7 +247,7 @@ async def test_compare_budgets_is_refused_clearly_rather_than_run_identically(en
             refused = await client.call_tool("compare_budgets", arguments)
         assert refused.is_error and expected in refused.content[0].text, refused.content
         assert "\n" not in refused.content[0].text and "--" not in refused.content[0].text
-        assert refused.structured_content["param"] == "budgets_supported"
+        assert refused.meta["vlm-agent/error"]["param"] == "budgets_supported"
 
 
 def test_a_model_the_engine_does_not_serve_is_named(engine_url):

@@ -918,10 +918,12 @@ def _clean(text: str) -> str:
 
 
 def _show(ref: str) -> str:
-    """A user reference quoted for a message: one line, at most ~60 characters."""
+    """A user reference quoted for a message: one line, at most ~60 characters. A long one keeps
+    its start (the scheme, the top folders) and its end (the file name), where people look."""
     text = _clean(ref)
     if len(text) > _SHOW_MAX:
-        text = text[: _SHOW_MAX - 1] + "…"
+        head = _SHOW_MAX // 3
+        text = text[:head] + "…" + text[len(text) - (_SHOW_MAX - head - 1):]
     return f"'{text}'"
 
 
