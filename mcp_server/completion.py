@@ -15,7 +15,6 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp_types import Completion, CompletionArgument, CompletionContext, ResourceTemplateReference
 
-from tools.budgets import GEMMA4_BUDGETS
 
 from . import pictures
 
@@ -60,7 +59,8 @@ def complete_list(value: str, known: list[str]) -> list[str]:
 def candidates(argument: str, value: str, engine: Any, seen: Seen, out_dir: Path) -> list[str]:
     if argument == "budget":
         vision = engine.vision
-        budgets = (vision.model_info().get("budgets") if vision is not None else None) or GEMMA4_BUDGETS
+        # The model's own budgets, once it has loaded: until then there is nothing to offer.
+        budgets = (vision.model_info().get("budgets") if vision is not None else None) or ()
         return [str(b) for b in budgets if str(b).startswith(value.strip())]
     if argument in ("labels", "label"):
         return complete_list(value, seen.labels)
