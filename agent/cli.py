@@ -20,9 +20,9 @@ from urllib.parse import urlparse
 
 from agent.terminal import TerminalConsole
 from tools.about import package_version
-from tools.budgets import GEMMA4_BUDGETS
 from tools.errors import InvalidRequest, VlmError
-from tools.families import BY_FAMILY, TINY
+from tools.families import BY_FAMILY, DIALECTS, TINY
+from tools.families.base import BudgetedChatDialect
 from tools.model import DEFAULT_ENGINE_FAMILY, DEFAULT_MODEL, NO_MODEL
 from tools.ocr_engines import ENGINES
 from tools.options import PRESETS, resolve_options
@@ -212,15 +212,26 @@ def tiles_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def budgets_help() -> str:
+    """What each family with budgets takes, from the registry: "Gemma 4, Qwen3-VL: 70 / ... / 1120, default 280"."""
+    by_values: dict[tuple[tuple[int, ...], int], list[str]] = {}
+    for dialect in DIALECTS:
+        if issubclass(dialect, BudgetedChatDialect):
+            by_values.setdefault((dialect.budget_values, dialect.default_budget), []).append(dialect.display_name)
+    return "; ".join(
+        f"{', '.join(names)}: {' / '.join(map(str, values))}, default {default}"
+        for (values, default), names in by_values.items()
+    )
+
+
 def call_options(parser: argparse.ArgumentParser) -> None:
     model_option(parser)
     parser.add_argument(
         "--budget",
         type=budget_value,
         default=None,
-        help=f"visual-token budget for families that take one (Gemma 4: {' / '.join(map(str, GEMMA4_BUDGETS))}, "
-        "default 280), or auto: the smallest that keeps what the task needs; PaliGemma and BLIP-2 have a fixed "
-        "resolution and take none",
+        help=f"visual-token budget for families that take one ({budgets_help()}), or auto: the smallest that "
+        "keeps what the task needs; PaliGemma and BLIP-2 have a fixed resolution and take none",
     )
     generation_options(parser)
     parser.add_argument(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tools import prompts
+from tools.families import gemma4
 from tools.families.gemma4 import Gemma4Runtime, image_inputs, left_pad
 from tools.model import Model
 from tools.runtimes.local import LocalRuntime
@@ -234,9 +234,9 @@ def tasks(bench: Bench, budget: int = 280) -> Outcome:
     vision = bench.vision
     steps: list[tuple[str, Callable[[], Any], str]] = [
         ("describe", lambda: vision.describe([path], QUESTIONS[0], budget=budget, options=bench.options), QUESTIONS[0]),
-        ("ocr", lambda: vision.ocr(path, budget=budget, options=bench.options), prompts.GEMMA4_OCR),
+        ("ocr", lambda: vision.ocr(path, budget=budget, options=bench.options), gemma4.OCR),
         ("detect", lambda: vision.detect(path, LABELS, budget=budget, options=bench.options),
-         prompts.gemma4_detect(LABELS)),
+         gemma4.detect_text(LABELS)),
     ]
     ours: list[list[Timing]] = [[] for _ in steps]
     seed: list[list[Timing]] = [[] for _ in steps]

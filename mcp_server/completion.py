@@ -18,7 +18,6 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CompleteRequestParams, CompleteResult, Completion, PromptReference
 
-from tools.budgets import GEMMA4_BUDGETS
 
 from . import pictures
 from .owners import Owner
@@ -50,7 +49,8 @@ def candidates(argument: str, value: str, engine: Any, owner: Owner, out_dir: Pa
     """The values for ``argument``, lazily: the caller takes only as many as an answer holds."""
     if argument == "budget":
         vision = engine.vision
-        budgets = (vision.model_info().get("budgets") if vision is not None else None) or GEMMA4_BUDGETS
+        # The model's own budgets, once it has loaded: until then there is nothing to offer.
+        budgets = (vision.model_info().get("budgets") if vision is not None else None) or ()
         return (str(b) for b in budgets if str(b).startswith(value.strip()))
     if argument == "labels":
         return complete_list(value, owner.labels.newest_first())

@@ -14,14 +14,12 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, Prompt
 from pydantic import Field
 
-from tools.budgets import GEMMA4_BUDGETS
-
 IMAGE = Annotated[
     str, Field(description="the image: a path inside the server's allowed folders, an http(s) URL, or an image_id")
 ]
 BUDGET = Annotated[
     str,
-    Field(description=f"visual-token budget ({' / '.join(map(str, GEMMA4_BUDGETS))}); empty: the default"),
+    Field(description="visual-token budget, one of the model's (vlm-agent://model lists them); empty: the default"),
 ]
 
 

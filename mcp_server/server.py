@@ -30,7 +30,6 @@ from pydantic_core import PydanticCustomError
 
 from tools.about import package_version
 from tools.outputs import OutputLimits, picture_name, prune
-from tools.budgets import GEMMA4_BUDGETS
 from tools.detections import Detection
 from tools.drawing import fit_for_client
 from tools.errors import VlmError
@@ -571,7 +570,9 @@ async def compare_budgets(
         str, Field(description="the question (describe) or the comma-separated labels (detect); unused for ocr")
     ] = "",
     task: Annotated[Literal["describe", "ocr", "detect"], Field(description="which tool to compare")] = "describe",
-    budgets: Annotated[list[int], Field(description="budgets to run, from the model's budgets")] = list(GEMMA4_BUDGETS),
+    budgets: Annotated[
+        list[int] | None, Field(description="budgets to run, from the model's budgets; empty: all of them")
+    ] = None,
     max_new_tokens: MaxNewTokens = 512,
 ) -> Annotated[CallToolResult, CompareResult]:
     """Run one image and prompt at several visual-token budgets and compare them side by side.

@@ -6,7 +6,8 @@ import pytest
 
 from tests.conftest import sample_image
 from tools import auto_budget
-from tools.budgets import GEMMA4_BUDGETS, gemma4_seen_size
+from tools.families.gemma4 import BUDGETS as GEMMA4_BUDGETS
+from tools.families.gemma4 import encoder_size as gemma4_seen_size
 from tools.errors import InvalidRequest
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions

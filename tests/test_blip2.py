@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import boxes, record_prompts, run, sample_image, sample_input
-from tools import prompts
+from tools.families import blip2
 from tools.errors import InvalidRequest, Unsupported
 from tools.families.blip2 import Blip2
 from tools.model import Model, load_model
@@ -94,7 +94,7 @@ def test_context_is_trimmed_to_512_tokens_keeping_the_newest_pairs(blip2_backend
     assert 0 < kept < 20
     assert generation.prompt_tokens == count_tokens(blip2_backend, sent) <= 512
     # the newest pairs, in order, then this turn; one pair more would not have fit
-    pairs = [pair for pair, _ in prompts.blip2_pairs([(t.role, t.text) for t in history])]
+    pairs = [pair for pair, _ in blip2.pairs_of([(t.role, t.text) for t in history])]
     assert sent == " ".join([*pairs[dropped:], "Question: And the last one? Answer:"])
     assert count_tokens(blip2_backend, pairs[dropped - 1] + " " + sent) > 512
     assert any(f"dropped the {dropped} oldest question/answer pairs" in note and "512" in note for note in generation.notes)
@@ -124,7 +124,7 @@ def test_no_image_at_all_is_refused(blip2_backend):
 def test_ocr_asks_a_reading_question_and_says_so(blip2_backend, monkeypatch):
     texts = record_prompts(monkeypatch, blip2_backend)
     generation = run(blip2_backend, "ocr", [sample_image()], options=SHORT).generation
-    assert texts == [prompts.BLIP2_OCR]
+    assert texts == [blip2.OCR]
     assert any("no reading task" in note for note in generation.notes)
 
 

@@ -30,7 +30,7 @@ from tools.errors import InvalidRequest
 from tools.scope import Scope, owned_by
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
-from tools.prompts import CHAT_SYSTEM, CHAT_TOOLS
+from tools.toolcalls import CHAT_SYSTEM, CHAT_TOOLS
 from tools.vision import Vision
 
 FORCED = GenerationOptions(max_new_tokens=6, min_new_tokens=6)

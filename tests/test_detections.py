@@ -6,15 +6,11 @@ import json
 
 import pytest
 
-from tools.detections import (
-    GEMMA4_GRID,
-    PALIGEMMA_GRID,
-    Detection,
-    from_box_2d_json,
-    from_loc_tokens,
-    iou,
-    match_f1,
-)
+from tools.detections import Detection, from_json_boxes, iou, match_f1
+from tools.families.gemma4 import GRID as GEMMA4_GRID
+from tools.families.gemma4 import from_box_2d_json
+from tools.families.paligemma import GRID as PALIGEMMA_GRID
+from tools.families.paligemma import from_loc_tokens
 from tools.errors import InvalidRequest
 
 FENCE = "```"
@@ -280,7 +276,7 @@ def test_fractional_values_are_kept_in_box_normalized():
 
 
 def test_other_grid():
-    parsed = from_box_2d_json('[{"box_2d": [0, 0, 512, 1024]}]', (100, 50), grid=1024)
+    parsed = from_json_boxes('[{"box_2d": [0, 0, 512, 1024]}]', (100, 50), key="box_2d", order="yx", grid=1024)
     assert boxes(parsed) == [("object", (0, 0, 100, 25))]
 
 

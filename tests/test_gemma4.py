@@ -8,7 +8,8 @@ from tests.conftest import boxes, run, sample_image, sample_input
 from tools.model import load_model
 from tools.runtimes.local import local_messages
 from tools.tasks import Ask, Turn
-from tools.budgets import GEMMA4_BUDGETS, square_image_tokens
+from tools.families.gemma4 import BUDGETS as GEMMA4_BUDGETS
+from tools.families.gemma4 import square_image_tokens
 from tools.errors import InvalidRequest, ModelNotFound, Unsupported
 from tools.options import GenerationOptions
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from agent.cli import cli_words, main
 from tests.conftest import boxes, run, sample_image, sample_input
-from tools.budgets import gemma4_seen_size
+from tools.families.gemma4 import encoder_size as gemma4_seen_size
 from tools.errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound, Unsupported, VlmError
 from tools.families.gemma4 import Gemma4
 from tools.images import AccessPolicy, ImageInput, ImageLoader

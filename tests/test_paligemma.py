@@ -10,7 +10,7 @@ from tests.conftest import boxes, model_says, record_prompts, run, sample_image,
 from tools.families.paligemma import PaliGemma
 from tools.model import load_model
 from tools.tasks import Turn
-from tools.detections import from_loc_tokens
+from tools.families.paligemma import from_loc_tokens
 from tools.errors import InvalidRequest
 from tools.images import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions, resolve_options

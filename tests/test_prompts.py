@@ -1,8 +1,8 @@
-"""Prompt builders against exact strings."""
+"""Each family's prompt builders against exact strings."""
 
 import pytest
 
-from tools import prompts
+from tools.families import base, blip2, gemma4, paligemma
 from tools.errors import InvalidRequest
 
 
@@ -15,18 +15,18 @@ from tools.errors import InvalidRequest
     ],
 )
 def test_gemma4_detect_prompt(labels, expected):
-    assert prompts.gemma4_detect(labels) == expected
+    assert gemma4.detect_text(labels) == expected
 
 
 def test_gemma4_ocr_prompt_asks_for_reading_order_and_original_script():
-    assert "reading order" in prompts.GEMMA4_OCR and "original language" in prompts.GEMMA4_OCR
+    assert "reading order" in gemma4.OCR and "original language" in gemma4.OCR
 
 
 def test_gemma4_empty_prompt_asks_for_a_description():
-    assert prompts.gemma4_describe("", 1) == "Describe this image."
-    assert prompts.gemma4_describe("", 2) == "Describe these images."
-    assert prompts.gemma4_describe("", 0) == "Describe these images."
-    assert prompts.gemma4_describe("Why?", 1) == "Why?"
+    assert base.describe_text("", 1) == "Describe this image."
+    assert base.describe_text("", 2) == "Describe these images."
+    assert base.describe_text("", 0) == "Describe these images."
+    assert base.describe_text("Why?", 1) == "Why?"
 
 
 # ---------------------------------------------------------------- PaliGemma
@@ -66,13 +66,13 @@ def test_gemma4_empty_prompt_asks_for_a_description():
     ],
 )
 def test_paligemma_describe_prefix(prompt, lang, expected):
-    assert prompts.paligemma_describe(prompt, lang) == expected
+    assert paligemma.describe_text(prompt, lang) == expected
 
 
 @pytest.mark.parametrize("lang", ["english", "EN", "", "e", "en us", "en\n"])
 def test_paligemma_language_must_be_a_code(lang):
     with pytest.raises(InvalidRequest, match="language code"):
-        prompts.paligemma_describe("", lang)
+        paligemma.describe_text("", lang)
 
 
 @pytest.mark.parametrize(
@@ -85,15 +85,15 @@ def test_paligemma_language_must_be_a_code(lang):
     ],
 )
 def test_paligemma_detect_prefix(labels, expected):
-    assert prompts.paligemma_detect(labels) == expected
+    assert paligemma.detect_text(labels) == expected
 
 
 def test_paligemma_segment_and_ocr_prefixes():
-    assert prompts.paligemma_segment("cat") == "segment cat"
-    assert prompts.PALIGEMMA_OCR == "ocr"
+    assert paligemma.segment_text("cat") == "segment cat"
+    assert paligemma.OCR == "ocr"
 
 
-@pytest.mark.parametrize("build", [lambda: prompts.paligemma_detect(["cat", "a;b"]), lambda: prompts.paligemma_segment("a ; b")])
+@pytest.mark.parametrize("build", [lambda: paligemma.detect_text(["cat", "a;b"]), lambda: paligemma.segment_text("a ; b")])
 def test_paligemma_label_with_separator_is_refused(build):
     with pytest.raises(InvalidRequest, match="PaliGemma separates labels with ';'"):
         build()
@@ -118,7 +118,7 @@ def test_paligemma_label_with_separator_is_refused(build):
     ],
 )
 def test_blip2_turn(prompt, expected):
-    assert prompts.blip2_turn(prompt) == expected
+    assert blip2.turn_text(prompt) == expected
 
 
 @pytest.mark.parametrize(
@@ -131,7 +131,7 @@ def test_blip2_turn(prompt, expected):
     ],
 )
 def test_blip2_pair(question, answer, expected):
-    assert prompts.blip2_pair(question, answer) == expected
+    assert blip2.pair_text(question, answer) == expected
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_blip2_pair(question, answer, expected):
     ],
 )
 def test_blip2_pairs_from_turns(turns, expected):
-    assert prompts.blip2_pairs(turns) == expected
+    assert blip2.pairs_of(turns) == expected
 
 
 def words(text: str) -> int:
@@ -158,10 +158,10 @@ def words(text: str) -> int:
 
 def test_blip2_chat_is_the_write_ups_concatenation():
     pairs = [
-        prompts.blip2_pair("What is a dinosaur holding?", "a torch"),
-        prompts.blip2_pair("Where are they?", "In the woods."),
+        blip2.pair_text("What is a dinosaur holding?", "a torch"),
+        blip2.pair_text("Where are they?", "In the woods."),
     ]
-    assert prompts.blip2_chat(pairs, prompts.blip2_turn("What for?"), words) == (
+    assert blip2.fit_chat(pairs, blip2.turn_text("What for?"), words) == (
         "Question: What is a dinosaur holding? Answer: a torch. Question: Where are they? Answer: In the woods. "
         "Question: What for? Answer:",
         0,
@@ -186,12 +186,12 @@ PAIRS = ["one two", "three four", "five six"]
     ],
 )
 def test_blip2_chat_drops_the_oldest_pairs_first(current, limit, expected, dropped):
-    assert prompts.blip2_chat(PAIRS, current, words, limit) == (expected, dropped)
+    assert blip2.fit_chat(PAIRS, current, words, limit) == (expected, dropped)
 
 
 def test_blip2_chat_never_drops_the_current_turn():
     with pytest.raises(InvalidRequest, match="BLIP-2"):
-        prompts.blip2_chat(PAIRS, "seven eight", words, 1)
+        blip2.fit_chat(PAIRS, "seven eight", words, 1)
 
 
 def test_blip2_chat_counts_the_whole_prompt_each_time():
@@ -201,5 +201,5 @@ def test_blip2_chat_counts_the_whole_prompt_each_time():
         seen.append(text)
         return words(text) + 10  # e.g. the image's query tokens
 
-    assert prompts.blip2_chat(PAIRS, "seven", count, 15) == ("three four five six seven", 1)
+    assert blip2.fit_chat(PAIRS, "seven", count, 15) == ("three four five six seven", 1)
     assert seen == ["one two three four five six seven", "three four five six seven"]

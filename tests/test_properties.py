@@ -23,10 +23,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tools import images
-from tools.detections import ParsedDetections, from_box_2d_json, from_loc_tokens
+from tools.detections import ParsedDetections, from_json_boxes
+from tools.families.gemma4 import from_box_2d_json
+from tools.families.paligemma import from_loc_tokens
 from tools.errors import InvalidRequest, VlmError
 from tools.images import AccessPolicy, ImageLoader
-from tools.prompts import blip2_chat, blip2_pairs
+from tools.families.blip2 import fit_chat as blip2_chat
+from tools.families.blip2 import pairs_of as blip2_pairs
 from tools.vision import check_labels, check_text
 
 FAST = settings(max_examples=200, deadline=None)
@@ -111,7 +114,10 @@ def test_loc_token_parser_never_raises_and_keeps_boxes_inside(text: str, size: t
     grid=st.one_of(st.integers(-3, 2000), st.floats(), st.none()),
 )
 def test_parsers_refuse_nonsense_sizes_and_grids_only_with_our_error(text: str, size, grid) -> None:
-    for parse in (from_box_2d_json, from_loc_tokens):
+    def box_2d(text: str, size, grid) -> ParsedDetections:
+        return from_json_boxes(text, size, key="box_2d", order="yx", grid=grid)
+
+    for parse in (box_2d, from_loc_tokens):
         try:
             parse(text, size, grid)
         except InvalidRequest:

@@ -1,14 +1,12 @@
-"""Read boxes out of what a vision-language model wrote.
+"""The one detection type, and the machinery every family's box reader shares.
 
-Two dialects:
+A family's module says how its models write boxes (``tools.families``): Gemma 4 and Qwen3-VL
+write JSON items whose box sits under one key, in an order, on a grid (``from_json_boxes``
+reads them all); PaliGemma writes location tokens and reads them with ``Collector`` itself.
 
-- Gemma 4 writes JSON, ``[{"box_2d": [y1, x1, y2, x2], "label": "cat"}]``, on a 0..1000 grid.
-- PaliGemma writes location tokens, ``<loc0256><loc0128><loc0768><loc0896> cat ; ...``,
-  on a 1024 grid, optionally followed by 16 ``<segNNN>`` mask codes.
-
-Model output is untrusted text, so the parsers never raise on it: they keep every
+Model output is untrusted text, so the readers never raise on it: they keep every
 item they can read and give, in ``dropped``, one reason for each item (or part of
-an item) they left out. Decisions shared by both parsers:
+an item) they left out. Decisions shared by every reader:
 
 - a missing or empty label becomes ``"object"``: the box is the useful part, and
   ``raw`` still shows what the model wrote;
@@ -25,22 +23,16 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from .errors import InvalidRequest
 
-#: Gemma 4 box_2d values run 0..1000 inclusive: real outputs reach 1000 at the right edge.
-GEMMA4_GRID = 1000
-#: PaliGemma <locNNNN> tokens are 1024 bins, 0000..1023.
-PALIGEMMA_GRID = 1024
 DEFAULT_LABEL = "object"
-#: PaliGemma's mask decoder takes exactly this many <segNNN> codes.
-SEG_CODES = 16
+#: which coordinate a family writes first: y (y1, x1, y2, x2) or x (x1, y1, x2, y2)
+BoxOrder = Literal["yx", "xy"]
 
-_LOC_ITEM = re.compile(r"((?:<loc\d{4}>\s*)+)((?:<seg\d{3}>\s*)*)([^;<]*)")
-_NUMBER_TOKEN = re.compile(r"\d+")
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 
 
@@ -112,11 +104,11 @@ class ParsedDetections:
         }
 
 
-class _Drop(Exception):
+class Drop(Exception):
     """An item is left out; the message is the reason."""
 
 
-class _Collector:
+class Collector:
     """Turns grid-unit boxes into Detections, and keeps the account of what was dropped."""
 
     def __init__(self, image_size: tuple[int, int], grid: int) -> None:
@@ -136,15 +128,15 @@ class _Collector:
     def add(
         self, number: int, label: str, yxyx: Sequence[float], raw: str, seg_codes: tuple[int, ...] = ()
     ) -> None:
-        """Add one item given as y1, x1, y2, x2 in grid units; raises _Drop to leave it out."""
+        """Add one item given as y1, x1, y2, x2 in grid units; raises Drop to leave it out."""
         y1, x1, y2, x2 = (min(max(v, 0.0), float(self.grid)) for v in yxyx)
         x1, x2 = sorted((x1, x2))
         y1, y2 = sorted((y1, y2))
         if x1 == x2 or y1 == y2:
-            raise _Drop(f"zero-area box (after clamping to 0..{self.grid})")
+            raise Drop(f"zero-area box (after clamping to 0..{self.grid})")
         key = (label, (x1, y1, x2, y2))
         if key in self._first_seen:
-            raise _Drop(f"duplicate of item {self._first_seen[key]}")
+            raise Drop(f"duplicate of item {self._first_seen[key]}")
         self._first_seen[key] = number
         width, height = self.image_size
         self.detections.append(
@@ -171,7 +163,7 @@ class _Collector:
         return ParsedDetections(self.detections, self.dropped, self.image_size)
 
 
-def _label(value: Any) -> str:
+def label_of(value: Any) -> str:
     text = " ".join(str(value).split()) if isinstance(value, (str, int, float)) else ""
     return text or DEFAULT_LABEL
 
@@ -187,35 +179,39 @@ def from_pixel_box(label: str, box: Sequence[float], image_size: tuple[int, int]
     return Detection(label=label, box=(x1, y1, x2, y2), box_normalized=normalized, raw=raw)
 
 
-# ---------------------------------------------------------------- Gemma 4 JSON
+# ---------------------------------------------------------------- JSON items
 
 
-def from_box_2d_json(text: str, image_size: tuple[int, int], grid: int = GEMMA4_GRID) -> ParsedDetections:
-    """Detections from Gemma 4's ``{"box_2d": [y1, x1, y2, x2], "label": ...}`` items.
+def from_json_boxes(
+    text: str, image_size: tuple[int, int], *, key: str, order: BoxOrder, grid: int
+) -> ParsedDetections:
+    """Detections from JSON items ``{KEY: [four numbers], "label": ...}`` on ``grid``, ``order`` first.
 
     Every JSON object in the text is read, wherever it is: inside or outside code
     fences, in every fenced block, in a list, alone, or wrapped in another object.
     So prose, fences and stray brackets need no special case, and a model that
     repeats its block gets its repeats dropped as duplicates. An object left open
     at the end (truncated output) is reported, and the complete ones before it kept.
+    An item under another family's key is dropped with its reason, never read in the
+    wrong order.
     """
-    out = _Collector(image_size, grid)
-    found, truncated = _json_items(text)
+    out = Collector(image_size, grid)
+    found, truncated = json_items(text, key)
     for number, (raw, item) in enumerate(found, start=1):
         try:
-            yxyx = _box_2d(item)
-            out.add(number, _label(item.get("label")), yxyx, raw)
-        except _Drop as reason:
+            a, b, c, d = box_numbers(item, key)
+            out.add(number, label_of(item.get("label")), (a, b, c, d) if order == "yx" else (b, a, d, c), raw)
+        except Drop as reason:
             out.drop(number, str(reason))
     if truncated:
         out.dropped.append("truncated output: 1 incomplete item ignored")
     return out.result()
 
 
-def _json_items(text: str) -> tuple[list[tuple[str, Any]], bool]:
+def json_items(text: str, key: str) -> tuple[list[tuple[str, Any]], bool]:
     """(raw text, decoded object or None) per item, and whether the text ends inside an item.
 
-    An item is an object holding "box_2d", or an innermost object (holding no
+    An item is an object holding ``key``, or an innermost object (holding no
     other object), which is reported as dropped when it has no box. Any other
     object is a wrapper, and the scan goes on inside it.
     """
@@ -234,8 +230,8 @@ def _json_items(text: str) -> tuple[list[tuple[str, Any]], bool]:
         innermost = "{" not in chunk[1:]
         # Decoding every wrapper of deeply nested output would be quadratic; one without the
         # word cannot hold a box itself.
-        decoded = _loads(chunk) if innermost or "box_2d" in chunk else None
-        if innermost or (isinstance(decoded, dict) and "box_2d" in decoded):
+        decoded = _loads(chunk) if innermost or key in chunk else None
+        if innermost or (isinstance(decoded, dict) and key in decoded):
             items.append((chunk, decoded))
             start = text.find("{", end)
         else:
@@ -298,20 +294,21 @@ def _loads(chunk: str) -> Any:
         return None
 
 
-def _box_2d(item: Any) -> list[float]:
+def box_numbers(item: Any, key: str) -> list[float]:
+    """The four numbers under ``key`` of a decoded item; raises Drop with the reason it has none."""
     if item is None:
-        raise _Drop("not valid JSON")
-    if not isinstance(item, dict) or "box_2d" not in item:
-        raise _Drop("no box_2d")
-    box = item["box_2d"]
+        raise Drop("not valid JSON")
+    if not isinstance(item, dict) or key not in item:
+        raise Drop(f"no {key}")
+    box = item[key]
     if not isinstance(box, list):
-        raise _Drop("box_2d is not a list")
+        raise Drop(f"{key} is not a list")
     if len(box) != 4:
-        raise _Drop(f"box has {len(box)} numbers, need 4")
-    return [_number(value) for value in box]
+        raise Drop(f"box has {len(box)} numbers, need 4")
+    return [number_of(value) for value in box]
 
 
-def _number(value: Any) -> float:
+def number_of(value: Any) -> float:
     number = math.nan
     try:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -323,37 +320,8 @@ def _number(value: Any) -> float:
     # json.loads accepts NaN and Infinity, which have no place on a grid
     if not math.isfinite(number):
         shown = repr(value)
-        raise _Drop(f"box has a non-numeric value {shown if len(shown) <= 40 else shown[:39] + '…'}")
+        raise Drop(f"box has a non-numeric value {shown if len(shown) <= 40 else shown[:39] + '…'}")
     return number
-
-
-# ---------------------------------------------------------------- PaliGemma tokens
-
-
-def from_loc_tokens(text: str, image_size: tuple[int, int], grid: int = PALIGEMMA_GRID) -> ParsedDetections:
-    """Detections from PaliGemma's ``<locY1><locX1><locY2><locX2>[16 <segNNN>] label ; ...``.
-
-    An item is a run of <loc> tokens, the <seg> tokens after it, and the text up to
-    the next ``;`` or token; text with no <loc> token (an echoed prompt, ``<eos>``)
-    is not an item. A run of other than 4 <loc> tokens is dropped. A box with
-    other than 16 <seg> codes is kept without them, and the codes reported dropped.
-    """
-    out = _Collector(image_size, grid)
-    for number, match in enumerate(_LOC_ITEM.finditer(text), start=1):
-        locs, segs, label = match.groups()
-        yxyx = [float(v) for v in _NUMBER_TOKEN.findall(locs)]
-        codes = tuple(int(v) for v in _NUMBER_TOKEN.findall(segs))
-        whole_mask = len(codes) in (0, SEG_CODES)
-        try:
-            if len(yxyx) != 4:
-                raise _Drop(f"box has {len(yxyx)} <loc> tokens, need 4")
-            out.add(number, _label(label), yxyx, match.group(0).strip(), codes if whole_mask else ())
-        except _Drop as reason:
-            out.drop(number, str(reason))
-            continue
-        if not whole_mask:
-            out.drop(number, f"{len(codes)} <seg> tokens, need {SEG_CODES}: mask codes ignored, box kept")
-    return out.result()
 
 
 # ---------------------------------------------------------------- comparing results

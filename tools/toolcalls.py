@@ -1,4 +1,4 @@
-"""Gemma 4's native function calling: tool declarations out, tool calls back in.
+"""The chat's tools: their declarations out (``CHAT_TOOLS``), and Gemma 4's native tool calls back in.
 
 Gemma 4 writes a call as ``<|tool_call>call:NAME{key:<|"|>text<|"|>,n:3}<tool_call|>``:
 object keys unquoted, strings between ``<|"|>`` delimiters, everything else JSON.
@@ -17,6 +17,42 @@ CALL_RE = re.compile(r"<\|tool_call>call:(?P<name>[A-Za-z_][\w.-]*)(?P<body>.*?)
 STRING_DELIM = '<|"|>'
 BARE_KEY_RE = re.compile(r"([{,]\s*)([A-Za-z_][\w.-]*)(\s*:)")
 SPECIAL_RE = re.compile(r"<\|?[a-z_\"]+\|?>")
+
+
+def _function(name: str, description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
+
+
+#: What the chat agent offers Gemma 4 through its native function calling. The images
+#: are the conversation's; the model only picks the tool and its words.
+CHAT_TOOLS: list[dict[str, Any]] = [
+    _function(
+        "describe", "Describe the attached images or answer a question about them.",
+        {"prompt": {"type": "string", "description": "the question or instruction"}}, ["prompt"],
+    ),
+    _function("ocr", "Read all text in the attached image, in reading order.", {}, []),
+    _function(
+        "detect", "Find, locate or count objects in the attached image; returns labelled boxes.",
+        {"labels": {"type": "array", "items": {"type": "string"}, "description": "object names, e.g. ['car']"}},
+        ["labels"],
+    ),
+    _function(
+        "compare_budgets", "Compare the answer at several visual-token budgets (image detail levels).",
+        {"prompt": {"type": "string", "description": "the question to compare"}}, [],
+    ),
+]
+
+CHAT_SYSTEM = (
+    "You are a vision assistant with tools over the user's images. Call exactly one tool that best answers "
+    "the user's message."
+)
 
 
 @dataclass(frozen=True)

@@ -659,7 +659,7 @@ class Vision:
         task: str = "describe",
         prompt: str = "",
         labels: Sequence[str] = (),
-        budgets: Sequence[int] = (70, 140, 280, 560, 1120),
+        budgets: Sequence[int] | None = None,
         options: GenerationOptions | None = None,
         picture_path: str | Path | None = None,
         progress: Progress | None = None,
@@ -672,7 +672,7 @@ class Vision:
         started = time.perf_counter()
         if task not in compare.METRICS:
             raise InvalidRequest(f"Task {task!r} cannot be compared; use describe, ocr or detect.", param="task")
-        chosen = self.check_budgets(budgets)
+        chosen = self.check_budgets(self.model.capabilities.budgets if budgets is None else budgets)
         prompt = self._plain(check_text(prompt, "The prompt", "prompt").strip())
         if task == "detect":
             # A detection prompt may carry its labels: "person, car".

@@ -113,6 +113,22 @@ class Dialect(ABC):
 # -- helpers the dialects share ---------------------------------------------------------------
 
 
+def one_line(text: str) -> str:
+    """The text with every run of whitespace, line breaks included, as one space.
+
+    PaliGemma ends its prefix at the first line break, and BLIP-2's question/answer pairs are
+    one line each: a line break inside would cut the request short.
+    """
+    return " ".join(text.split())
+
+
+def describe_text(prompt: str, images: int) -> str:
+    """The prompt as given, or a request for a description when it is empty (chat-template families)."""
+    if prompt:
+        return prompt
+    return "Describe this image." if images == 1 else "Describe these images."
+
+
 def image_part(image: ImageInput) -> Part:
     return {"type": "image", "image": image}
 

@@ -1,5 +1,9 @@
 """Gemma 4: its chat template, per-call visual-token budgets, ``box_2d`` detections, native tool calls.
 
+Budgets. A budget caps the soft tokens an image becomes: the encoder sees at most
+``budget * 9`` 16-px patches, pooled 3x3, so a square image gives
+``floor(sqrt(budget))**2`` tokens (64 / 121 / 256 / 529 / 1089).
+
 The dialect (``Gemma4``) runs on any runtime. On the local one it brings its own runtime
 (``Gemma4Runtime``), which does no work twice: each image is encoded once per budget
 (``tools.cache.VisionCache``) and reaches the model as features (``mm_encoder_outputs``), so a
@@ -13,12 +17,11 @@ task at several budgets as one left-padded batch.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import prompts
-from ..budgets import DEFAULT_BUDGET, GEMMA4_BUDGETS, GEMMA4_PATCH, GEMMA4_POOLING, gemma4_seen_size
 from ..cache import (
     DynamicPrefixCache,
     EncodedImage,
@@ -28,16 +31,56 @@ from ..cache import (
     VisionCache,
     image_blocks,
 )
-from ..detections import GEMMA4_GRID, ParsedDetections, from_box_2d_json
+from ..detections import ParsedDetections, from_json_boxes
 from ..errors import InvalidRequest
 from ..images import ImageInput
 from ..options import GenerationOptions
 from ..results import CacheReport
 from ..runtimes.local import LocalRuntime, cache_kwarg, local_messages
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Progress, Prompt, Stopwatch
-from ..toolcalls import parse_reply
-from .base import BudgetedChatDialect, TokenCounter, chat_messages
+from ..toolcalls import CHAT_SYSTEM, CHAT_TOOLS, parse_reply
+from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text
 
+
+#: the visual-token budgets a call may ask for, and the one a call without a budget gets
+BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
+DEFAULT_BUDGET = 280
+#: the image processor: 16-px patches, pooled 3x3 into one soft token
+PATCH = 16
+POOLING = 3
+#: box_2d values run 0..1000 inclusive: real outputs reach 1000 at the right edge
+GRID = 1000
+
+OCR = (
+    "Read all the text in this image, in reading order, in its original language and script. "
+    "Keep the line breaks. Output only the text."
+)
+
+
+def detect_text(labels: Sequence[str]) -> str:
+    """The detection request the Gemma 4 guide uses ("detect person and car, output only ```json")."""
+    names = list(labels)
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"detect {listed}, output only ```json"
+
+
+def square_image_tokens(budget: int) -> int:
+    """Image tokens a square image gets at ``budget``: at most ``budget * 9`` patches, pooled 3x3."""
+    return math.isqrt(budget) ** 2
+
+
+def encoder_size(size: tuple[int, int], budget: int, patch: int = PATCH, pooling: int = POOLING) -> tuple[int, int]:
+    """(width, height) Gemma 4's vision encoder sees an image of ``size`` at ``budget``."""
+    from transformers.models.gemma4.image_processing_gemma4 import get_aspect_ratio_preserving_size
+
+    width, height = size
+    h, w = get_aspect_ratio_preserving_size(height, width, patch, budget * pooling**2, pooling)
+    return w, h
+
+
+def from_box_2d_json(text: str, size: tuple[int, int]) -> ParsedDetections:
+    """Boxes from Gemma 4's ``{"box_2d": [y1, x1, y2, x2], "label": ...}`` items, y first, on a 0..1000 grid."""
+    return from_json_boxes(text, size, key="box_2d", order="yx", grid=GRID)
 
 
 class Gemma4(BudgetedChatDialect):
@@ -45,12 +88,12 @@ class Gemma4(BudgetedChatDialect):
     display_name = "Gemma 4"
     model_types = ("gemma4",)
     tasks = frozenset({"describe", "ocr", "detect", "chat"})
-    budget_values = GEMMA4_BUDGETS
+    budget_values = BUDGETS
     default_budget = DEFAULT_BUDGET
-    box_grid = GEMMA4_GRID
+    box_grid = GRID
     box_order = "yx"
 
-    def __init__(self, capabilities: Capabilities, patch: int = GEMMA4_PATCH, pooling: int = GEMMA4_POOLING) -> None:
+    def __init__(self, capabilities: Capabilities, patch: int = PATCH, pooling: int = POOLING) -> None:
         super().__init__(capabilities)
         #: the image processor's patch side and pooling, for the size the encoder sees
         self.patch, self.pooling = patch, pooling
@@ -60,8 +103,8 @@ class Gemma4(BudgetedChatDialect):
         vision = getattr(config, "vision_config", None)
         return cls(
             cls.from_config(config),
-            int(getattr(vision, "patch_size", GEMMA4_PATCH)),
-            int(getattr(vision, "pooling_kernel_size", GEMMA4_POOLING)),
+            int(getattr(vision, "patch_size", PATCH)),
+            int(getattr(vision, "pooling_kernel_size", POOLING)),
         )
 
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
@@ -69,14 +112,14 @@ class Gemma4(BudgetedChatDialect):
         system: list[Message] = []
         tools = None
         if ask.task == "detect":
-            text = prompts.gemma4_detect(ask.labels)
+            text = detect_text(ask.labels)
         elif ask.task == "ocr":
-            text = prompts.GEMMA4_OCR
+            text = OCR
         elif ask.task == "chat":
-            text, history, tools = ask.prompt, ask.history, prompts.CHAT_TOOLS
-            system = [{"role": "system", "content": prompts.CHAT_SYSTEM}]
+            text, history, tools = ask.prompt, ask.history, CHAT_TOOLS
+            system = [{"role": "system", "content": CHAT_SYSTEM}]
         else:
-            text, history = prompts.gemma4_describe(ask.prompt, len(ask.images)), ask.history
+            text, history = describe_text(ask.prompt, len(ask.images)), ask.history
         messages = [*system, *chat_messages(ask.images, text, history)]
         return Prompt(
             images=[*(image for turn in history for image in turn.images), *ask.images],
@@ -94,18 +137,18 @@ class Gemma4(BudgetedChatDialect):
         if ask.task == "chat":
             if generation.tool_calls is not None:  # an engine parsed them already
                 return Answer(generation, reply=generation.tool_calls)
-            known = {tool["function"]["name"] for tool in prompts.CHAT_TOOLS}
+            known = {tool["function"]["name"] for tool in CHAT_TOOLS}
             return Answer(generation, reply=parse_reply(generation.raw_text, known))
         return super().parse(ask, generation)
 
     def parse_boxes(self, text: str, size: tuple[int, int]) -> ParsedDetections:
-        return from_box_2d_json(text, size, grid=GEMMA4_GRID)
+        return from_box_2d_json(text, size)
 
     def seen_size(self, size: tuple[int, int], budget: int | None) -> tuple[int, int]:
         if not self.capabilities.budgets:
             return size
         budget = self.capabilities.default_budget if budget is None else budget
-        return gemma4_seen_size(size, budget, self.patch, self.pooling)
+        return encoder_size(size, budget, self.patch, self.pooling)
 
 
 def message_images(messages: Sequence[Message]) -> list[ImageInput]:

@@ -25,14 +25,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..budgets import GEMMA4_BUDGETS
-from ..detections import ParsedDetections, _Collector, _Drop, _json_items, _label, _number
+from ..detections import ParsedDetections, from_json_boxes
 from ..errors import InvalidRequest
 from ..tasks import Ask, Capabilities, Prompt, Turn, plural
-from .base import BudgetedChatDialect, TokenCounter, chat_messages
+from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text
 
 #: the same budgets as Gemma 4, so compare_budgets lines the two families up
-QWEN3_VL_BUDGETS = GEMMA4_BUDGETS
+QWEN3_VL_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
 DEFAULT_BUDGET = 280
 #: bbox_2d values are thousandths of the image's width and height
 QWEN3_VL_GRID = 1000
@@ -44,13 +43,6 @@ MAX_ASPECT = 200
 FLOOR_TOKENS = 64
 
 OCR = "Read all the text in the image, in reading order. Keep the line breaks and output only the text."
-
-
-def describe_text(prompt: str, images: int) -> str:
-    """The prompt as given, or a request for a description when it is empty."""
-    if prompt:
-        return prompt
-    return "Describe this image." if images == 1 else "Describe these images."
 
 
 def detect_text(labels: Sequence[str]) -> str:
@@ -192,33 +184,10 @@ def user_images_only(history: Sequence[Turn]) -> tuple[list[Turn], list[str]]:
 # ---------------------------------------------------------------- boxes
 
 
-def from_bbox_2d_json(text: str, image_size: tuple[int, int], grid: int = QWEN3_VL_GRID) -> ParsedDetections:
+def from_bbox_2d_json(text: str, image_size: tuple[int, int]) -> ParsedDetections:
     """Detections from Qwen3-VL's ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` items, x first.
 
-    The JSON is found and checked the way Gemma 4's is (``tools.detections``): every object
-    anywhere in the text, fenced or not, truncated output reported, complete items kept.
+    The JSON is found and checked the way Gemma 4's is (``detections.from_json_boxes``): every
+    object anywhere in the text, fenced or not, truncated output reported, complete items kept.
     """
-    out = _Collector(image_size, grid)
-    found, truncated = _json_items(text)
-    for number, (raw, item) in enumerate(found, start=1):
-        try:
-            x1, y1, x2, y2 = _bbox_2d(item)
-            out.add(number, _label(item.get("label")), (y1, x1, y2, x2), raw)
-        except _Drop as reason:
-            out.drop(number, str(reason))
-    if truncated:
-        out.dropped.append("truncated output: 1 incomplete item ignored")
-    return out.result()
-
-
-def _bbox_2d(item: Any) -> list[float]:
-    if item is None:
-        raise _Drop("not valid JSON")
-    if not isinstance(item, dict) or "bbox_2d" not in item:
-        raise _Drop("no bbox_2d")
-    box = item["bbox_2d"]
-    if not isinstance(box, list):
-        raise _Drop("bbox_2d is not a list")
-    if len(box) != 4:
-        raise _Drop(f"box has {len(box)} numbers, need 4")
-    return [_number(value) for value in box]
+    return from_json_boxes(text, image_size, key="bbox_2d", order="xy", grid=QWEN3_VL_GRID)
