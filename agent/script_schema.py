@@ -16,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
-from tools.budgets import GEMMA4_BUDGETS
 from tools.errors import VlmError
 from tools.options import GenerationOptions
 from tools.tiling import parse_tiles
@@ -116,7 +115,8 @@ class DetectArguments(Arguments):
 class CompareArguments(Arguments):
     prompt: Prompt = ""
     task: Literal["describe", "ocr", "detect"] = "describe"
-    budgets: Annotated[Budgets, core(lambda b: two_budgets(b, "budgets"))] = list(GEMMA4_BUDGETS)
+    # None: all of the model's own budgets, as the server takes it
+    budgets: Annotated[Budgets | None, core(lambda b: b is None or two_budgets(b, "budgets"))] = None
     max_new_tokens: MaxNewTokens = 512
 
 
