@@ -38,7 +38,7 @@ from .store import Store
 from .terminal import TerminalConsole, clean, escape, markdown
 from .terminal import text as plain
 from tools.errors import ImageError
-from tools.images import Limits, decode_image
+from tools.inputs import Limits, decode_image
 from tools.outputs import OutputLimits, prune, write_atomic
 from tools.paths import data_home, outputs_dir
 

@@ -431,7 +431,7 @@ def print_result(result: Result, as_json: bool) -> None:
 
 
 def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
-    from tools.images import AccessPolicy, ImageLoader
+    from tools.inputs import AccessPolicy, ImageLoader
     from tools.model import check_ask, load_model, plan
     from tools.tasks import Ask
     from tools.tiling import parse_tiles

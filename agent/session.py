@@ -80,7 +80,7 @@ class View(Protocol):
 
 
 def image_id_of(data: bytes) -> str:
-    # The server's content hash (tools.images.image_id): same bytes, same id, no model needed.
+    # The server's content hash (tools.inputs.image_id): same bytes, same id, no model needed.
     return "img_" + hashlib.sha256(data).hexdigest()[:16]
 
 

@@ -29,7 +29,7 @@ from tools.model import Model
 from tools.runtimes.local import LocalRuntime
 from tools.tasks import Ask, Stopwatch
 from tools.cache import DynamicPrefixCache
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.vision import Vision
 

@@ -33,7 +33,7 @@ from tools.outputs import OutputLimits, picture_name, prune
 from tools.detections import Detection
 from tools.drawing import fit_for_client
 from tools.errors import VlmError
-from tools.images import AccessPolicy, ImageLoader, Limits
+from tools.inputs import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.runtimes.engine import ApiSettings

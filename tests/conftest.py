@@ -24,7 +24,7 @@ def sample_image(width: int = 64, height: int = 48) -> Image.Image:
 
 def sample_input(width: int = 64, height: int = 48):
     """``sample_image`` as the model layers take it: pixels with their content hash."""
-    from tools.images import ImageInput
+    from tools.inputs import ImageInput
 
     return ImageInput.from_pixels(sample_image(width, height))
 
@@ -33,7 +33,7 @@ def run(model, task: str, images=(), prompt: str = "", history=(), budget=None, 
     """One task on a loaded model through its one interface (``Model.run``); PIL images are wrapped."""
     from PIL import Image as PILImage
 
-    from tools.images import ImageInput
+    from tools.inputs import ImageInput
     from tools.options import GenerationOptions
     from tools.tasks import Ask
 

@@ -9,7 +9,7 @@ from tools import auto_budget
 from tools.families.gemma4 import BUDGETS as GEMMA4_BUDGETS
 from tools.families.gemma4 import encoder_size as gemma4_seen_size
 from tools.errors import InvalidRequest
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.vision import Vision
 

@@ -6,11 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dataclasses import replace
 
 from tests.conftest import boxes, replied, run, sample_image
 from tools.families.base import chat_messages
-from tools.images import ImageInput
+from tools.inputs import ImageInput
 from tools.model import load_model
 from tools.runtimes.local import local_messages
 from tools.tasks import Ask, Prompt, Turn
@@ -28,7 +27,7 @@ from tools.cache import (
 )
 from tools.errors import InvalidRequest
 from tools.scope import Scope, owned_by
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.toolcalls import CHAT_SYSTEM, CHAT_TOOLS
 from tools.vision import Vision

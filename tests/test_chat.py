@@ -141,7 +141,7 @@ async def test_commands_and_errors_stay_in_the_chat(tiny_gemma4, tmp_path, home,
 async def test_an_image_the_server_forgot_is_sent_again(tiny_gemma4, tmp_path, home, photo):
     """The chat reads the error's code (unknown_image, in the result's _meta) and re-sends the bytes once,
     as after a server restart."""
-    from tools.images import ImageStore
+    from tools.inputs import ImageStore
 
     server = build_server(Settings(model=str(tiny_gemma4), out_dir=tmp_path / "out"))
 

@@ -28,8 +28,9 @@ from tests.corpus.make_corpus import EXIF_STORED, FILES, Corpus
 from tests.hardening import check_tool_error, http_client, record
 from tests.test_images import IMAGE as SERVED_IMAGE
 from tests.test_images import Handler
-from tools import images
-from tools.images import Limits
+from tools import inputs as images
+from tools.inputs import fetch, files
+from tools.inputs import Limits
 
 pytestmark = pytest.mark.anyio
 
@@ -99,14 +100,14 @@ def deny_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> bytes:
         raise AssertionError("decoded an oversize payload")
 
-    monkeypatch.setattr(images.base64, "b64decode", boom)
+    monkeypatch.setattr(files.base64, "b64decode", boom)
 
 
 def only_first_hop_public(monkeypatch: pytest.MonkeyPatch) -> None:
     # No public address can be reached here: 127.0.0.1 plays the public host, and its
     # redirect to 127.0.0.2 (loopback too) must still be refused.
     first = ipaddress.ip_address("127.0.0.1")
-    monkeypatch.setattr(images, "_is_public_ip", lambda ip: ip == first)
+    monkeypatch.setattr(fetch, "_is_public_ip", lambda ip: ip == first)
 
 
 FILE_CASES = [

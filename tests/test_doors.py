@@ -202,7 +202,7 @@ def test_a_parent_folder_swapped_for_a_symlink_never_leaks_the_outside_file(tiny
     the server reads allowed/sub/a.png: it may fail to read it, but never reads the outside one."""
     import threading
 
-    from tools.images import image_id
+    from tools.inputs import image_id
 
     allowed, outside = tmp_path / "allowed", tmp_path / "outside"
     sub, parked, link = allowed / "sub", allowed / "parked", allowed / "link"

@@ -12,7 +12,7 @@ from tests.conftest import run as run_task, sample_image
 from tools.model import load_model
 from tools.runtimes.local import quantization_config
 from tools.errors import InvalidRequest, Unsupported
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.results import DescribeResult, DetectResult, OcrResult
 from tools.vision import Vision

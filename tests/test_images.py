@@ -1,4 +1,4 @@
-"""Tests for tools.images: every input is generated in tmp_path or in memory."""
+"""Tests for tools.inputs: every input is generated in tmp_path or in memory."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tools import images
+from tools.inputs import fetch, files
 from tools.errors import AccessDenied, ImageError, InvalidRequest, UnknownImage, VlmError
-from tools.images import (
+from tools.inputs import (
     IMAGE_ID_RE,
     AccessPolicy,
     ImageLoader,
@@ -492,7 +492,7 @@ def test_oversize_data_uri_is_refused_before_decoding(monkeypatch: pytest.Monkey
     def boom(*args: object, **kwargs: object) -> bytes:
         raise AssertionError("decoded an oversize payload")
 
-    monkeypatch.setattr(images.base64, "b64decode", boom)
+    monkeypatch.setattr(files.base64, "b64decode", boom)
     payload = base64.b64encode(noise("PNG")).decode()
     small = ImageLoader(AccessPolicy(limits=Limits(max_bytes=1000)))
     with pytest.raises(ImageError) as caught:
@@ -674,7 +674,7 @@ def test_redirect_to_private_address_refused_per_hop(server: str, monkeypatch: p
     # No public address exists here: let 127.0.0.1 pass as public so the first
     # hop is fetched, and see the redirect to 127.0.0.2 refused.
     first = ipaddress.ip_address("127.0.0.1")
-    monkeypatch.setattr(images, "_is_public_ip", lambda ip: ip == first)
+    monkeypatch.setattr(fetch, "_is_public_ip", lambda ip: ip == first)
     assert ImageLoader(AccessPolicy()).load(server + "/img.png").format == "PNG"
     with pytest.raises(AccessDenied) as caught:
         ImageLoader(AccessPolicy()).load(server + "/to-private")
@@ -683,7 +683,7 @@ def test_redirect_to_private_address_refused_per_hop(server: str, monkeypatch: p
 
 def test_connected_peer_is_checked_too(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # DNS rebinding: the lookup says public, the connection lands on loopback.
-    monkeypatch.setattr(images, "_resolve", lambda host, port: [ipaddress.ip_address("93.184.216.34")])
+    monkeypatch.setattr(fetch, "_resolve", lambda host, port: [ipaddress.ip_address("93.184.216.34")])
     with pytest.raises(AccessDenied) as caught:
         ImageLoader(AccessPolicy()).load(server + "/img.png")
     assert "private or local network address" in check_message(caught.value)
@@ -693,7 +693,7 @@ def test_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(host: str, port: int) -> list[ipaddress.IPv4Address]:
         raise OSError("no DNS")
 
-    monkeypatch.setattr(images, "_resolve", fail)
+    monkeypatch.setattr(fetch, "_resolve", fail)
     with pytest.raises(ImageError) as caught:
         ImageLoader(AccessPolicy()).load("http://nowhere.invalid/a.png")
     assert "could not be resolved" in check_message(caught.value)

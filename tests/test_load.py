@@ -22,7 +22,7 @@ from tests.conftest import HTTP_TOKEN
 from tests.hardening import check_tool_error, http_client, record
 from tests.test_mcp import Gate, make_server
 from tools.model import load_model
-from tools.images import image_id
+from tools.inputs import image_id
 
 pytestmark = pytest.mark.anyio
 

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from agent.cli import main
 from mcp_server.server import Settings, build_server
 from tools.errors import InvalidRequest, Unsupported
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.ocr_engines import RapidOcr, cuts, level, reading_order, skew, strip_padded, unlevel
 from tools.vision import Vision
 

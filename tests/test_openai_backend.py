@@ -24,7 +24,7 @@ from tests.conftest import boxes, run, sample_image, sample_input
 from tools.families.gemma4 import encoder_size as gemma4_seen_size
 from tools.errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound, Unsupported, VlmError
 from tools.families.gemma4 import Gemma4
-from tools.images import AccessPolicy, ImageInput, ImageLoader
+from tools.inputs import AccessPolicy, ImageInput, ImageLoader
 from tools.model import Model
 from tools.options import GenerationOptions
 from tools.errors import Cancelled

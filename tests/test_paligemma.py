@@ -12,7 +12,7 @@ from tools.model import load_model
 from tools.tasks import Turn
 from tools.families.paligemma import from_loc_tokens
 from tools.errors import InvalidRequest
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions, resolve_options
 from tools.vision import Vision
 

@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tools import images
+from tools import inputs as images
 from tools.detections import ParsedDetections, from_json_boxes
 from tools.families.gemma4 import from_box_2d_json
 from tools.families.paligemma import from_loc_tokens
 from tools.errors import InvalidRequest, VlmError
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.families.blip2 import fit_chat as blip2_chat
 from tools.families.blip2 import pairs_of as blip2_pairs
 from tools.vision import check_labels, check_text

@@ -29,7 +29,7 @@ from tools.families.qwen3_vl import (
     pixel_range,
     token_grid,
 )
-from tools.images import ImageInput
+from tools.inputs import ImageInput
 from tools.model import load_model, plan
 from tools.options import GenerationOptions
 from tools.runtimes.local import local_messages

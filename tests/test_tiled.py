@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import run, sample_image
 from tools import tiled, tiling
-from tools.images import AccessPolicy, ImageLoader
+from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.vision import Vision
 

@@ -21,7 +21,7 @@ from . import accel
 from .errors import InvalidRequest, ModelNotFound, Unsupported
 from .families import BY_FAMILY, BY_MODEL_TYPE, DIALECTS, Dialect
 from .hub import check_reachable
-from .images import ImageInput
+from .inputs import ImageInput
 from .options import GenerationOptions
 from .runtimes.base import Runtime
 from .runtimes.engine import ApiSettings, EngineRuntime

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .detections import ParsedDetections
-from .images import ImageInput
+from .inputs import ImageInput
 from .results import CacheReport, Timings
 from .text import clean_model_text
 from .toolcalls import ParsedReply

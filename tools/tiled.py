@@ -17,7 +17,7 @@ from PIL import Image
 
 from . import cancel, tiling
 from .detections import Detection, ParsedDetections
-from .images import ImageInput
+from .inputs import ImageInput
 from .model import Model
 from .options import GenerationOptions
 from .ocr_engines import Quad, RapidOcr, Reading, arrange, level, skew, unlevel

@@ -14,7 +14,7 @@ from dataclasses import replace
 from PIL import Image
 
 from .detections import Detection
-from .images import ImageInput
+from .inputs import ImageInput
 from .model import Model
 from .options import GenerationOptions
 from .tasks import Ask, Generation

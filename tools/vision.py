@@ -26,7 +26,7 @@ from .detections import Agreement, Detection, from_pixel_box
 from .drawing import annotate, grid
 from .outputs import cap_picture, save_png
 from .errors import InvalidRequest, Unsupported
-from .images import ImageLoader, LoadedImage
+from .inputs import ImageLoader, LoadedImage
 from .model import Model
 from .ocr_engines import ENGINES, rapidocr
 from .options import GenerationOptions

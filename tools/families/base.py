@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from ..detections import ParsedDetections
 from ..errors import InvalidRequest, Unsupported
-from ..images import ImageInput
+from ..inputs import ImageInput
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Part, Prompt, Turn, plural
 
 #: tokens a text costs the model's language side (the runtime's tokenizer), images not counted

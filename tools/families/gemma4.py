@@ -33,7 +33,7 @@ from ..cache import (
 )
 from ..detections import ParsedDetections, from_json_boxes
 from ..errors import InvalidRequest
-from ..images import ImageInput
+from ..inputs import ImageInput
 from ..options import GenerationOptions
 from ..results import CacheReport
 from ..runtimes.local import LocalRuntime, cache_kwarg, local_messages

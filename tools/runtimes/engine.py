@@ -30,7 +30,7 @@ from PIL import Image
 
 from .. import cancel
 from ..errors import Cancelled, EngineError, EngineUnavailable, InvalidRequest, ModelNotFound, Unsupported, VlmError
-from ..images import ImageInput
+from ..inputs import ImageInput
 from ..options import MAX_NEW_TOKENS_LIMIT, GenerationOptions
 from ..streaming import current_sink
 from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note

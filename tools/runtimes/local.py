@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 
 from .. import accel
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
-from ..text import tokenizer_control_strings
 from ..options import GenerationOptions
 from ..results import BudgetTimings
 from ..streaming import answer_text, current_sink, text_streamer
@@ -210,11 +209,6 @@ class LocalRuntime(Runtime):
     @property
     def is_encoder_decoder(self) -> bool:
         return bool(getattr(self.model.config.get_text_config(), "is_encoder_decoder", False))
-
-    def control_strings(self) -> set[str]:
-        # The tokenizer knows every string that becomes a control token; the known list covers the markup.
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        return tokenizer_control_strings(tokenizer) | super().control_strings()
 
     def token_counter(self) -> Callable[[str], int]:
         tokenizer = self.processor.tokenizer
