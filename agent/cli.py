@@ -435,7 +435,8 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     from tools.model import check_ask, load_model, plan
     from tools.tasks import Ask
     from tools.tiling import parse_tiles
-    from tools.vision import Vision, check_consensus, check_labels, check_text
+    from tools.checks import check_consensus, check_labels, check_text
+    from tools.vision import Vision
 
     # Everything that can be checked before the slow model load is checked first.
     options = resolve_options(

@@ -19,7 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidato
 from tools.errors import VlmError
 from tools.options import GenerationOptions
 from tools.tiling import parse_tiles
-from tools.vision import MAX_IMAGES, check_consensus, check_labels, check_text, two_budgets
+from tools.checks import MAX_IMAGES, check_consensus, check_labels, check_text, two_budgets
 
 from .session import TOOL_ARGUMENTS, TOOLS
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from tools.vision import MAX_HISTORY_TURNS
+from tools.checks import MAX_HISTORY_TURNS
 
 from .measure import rss, sync
 from .scenarios import QUESTIONS, Bench, Outcome, Row, Table, forced

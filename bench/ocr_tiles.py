@@ -37,7 +37,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from tools.ocr_engines import RapidOcr, assemble, bounds, rapidocr
-from tools.tiled import rapidocr_tiled
+from tools.jobs.tiles import rapidocr_tiled
 
 #: fonts tried per script, first found wins (Debian/Ubuntu paths: fonts-dejavu-core, fonts-noto-cjk)
 FONTS = {

@@ -39,7 +39,8 @@ from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResu
 from tools.runtimes.engine import ApiSettings
 from tools.scope import owned_by
 from tools.streaming import TextSink, streaming
-from tools.vision import MAX_IMAGES, Vision
+from tools.checks import MAX_IMAGES
+from tools.vision import Vision
 
 from . import completion, logs, pictures, prompts
 from .admission import Admission, Signal, Turns

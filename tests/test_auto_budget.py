@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import sample_image
-from tools import auto_budget
+from tools.jobs import auto_budget
+from tools.jobs import budgets as compare
 from tools.families.gemma4 import BUDGETS as GEMMA4_BUDGETS
 from tools.families.gemma4 import encoder_size as gemma4_seen_size
 from tools.errors import InvalidRequest
@@ -61,8 +62,7 @@ async def test_auto_budget_reaches_the_result_through_vision(gemma4_backend, tmp
     ],
 )
 def test_compare_recommends_by_agreement_and_the_auto_rule(gemma4_backend, task, size, agreements, expected, says):
-    vision = Vision(gemma4_backend, ImageLoader(AccessPolicy.for_files([])))
-    budget, reason = vision._recommend(task, size, [70, 280, 1120], agreements, 0.95)
+    budget, reason = compare.recommendation(gemma4_backend, task, size, [70, 280, 1120], agreements, 0.95)
     assert budget == expected and says in reason
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools import compare
+from tools.jobs import budgets as compare
 from tools.detections import Detection
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.fusion import RunBox, fuse
+from tools.jobs.consensus import RunBox, fuse
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,7 @@ def test_small_text_on_a_wide_page_is_found_in_tiles_and_lost_whole():
     """Real PP-OCR on a generated page too wide for its detector: 10 px text shrunk 2x is mostly
     never found whole, while tiles find it at full size. Scored as the benchmark scores."""
     from bench.ocr_tiles import make_page, score
-    from tools.tiled import rapidocr_tiled
+    from tools.jobs.tiles import rapidocr_tiled
 
     drawn = make_page((4000, 420), 10, "latin", seed=3)
     assert drawn is not None
@@ -296,7 +296,7 @@ TILTED = ["Quarterly report for the northern region", "Revenue grew by 12.5 perc
 def test_a_tilted_page_reads_line_by_line_whole_and_in_tiles(degrees):
     """A photo's tilt made the upright boxes of neighbouring lines overlap: whole, two lines were
     ordered as one row (word soup); in tiles, every piece chained into one that read as nothing."""
-    from tools.tiled import rapidocr_tiled
+    from tools.jobs.tiles import rapidocr_tiled
 
     image = _tilted_page(degrees)
     words = [line.split() for line in TILTED]
@@ -400,7 +400,7 @@ def test_a_cancelled_reading_stops_before_its_next_tile_or_batch():
 @needs_rapidocr
 @pytest.mark.parametrize(("size", "tiles"), [((1, 200_000), "off"), ((1, 200_000), 4), ((28_285, 1), "off")])
 def test_a_strip_too_long_to_search_is_refused_before_any_work(size, tiles):
-    from tools import tiled
+    from tools.jobs import tiles as tiled
 
     with pytest.raises(InvalidRequest, match="too long and thin for the rapidocr engine") as error:
         tiled.rapidocr_tiled(RapidOcr(), Image.new("L", size, 255), tiles)

@@ -30,7 +30,7 @@ from tools.errors import InvalidRequest, VlmError
 from tools.inputs import AccessPolicy, ImageLoader
 from tools.families.blip2 import fit_chat as blip2_chat
 from tools.families.blip2 import pairs_of as blip2_pairs
-from tools.vision import check_labels, check_text
+from tools.checks import check_labels, check_text
 
 FAST = settings(max_examples=200, deadline=None)
 # Image decoding has no stable per-example time on a shared machine.

@@ -425,7 +425,7 @@ def test_status_line(window, dropped, expected):
     ],
 )
 def test_panel_titles_name_budget_tokens_and_time(totals, expected):
-    from tools.compare import run_label, varying_timings
+    from tools.jobs.budgets import run_label, varying_timings
 
     # each budget's own encode and prefill, one shared decode (a serving engine reports neither: null)
     timings = [{"preprocess_ms": 1.0, "prefill_ms": None, "decode_ms": 2.0, "total_ms": t} for t in totals]

@@ -221,8 +221,11 @@ def check_ask(dialect: Dialect, ask: Ask, engine: bool = False) -> Ask:
     return replace(ask, budget=check_budget(dialect, ask.budget, engine))
 
 
-def check_budget(dialect: Dialect, budget: int | None, engine: bool = False) -> int | None:
-    """The budget a call runs at: the family's default when None, refused when the family takes none."""
+def check_budget(dialect: Dialect, budget: int | None, engine: bool = False, param: str = "budget") -> int | None:
+    """The budget a call runs at: the family's default when None, refused when the family takes none.
+
+    ``param`` names the argument the budget came in (``budgets``, ``consensus`` for a list of them).
+    """
     caps = dialect.capabilities
     if caps.budgets:
         if budget is None:
@@ -230,7 +233,7 @@ def check_budget(dialect: Dialect, budget: int | None, engine: bool = False) -> 
         if budget not in caps.budgets:
             choices = " / ".join(str(b) for b in caps.budgets)
             raise InvalidRequest(
-                f"Budget {budget} is not available for {dialect.display_name}; use one of {choices}.", param="budget"
+                f"Budget {budget} is not available for {dialect.display_name}; use one of {choices}.", param=param
             )
         return budget
     if budget is None:
@@ -347,6 +350,9 @@ class Model:
 
     def check(self, ask: Ask) -> Ask:
         return check_ask(self.dialect, ask, self.on_engine)
+
+    def check_budget(self, budget: int | None, param: str = "budget") -> int | None:
+        return check_budget(self.dialect, budget, self.on_engine, param)
 
     def run(self, ask: Ask, options: GenerationOptions) -> Answer:
         """One task: checked, prompted, generated and read."""

@@ -10,7 +10,7 @@ What a family can do is its ``Capabilities``, known before any weights load.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -152,6 +152,34 @@ class Answer:
     generation: Generation
     detections: ParsedDetections | None = None
     reply: ParsedReply | None = None
+
+
+def combine(generations: Sequence[Generation], text: str, budget: int | None, names: Sequence[str]) -> Generation:
+    """One Generation standing for several runs (tiles, or budgets): counts summed, notes named by run."""
+    # Rows of one batch each report the batch's timings; calls one after another add up.
+    batched = len({g.timings.total_ms for g in generations}) == 1
+    first = generations[0].timings
+    timings = first.model_copy() if batched else Timings(
+        preprocess_ms=round(sum(g.timings.preprocess_ms for g in generations), 2),
+        generate_ms=round(sum(g.timings.generate_ms for g in generations), 2),
+        total_ms=round(sum(g.timings.total_ms for g in generations), 2),
+    )
+    visions = {g.cache.vision for g in generations if g.cache is not None}
+    cache = None
+    if visions:
+        cache = CacheReport(vision=visions.pop() if len(visions) == 1 else "partial")
+    counts = [g.image_tokens for g in generations]
+    return Generation(
+        text=text,
+        image_tokens=None if None in counts else sum(c for c in counts if c is not None),
+        prompt_tokens=sum(g.prompt_tokens for g in generations),
+        generated_tokens=sum(g.generated_tokens for g in generations),
+        finish_reason="length" if any(g.finish_reason == "length" for g in generations) else "stop",
+        budget=budget,
+        timings=timings,
+        notes=[f"{name}: {note}" for name, g in zip(names, generations) for note in g.notes],
+        cache=cache,
+    )
 
 
 def cut_note(max_new_tokens: int) -> str:

@@ -13,11 +13,13 @@ from dataclasses import replace
 
 from PIL import Image
 
-from .detections import Detection
-from .inputs import ImageInput
-from .model import Model
-from .options import GenerationOptions
-from .tasks import Ask, Generation
+from ..core import Core
+from ..detections import Detection
+from ..inputs import ImageInput
+from ..model import Model
+from ..options import GenerationOptions
+from ..results import DetectResult
+from ..tasks import Ask, Generation
 
 #: crops are read at Gemma 4's highest budget
 VERIFY_BUDGET = 1120
@@ -68,3 +70,21 @@ def verify(
             verdicts[i] = answer(result.generation.text)
             generations.append(result.generation)
     return verdicts, generations
+
+
+def verified(core: Core, result: DetectResult, options: GenerationOptions | None) -> DetectResult:
+    """``result`` with each box's crop asked whether it shows the label, all in one batch per label."""
+    if not result.detections:
+        return result
+    options = options or GenerationOptions()
+    picture = core.loader.load(result.image_ids[0]).image
+    with core.turn(options) as model:
+        verdicts, generations = verify(model, picture, result.detections, options)
+    result.detections = [replace(d, verified=verdict) for d, verdict in zip(result.detections, verdicts)]
+    yes, no = verdicts.count(True), verdicts.count(False)
+    budget = generations[0].budget if generations else None
+    at = f" at budget {budget}" if budget is not None else ""
+    result.notes.append(
+        f"verify: asked about {len(verdicts)} crops{at}: {yes} yes, {no} no, {len(verdicts) - yes - no} unclear"
+    )
+    return result

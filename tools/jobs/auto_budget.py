@@ -18,6 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..errors import InvalidRequest
+from ..inputs import LoadedImage
+from ..model import Model
+
 AUTO = "auto"
 #: the smallest text worth reading on the images a budget is chosen for, in image pixels
 TEXT_PX = 12
@@ -29,6 +33,22 @@ OBJECT_FRACTION = 1 / 16
 OBJECT_SEEN_PX = 48
 
 SeenSize = Callable[[tuple[int, int], int], tuple[int, int]]
+
+
+def resolve(model: Model, budget: int | str | None, task: str, loaded: Sequence[LoadedImage]) -> tuple[int | None, str | None]:
+    """The budget to use and, for ``"auto"``, why; other values pass through."""
+    if budget != AUTO:
+        if isinstance(budget, str):
+            raise InvalidRequest(f"Budget {budget[:20]!r} is not a number or 'auto'.", param="budget")
+        return budget, None
+    caps = model.capabilities
+    if not caps.budgets:
+        return None, f"{model.display_name} has a fixed resolution, so there is no budget to choose"
+    if not loaded:
+        return caps.default_budget, "no image, so the default budget"
+    # The largest image decides: it is the one a budget shrinks most.
+    size = max((image.size for image in loaded), key=lambda s: s[0] * s[1])
+    return choose(task, size, caps.budgets, caps.default_budget or max(caps.budgets), model.seen_size)
 
 
 def needed_scale(task: str, size: tuple[int, int]) -> float | None:

@@ -1,4 +1,7 @@
-"""Reading a large image in tiles with the offline OCR engine, and putting the page back together.
+"""Reading and detecting in tiles: a large image cut into overlapping tiles, each seen at full size.
+
+``read`` (ocr with the model), ``read_offline`` (ocr with the offline engine) and ``detect`` are
+the entry points; each reads the image whole where tiles are off or one tile holds it.
 
 PP-OCR's detector (rapidocr) shrinks any image whose long side passes its ``max_side_len``
 (2000 px) before it looks, so small text on a phone photo or a 4K screenshot is searched
@@ -10,19 +13,25 @@ full size; pieces that overlaps saw twice, or that a tile edge cut, are joined
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from PIL import Image
 
-from . import cancel, tiling
-from .detections import Detection, ParsedDetections
-from .inputs import ImageInput
-from .model import Model
-from .options import GenerationOptions
-from .ocr_engines import Quad, RapidOcr, Reading, arrange, level, skew, unlevel
-from .results import CacheReport, Timings
-from .tasks import Ask, Generation, Stopwatch, Task
+from .. import cancel, tiling
+from ..core import Core, save_annotated
+from ..detections import Detection, ParsedDetections
+from ..errors import InvalidRequest
+from ..inputs import ImageInput, LoadedImage
+from ..model import Model
+from ..ocr_engines import Quad, RapidOcr, Reading, arrange, level, rapidocr, skew, unlevel
+from ..options import GenerationOptions
+from ..results import DetectResult, OcrResult, TileOut, Timings
+from ..tasks import Ask, Generation, Stopwatch, Task, combine
+from ..text import clean_model_text
+from . import auto_budget
 
 
 @dataclass
@@ -129,36 +138,6 @@ def vlm_tiled(
     return TiledRuns(plan, [(answer.generation, answer.detections) for answer in answers], budget)
 
 
-def combined(runs: TiledRuns, text: str, names: Sequence[str] | None = None) -> Generation:
-    """One Generation standing for every run's (tiles, or budgets): counts summed, notes named by run."""
-    generations = [generation for generation, _ in runs.runs]
-    # Rows of one batch each report the batch's timings; calls one after another add up.
-    batched = len({g.timings.total_ms for g in generations}) == 1
-    first = generations[0].timings
-    timings = first.model_copy() if batched else Timings(
-        preprocess_ms=round(sum(g.timings.preprocess_ms for g in generations), 2),
-        generate_ms=round(sum(g.timings.generate_ms for g in generations), 2),
-        total_ms=round(sum(g.timings.total_ms for g in generations), 2),
-    )
-    visions = {g.cache.vision for g in generations if g.cache is not None}
-    cache = None
-    if visions:
-        cache = CacheReport(vision=visions.pop() if len(visions) == 1 else "partial")
-    counts = [g.image_tokens for g in generations]
-    return Generation(
-        text=text,
-        image_tokens=None if None in counts else sum(c for c in counts if c is not None),
-        prompt_tokens=sum(g.prompt_tokens for g in generations),
-        generated_tokens=sum(g.generated_tokens for g in generations),
-        finish_reason="length" if any(g.finish_reason == "length" for g in generations) else "stop",
-        budget=runs.budget,
-        timings=timings,
-        notes=[f"{name}: {note}" for name, g in zip(names or [f"tile {t.index}" for t in runs.tiles], generations)
-               for note in g.notes],
-        cache=cache,
-    )
-
-
 def page_detections(runs: TiledRuns, size: tuple[int, int]) -> tuple[list[Detection], list[tuple[int, ...]], list[str]]:
     """Every tile's boxes in page pixels, merged across seams: the detections, each one's tiles, and
     what the parser dropped (named by tile)."""
@@ -199,3 +178,138 @@ def page_text(runs: TiledRuns) -> str:
         above[tile.col] = lines or previous
         out.append(lines)
     return "\n\n".join("\n".join(lines) for lines in out if lines)
+
+
+# ---------------------------------------------------------------- the entry points
+
+
+def tile_out(tile: tiling.Tile, text: str | None = None) -> TileOut:
+    return TileOut(index=tile.index, box=list(tile.box), text=text)
+
+
+def tiles_of(runs: TiledRuns) -> Generation:
+    """The tiles' runs as one generation, each note named by its tile."""
+    return combine([g for g, _ in runs.runs], "", runs.budget, [f"tile {t.index}" for t in runs.tiles])
+
+
+def plan_for(model: Model, size: tuple[int, int], choice: str | int, budget: int | None) -> list[tiling.Tile] | None:
+    """The tiles to read, or None to read the image whole; refused past the cap before any work."""
+    if choice == tiling.TILES_OFF:
+        return None
+    plan = vlm_plan(model, size, choice, tile_budget(model, budget))
+    return plan if len(plan) > 1 else None
+
+
+def budget_reason(model: Model, reason: str | None, task: str, runs: TiledRuns) -> str | None:
+    """An automatic budget's reason, with what the tiles kept where the image was read in tiles."""
+    if reason is None or runs.budget is None:
+        return reason
+    page = runs.tiles[0].page
+    largest = max((tile.size for tile in runs.tiles), key=lambda size: size[0] * size[1])
+    seen = model.seen_size(largest, runs.budget)
+    return reason + auto_budget.in_tiles(task, page, len(runs.tiles), largest, seen)
+
+
+def read(
+    core: Core, loaded: LoadedImage, budget: int | None, reason: str | None, options: GenerationOptions,
+    choice: str | int, started: float,
+) -> OcrResult:
+    """The model's reading of ``loaded``, whole or in the tiles ``choice`` asks for."""
+    ask = Ask("ocr", (loaded.input,), budget=budget)
+    core.model.check(ask)
+    # Planned, and refused past the cap, before the call waits for the model.
+    plan = plan_for(core.model, loaded.size, choice, budget)
+    short = [note for note in [tiling.shortfall(loaded.size, choice)] if note]
+    with core.turn(options) as model:
+        if plan is None:
+            answer = model.run(ask, options)
+            answer.generation.notes.extend(short)
+            return core.result(OcrResult, answer.generation, [loaded], started, budget_reason=reason)
+        runs = vlm_tiled(model, "ocr", loaded.image, (), plan, budget, options)
+    generation = tiles_of(runs)
+    generation.text = page_text(runs)
+    generation.notes.extend(short)
+    outs = [tile_out(tile, g.text) for tile, (g, _) in zip(runs.tiles, runs.runs)]
+    return core.result(
+        OcrResult, generation, [loaded], started, tiles=outs, budget_reason=budget_reason(core.model, reason, "ocr", runs)
+    )
+
+
+def read_offline(core: Core, image: str, budget: int | None, started: float, choice: str | int) -> OcrResult:
+    """The offline engine's reading of ``image`` (no model), whole or in tiles, with line boxes."""
+    if budget is not None:
+        raise InvalidRequest("The rapidocr engine has no visual-token budget; leave {param} unset.", param="budget")
+    reader = rapidocr()
+    loaded = core.load_images([image])[0]
+    reading = rapidocr_tiled(reader, loaded.image, choice)
+    read_in = [tile_out(tile) for tile in reading.tiles] if len(reading.tiles) > 1 else None
+    notes = [note for note in [tiling.shortfall(loaded.size, choice)] if note]
+    if reading.reread:
+        notes.append(f"{reading.reread} pieces seen in parts or twice by the tiles were joined and read as one")
+    return OcrResult(
+        text=reading.text,
+        model=reader.model,
+        family=reader.name,
+        runtime="offline",
+        budget=None,
+        image_ids=[loaded.image_id],
+        image_tokens=None,
+        prompt_tokens=0,
+        generated_tokens=0,
+        finish_reason="stop",
+        timings=reading.timings.model_copy(update={"total_ms": round((time.perf_counter() - started) * 1000, 2)}),
+        engine="rapidocr",
+        lines=list(reading.lines),
+        tiles=read_in,
+        notes=notes,
+    )
+
+
+def detect(
+    core: Core,
+    image: str,
+    labels: list[str],
+    budget: int | None,
+    options: GenerationOptions,
+    annotated_path: str | Path | None,
+    choice: str | int,
+    reason: str | None = None,
+) -> DetectResult:
+    """Detect in tiles; ``reason`` (an automatic budget's) is returned as the result's, with what the tiles kept."""
+    started = time.perf_counter()
+    loaded = core.load_images([image])
+    picture = loaded[0].image
+    ask = Ask("detect", (loaded[0].input,), labels=tuple(labels), budget=budget)
+    core.model.check(ask)
+    plan = plan_for(core.model, picture.size, choice, budget)
+    with core.turn(options) as model:
+        if plan is None:
+            answer = model.run(ask, options)
+        else:
+            runs = vlm_tiled(model, "detect", picture, labels, plan, budget, options)
+    short = [note for note in [tiling.shortfall(picture.size, choice)] if note]
+    if plan is None:
+        assert answer.detections is not None
+        answer.generation.notes.extend(short)
+        written = save_annotated(picture, answer.detections.detections, annotated_path, answer.generation.notes)
+        whole = core.boxes_result(DetectResult, answer, loaded, started, labels, written)
+        whole.budget_reason = reason
+        return whole
+    detections, provenance, dropped = page_detections(runs, picture.size)
+    generation = tiles_of(runs)
+    generation.text = "\n".join(f"tile {tile.index}: {g.text}" for tile, (g, _) in zip(runs.tiles, runs.runs))
+    generation.notes.extend(short)
+    generation.notes.extend(f"dropped {why}" for why in dropped)
+    written = save_annotated(picture, detections, annotated_path, generation.notes)
+    return core.result(
+        DetectResult, generation, loaded, started,
+        labels=labels,
+        image_size=list(loaded[0].size),
+        detections=[
+            replace(d, label=clean_model_text(d.label), raw=clean_model_text(d.raw), tiles=tuple(p))
+            for d, p in zip(detections, provenance)
+        ],
+        annotated_path=written,
+        tiles=[tile_out(tile) for tile in runs.tiles],
+        budget_reason=budget_reason(core.model, reason, "detect", runs),
+    )
