@@ -385,7 +385,8 @@ def test_pieces_recognised_in_batches_read_as_in_one_call():
 def test_a_cancelled_reading_stops_before_its_next_tile_or_batch():
     import threading
 
-    from tools import cancel, tiled
+    from tools import cancel
+    from tools.jobs import tiles as tiled
     from tools.errors import Cancelled
 
     event = threading.Event()
