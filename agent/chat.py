@@ -165,14 +165,14 @@ class TerminalView:
             self.console.print(markdown(record.answer or "(no text)"))
         for note in result.get("notes", []):
             self.console.print(plain(f"note: {note}", style="dim"), highlight=False)
-        for n, png in enumerate(images):
-            self.show_picture(record, png, n)
+        for png in images:
+            self.show_picture(record, png)
         if "prompt_tokens" in result:
             self.console.print(clean(render.stats_line(result)), style="dim", markup=False, highlight=False)
         elif "total_ms" in result:
             self.console.print(f"{result['total_ms'] / 1000:.2f} s in all", style="dim", highlight=False)
 
-    def show_picture(self, record: TurnRecord, png: bytes, n: int) -> None:
+    def show_picture(self, record: TurnRecord, png: bytes) -> None:
         # The bytes are the server's: checked as a PNG (header, size) before a pixel is decoded.
         try:
             image, kind = decode_image(png, Limits(), what="the picture the server sent")
