@@ -116,7 +116,7 @@ def load_script(path: Path) -> list[Turn]:
     if not isinstance(turns, list) or not turns:
         raise ScriptError("The script holds no turns: give a list of {user: ..., images: [...]} items.")
     if len(turns) > MAX_TURNS:
-        raise ScriptError(f"The script holds {len(turns)} turns; the limit is {MAX_TURNS}. Split it.")
+        raise ScriptError(f"The script holds more than {MAX_TURNS} turns; split it into smaller scripts.")
     try:
         return [check_turn(number, turn) for number, turn in enumerate(turns, start=1)]
     except TurnError as exc:
