@@ -206,6 +206,7 @@ def test_a_script_passes_every_argument_its_tool_takes_and_a_failed_turn_says_wh
         {"user": "find it", "images": ["p.png"], "tool": "detect",
          "arguments": {"labels": ["square"], "tiles": 2, "budget": 70, "max_new_tokens": 2}},
         {"user": "and this one?", "images": ["missing.png"]},
+        {"user": "and this?", "images": ["\x1b]52;c;aGVsbG8=\x07x\x1b[2J.png"]},
     ]
     script = tmp_path / "talk.jsonl"
     script.write_text("".join(json.dumps(turn) + "\n" for turn in turns))
@@ -214,7 +215,7 @@ def test_a_script_passes_every_argument_its_tool_takes_and_a_failed_turn_says_wh
         script, "--model", str(tiny_gemma4), "--max-new-tokens", "4", "--out", str(out), home=tmp_path / "home",
         timeout=300, capped=False,
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]  # the last turn failed
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the last turns failed
     done = json.loads(out.read_text())["turns"]
     assert done[0]["result"]["engine"] == "rapidocr"
     assert [run["budget"] for run in done[1]["result"]["runs"]] == [70, 140]
@@ -223,8 +224,11 @@ def test_a_script_passes_every_argument_its_tool_takes_and_a_failed_turn_says_wh
     assert [turn.get("error") for turn in done[:4]] == [None] * 4
     # the failed turn's reason is on stderr too, with its number, not only in the transcript
     assert f"turn 5 failed: No image file at '{tmp_path / 'missing.png'}'." in proc.stderr.splitlines()
-    assert proc.stderr.splitlines()[-1] == "4 turns ok, 1 failed (turn 5)"
+    assert proc.stderr.splitlines()[-1] == "4 turns ok, 2 failed (turns 5, 6)"
     assert "Traceback" not in proc.stderr
+    # a name from the script reaches the terminal as text, never as escape sequences
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    assert "turn 6 failed: No image file at '" in proc.stderr and "\\x1b]52;c;aGVsbG8=\\x07x\\x1b[2J.png'." in proc.stderr
 
 
 def test_a_server_that_cannot_start_is_one_line_not_a_traceback(tmp_path):
