@@ -510,7 +510,7 @@ async def run_script_command(args: argparse.Namespace, tiny_note: str | None = N
 
     from agent.chat import connect, data_home
     from agent.failures import reason
-    from agent.script import RecordingView, load_script, run_script
+    from agent.script import RecordingView, load_script, run_script, visible
     from agent.session import ChatError, ChatSession
 
     script = Path(args.script)
@@ -528,10 +528,10 @@ async def run_script_command(args: argparse.Namespace, tiny_note: str | None = N
             await session.start()
             transcript = await run_script(session, turns, script.parent)
     except ChatError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {visible(str(exc))}", markup=False)
         return 1
     except Exception as exc:  # the transport wraps our errors (and its own) in exception groups
-        err.print(f"error: {reason(exc, server=args.server, log_path=str(log_path))}", markup=False)
+        err.print(f"error: {visible(reason(exc, server=args.server, log_path=str(log_path)))}", markup=False)
         return 1
     text = json.dumps(transcript, indent=2, ensure_ascii=False)
     if args.out:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -116,18 +117,26 @@ def load_script(path: Path) -> list[Turn]:
     if not isinstance(turns, list) or not turns:
         raise ScriptError("The script holds no turns: give a list of {user: ..., images: [...]} items.")
     if len(turns) > MAX_TURNS:
-        raise ScriptError(f"The script holds {len(turns)} turns; the limit is {MAX_TURNS}. Split it.")
+        raise ScriptError(f"The script holds more than {MAX_TURNS} turns; split it into smaller scripts.")
     try:
         return [check_turn(number, turn) for number, turn in enumerate(turns, start=1)]
     except TurnError as exc:
         raise ScriptError(str(exc)) from None
 
 
+def visible(text: str) -> str:
+    """``text`` for one line on a terminal: control characters (ESC, BEL, line breaks) written as escapes."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) == "Cc" else char for char in text
+    )
+
+
 class RecordingView:
     """Keeps what a session reports, for the transcript; prints a line per turn to stderr."""
 
     def __init__(self, echo: Any = None) -> None:
-        self.echo = echo
+        # Names and reasons may hold what a script or a server wrote: never a raw control character.
+        self.echo = (lambda line: echo(visible(line))) if echo else None
         self.events: list[dict[str, Any]] = []
         #: the number of the turn running, for the echo
         self.turn = 0

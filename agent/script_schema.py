@@ -146,6 +146,10 @@ class TurnError(ValueError):
 
 def check_turn(number: int, raw: Any) -> Turn:
     """``raw`` as a turn, its arguments checked against its tool's; else ``TurnError``."""
+    for mapping, what in ((raw, "a turn"), (raw.get("arguments") if isinstance(raw, dict) else None, "arguments")):
+        for key in mapping if isinstance(mapping, dict) else ():
+            if not isinstance(key, str):
+                raise TurnError(f"Turn {number} has the key {shown(key)} in {what}; keys are names, in text.")
     try:
         turn = Turn.model_validate(raw)
     except ValidationError as exc:
@@ -183,9 +187,10 @@ def problem(number: int, error: ValidationError, tool: str | None = None) -> str
     kind = first["type"]
     if kind == "extra_forbidden":
         key = str(loc[-1])
+        key = repr(key if len(key) <= 40 else key[:39] + "…")
         if tool:
-            return f"Turn {number}: {tool} takes no argument {key!r}; it takes {', '.join(TOOL_ARGUMENTS[tool])}."
-        return f"Turn {number} has the key {key!r}; a turn takes user, images, tool and arguments."
+            return f"Turn {number}: {tool} takes no argument {key}; it takes {', '.join(TOOL_ARGUMENTS[tool])}."
+        return f"Turn {number} has the key {key}; a turn takes user, images, tool and arguments."
     field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
     where = f"Turn {number}, {field}:" if field else f"Turn {number}:"
     if kind == "missing":

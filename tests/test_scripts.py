@@ -82,6 +82,9 @@ REFUSED += [
     ("- {user: hi}\n- {user: 3}\n", "Turn 2, user: should be text, got 3."),
     ("- {user: hi}\n- {images: [p.png]}\n", "Turn 2, user: is missing"),
     ("- hello\n", 'Turn 1: should be a mapping of names to values, got "hello".'),
+    ("- {user: hi, 1: x}\n", "Turn 1 has the key 1 in a turn; keys are names, in text."),
+    ("- {user: hi, tool: ocr, arguments: {2.5: 1}}\n", "Turn 1 has the key 2.5 in arguments; keys are names, in text."),
+    ("- {user: hi, tool: ocr, arguments: {" + "k" * 200 + ": 1}}\n", "Turn 1: ocr takes no argument 'kkkkkkkkkkkkkk"),
     ("- {user: hi, imgaes: [p.png]}\n", "Turn 1 has the key 'imgaes'; a turn takes user, images, tool and arguments."),
     ("- {user: hi, tool: paint}\n", "Turn 1, tool: should be 'describe', 'ocr', 'detect' or 'compare_budgets'"),
     ("- {user: hi, arguments: {tiles: 3}}\n", "Turn 1, arguments: name the tool they go to"),
@@ -165,8 +168,8 @@ def test_script_bytes_are_read_within_bounds_through_the_console_script(name, da
     [
         ("latin1.jsonl", b'{"user": "hi"}\n{"user": "caf\xe9"}\n', "The script is not UTF-8 text: line 2 holds the byte 0xE9"),
         ("big.jsonl", b'{"user": "hi"}\n' * 70_000, "The script is larger than 1 MiB"),
-        ("many.jsonl", b'{"user": "hi"}\n' * 1001, "The script holds 1001 turns; the limit is 1000"),
-        ("many.yaml", b"- user: hi\n" * 1001, "The script holds 1001 turns; the limit is 1000"),
+        ("many.jsonl", b'{"user": "hi"}\n' * 1500, "The script holds more than 1000 turns"),
+        ("many.yaml", b"- user: hi\n" * 1001, "The script holds more than 1000 turns"),
         ("line.jsonl", b'{"user": "hi"}\n[1, 2]\n', "Turn 2: should be a mapping of names to values, got [1, 2]."),
         ("json.jsonl", b'{"user": "hi"}\n{"user": \n', "Line 2 of the script is not JSON."),
         ("deep.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n", "Line 1 of the script is nested too deeply."),
@@ -203,6 +206,7 @@ def test_a_script_passes_every_argument_its_tool_takes_and_a_failed_turn_says_wh
         {"user": "find it", "images": ["p.png"], "tool": "detect",
          "arguments": {"labels": ["square"], "tiles": 2, "budget": 70, "max_new_tokens": 2}},
         {"user": "and this one?", "images": ["missing.png"]},
+        {"user": "and this?", "images": ["\x1b]52;c;aGVsbG8=\x07x\x1b[2J.png"]},
     ]
     script = tmp_path / "talk.jsonl"
     script.write_text("".join(json.dumps(turn) + "\n" for turn in turns))
@@ -211,7 +215,7 @@ def test_a_script_passes_every_argument_its_tool_takes_and_a_failed_turn_says_wh
         script, "--model", str(tiny_gemma4), "--max-new-tokens", "4", "--out", str(out), home=tmp_path / "home",
         timeout=300, capped=False,
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]  # the last turn failed
+    assert proc.returncode == 1, proc.stderr[-3000:]  # the last turns failed
     done = json.loads(out.read_text())["turns"]
     assert done[0]["result"]["engine"] == "rapidocr"
     assert [run["budget"] for run in done[1]["result"]["runs"]] == [70, 140]
@@ -220,8 +224,11 @@ def test_a_script_passes_every_argument_its_tool_takes_and_a_failed_turn_says_wh
     assert [turn.get("error") for turn in done[:4]] == [None] * 4
     # the failed turn's reason is on stderr too, with its number, not only in the transcript
     assert f"turn 5 failed: No image file at '{tmp_path / 'missing.png'}'." in proc.stderr.splitlines()
-    assert proc.stderr.splitlines()[-1] == "4 turns ok, 1 failed (turn 5)"
+    assert proc.stderr.splitlines()[-1] == "4 turns ok, 2 failed (turns 5, 6)"
     assert "Traceback" not in proc.stderr
+    # a name from the script reaches the terminal as text, never as escape sequences
+    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
+    assert "turn 6 failed: No image file at '" in proc.stderr and "\\x1b]52;c;aGVsbG8=\\x07x\\x1b[2J.png'." in proc.stderr
 
 
 def test_a_server_that_cannot_start_is_one_line_not_a_traceback(tmp_path):
