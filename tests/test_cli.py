@@ -331,3 +331,22 @@ def test_session_limits_that_cannot_work_are_refused_in_one_line(flags):
     proc = console("serve", "--transport", "http", "--model", "none", "--port", "9", *flags, timeout=60)
     assert proc.returncode == 1 and proc.stdout == "", proc
     assert proc.stderr.splitlines()[-1] == "error: --max-sessions and --session-idle-s must be positive numbers."
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"stream": false, "model": "x"}', "error: --api-extra-body cannot set model, stream: vlm-agent writes those"),
+        ("[1, 2]", "argument --api-extra-body: '[1, 2]' is not a JSON object"),
+        ('{"top_k": 20', "argument --api-extra-body: '{\"top_k\": 20' is not a JSON object"),
+    ],
+    ids=["owned-fields", "a-list", "broken-json"],
+)
+def test_extra_request_fields_must_be_an_object_that_leaves_ours_alone(tmp_path, body, expected):
+    sample_image().save(tmp_path / "a.png")
+    proc = console(
+        "describe", str(tmp_path / "a.png"), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
+        "--model", "m", "--api-extra-body", body, timeout=60,
+    )
+    assert proc.returncode != 0 and proc.stdout == "", proc
+    assert expected in proc.stderr.splitlines()[-1], proc.stderr

@@ -42,6 +42,8 @@ MAX_CONCURRENCY_LIMIT = 64
 CONNECT_TIMEOUT_S = 10.0
 #: longest engine message quoted in an error
 DETAIL_CHARS = 200
+#: request fields the runtime writes itself: extra_body may not replace them, or the stream breaks
+OWNED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,12 @@ class ApiSettings:
             )
         if not self.timeout_s > 0:
             raise InvalidRequest(f"{{param}} must be above 0 seconds, got {self.timeout_s:g}.", param="api_timeout")
+        owned = sorted(OWNED_FIELDS.intersection(self.extra_body))
+        if owned:
+            raise InvalidRequest(
+                f"{{param}} cannot set {', '.join(owned)}: vlm-agent writes those fields itself.",
+                param="api_extra_body",
+            )
 
     @property
     def root(self) -> str:
