@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import difflib
+import json
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from agent.terminal import TerminalConsole
@@ -88,6 +90,11 @@ def model_option(parser: argparse.ArgumentParser) -> None:
         "--api-send-urls", action="store_true",
         help="pass http(s) image URLs on for the engine to fetch, instead of the image bytes",
     )
+    engine.add_argument(
+        "--api-extra-body", type=json_object, default=None, metavar="JSON",
+        help="more fields for every request, for the engine's own options, e.g. '{\"top_k\": 20}' "
+        "or vLLM's '{\"structured_outputs\": {\"choice\": [\"yes\", \"no\"]}}'",
+    )
     parser.add_argument(
         "--compile", action="store_true",
         help="decode on a static KV cache with torch.compile and CUDA graphs (Gemma 4, CUDA GPU only): "
@@ -114,6 +121,7 @@ def api_settings(args: argparse.Namespace) -> ApiSettings | None:
         max_concurrency=args.max_concurrency,
         timeout_s=args.api_timeout,
         send_urls=args.api_send_urls,
+        extra_body=args.api_extra_body or {},
     )
 
 
@@ -131,7 +139,7 @@ def connect_options(parser: argparse.ArgumentParser) -> None:
 #: flags a chat or script hands on to the `vlm-agent serve` child it starts
 SERVE_FLAGS = (
     "model", "dtype", "quantize", "backend", "base_url", "api_model", "api_family", "api_key_env", "budgets_supported",
-    "max_concurrency", "api_timeout", "api_send_urls", "compile",
+    "max_concurrency", "api_timeout", "api_send_urls", "api_extra_body", "compile",
 )
 
 
@@ -144,7 +152,7 @@ def serve_args(args: argparse.Namespace) -> list[str]:
         if value == getattr(defaults, name):
             continue
         flag = "--" + name.replace("_", "-")
-        out += [flag] if value is True else [flag, str(value)]
+        out += [flag] if value is True else [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
     return out
 
 
@@ -192,6 +200,16 @@ def budget_value(text: str) -> int | str:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a budget number or 'auto'") from None
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text[:30]!r} is not a JSON object, e.g. '{{\"top_k\": 20}}'")
+    return value
 
 
 def budget_list(text: str) -> list[int]:

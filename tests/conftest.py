@@ -140,8 +140,11 @@ def served(tiny_gemma4: Path, corpus, tmp_path_factory: pytest.TempPathFactory):
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     from tests.hardening import summary_line
+    from tests.vllm import READY_LOG
 
     line = summary_line()
     if line:
         terminalreporter.write_sep("-", "hardening campaign")
         terminalreporter.write_line(line)
+    if READY_LOG:
+        terminalreporter.write_line("vLLM servers, launch to first generation: " + ", ".join(READY_LOG))

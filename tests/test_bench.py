@@ -156,7 +156,7 @@ def test_the_command_writes_json_and_markdown(tmp_path, capsys):
 
 def test_model_description_names_the_dimensions(bench):
     described = describe_model(bench.resident)
-    assert described["text"]["num_hidden_layers"] == 2 and described["head_dims"] == [16]
+    assert described["text"]["num_hidden_layers"] == 2 and described["head_dims"] == [32]
 
 
 def test_the_gpu_suite_runs_end_to_end_in_its_cpu_mode(tiny_gemma4, tmp_path, capsys):

@@ -334,6 +334,10 @@ async def test_images_named_inside_messages(tiny_gemma4, tmp_path, home, photo):
             ["chat", "--backend", "openai", "--base-url", "http://gpu:8000/v1", "--budgets-supported"],
             ["--backend", "openai", "--base-url", "http://gpu:8000/v1", "--budgets-supported"],
         ),
+        (
+            ["run", "s.yaml", "--backend", "openai", "--base-url", "http://gpu:8000/v1", "--api-extra-body", '{"top_k": 20}'],
+            ["--backend", "openai", "--base-url", "http://gpu:8000/v1", "--api-extra-body", '{"top_k": 20}'],
+        ),
     ],
 )
 def test_chat_hands_its_model_flags_to_the_server_it_starts(argv, expected, monkeypatch):

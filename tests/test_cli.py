@@ -349,3 +349,22 @@ def test_serve_numbers_that_cannot_work_are_refused_in_one_line(flags, named):
     assert proc.returncode == 1 and proc.stdout == "", proc
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr  # one line
     assert proc.stderr.startswith(f"error: {named} must be ") and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"stream": false, "model": "x"}', "error: --api-extra-body cannot set model, stream: vlm-agent writes those"),
+        ("[1, 2]", "argument --api-extra-body: '[1, 2]' is not a JSON object"),
+        ('{"top_k": 20', "argument --api-extra-body: '{\"top_k\": 20' is not a JSON object"),
+    ],
+    ids=["owned-fields", "a-list", "broken-json"],
+)
+def test_extra_request_fields_must_be_an_object_that_leaves_ours_alone(tmp_path, body, expected):
+    sample_image().save(tmp_path / "a.png")
+    proc = console(
+        "describe", str(tmp_path / "a.png"), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
+        "--model", "m", "--api-extra-body", body, timeout=60,
+    )
+    assert proc.returncode != 0 and proc.stdout == "", proc
+    assert expected in proc.stderr.splitlines()[-1], proc.stderr

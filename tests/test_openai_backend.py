@@ -400,6 +400,13 @@ def test_read_upto(chunks, cap, expected):
 
 # -- errors -------------------------------------------------------------------------------
 
+#: what vLLM 0.32 answers when started without --trust-request-mm-kwargs, and without a tool-call parser
+VLLM_NO_BUDGETS = (
+    "Per-request mm_processor_kwargs are disabled by default because they can change multimodal preprocessing "
+    "resource usage. Start the server with --trust-request-mm-kwargs only when clients are trusted."
+)
+VLLM_NO_TOOLS = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+
 HTTP_ERRORS = [
     (401, {"error": {"message": "Unauthorized"}}, EngineError, "needs an API key"),
     (404, {"error": {"message": "The model `gemma` does not exist.", "code": 404}}, ModelNotFound, "--api-model"),
@@ -410,6 +417,9 @@ HTTP_ERRORS = [
     (429, {"error": {"message": "queue full"}}, EngineUnavailable, "lower --max-concurrency"),
     (500, {"error": {"message": "CUDA error"}}, EngineUnavailable, "engine's log"),
     (400, {"error": {"message": "temperature too hot"}}, EngineError, "temperature too hot"),
+    # vLLM's own words name its flags; the sentence names them as the engine's options, not as flags of ours
+    (400, {"error": {"message": VLLM_NO_BUDGETS}}, Unsupported, "its trust-request-mm-kwargs option"),
+    (400, {"error": {"message": VLLM_NO_TOOLS}}, Unsupported, "its enable-auto-tool-choice and tool-call-parser"),
 ]
 
 
@@ -422,6 +432,15 @@ def test_http_errors_become_one_actionable_sentence(monkeypatch, status, error, 
     # flags only in the command line's wording of the error; the core names the parameter
     assert expected in cli_words(caught.value) and URL in message
     assert "--" not in message
+
+
+def test_an_engine_message_is_quoted_as_the_engines():
+    # Its words may name its own flags: in quotes after "the engine says", never as advice of ours.
+    error = {"error": {"message": 'Sampling "min_p" is off; start it with --enable-min-p.'}}
+    with pytest.raises(EngineError) as caught:
+        run(backend_for(FakeEngine(status=400, error=error)), "ocr", [sample_image()], options=GenerationOptions()).generation
+    message = one_sentence(caught.value)
+    assert message.endswith("""(HTTP 400, the engine says "Sampling 'min_p' is off; start it with --enable-min-p.").""")
 
 
 def test_timeout_is_an_engine_unavailable_sentence():

@@ -152,15 +152,21 @@ def gemma4_model(
 
 
 _POOL = 3
+#: the smallest head size serving engines take: vLLM's CPU attention has kernels for 32, 64,
+#: 80, ... 512 only, and a model with another size dies on its first request
+ENGINE_HEAD_DIM = 32
 TINY_GEMMA4_TEXT = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "num_key_value_heads": 1, "head_dim": 16, "global_head_dim": 16, "hidden_size_per_layer_input": 8,
+    "num_key_value_heads": 1, "head_dim": ENGINE_HEAD_DIM, "global_head_dim": ENGINE_HEAD_DIM,
+    "hidden_size_per_layer_input": 8,
     "sliding_window": 32, "max_position_embeddings": 8192, "layer_types": ["sliding_attention", "full_attention"],
 }
 # The real position table (10240, the default): long thin images at budget 1120 need it.
+# default_output_length is the real checkpoints' default budget (280), which vLLM reads to size
+# its image inputs; the vision tower's head size is not an engine attention kernel's, so 16 stays.
 TINY_GEMMA4_VISION = {
     "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-    "num_key_value_heads": 2, "head_dim": 16, "patch_size": 16,
+    "num_key_value_heads": 2, "head_dim": 16, "patch_size": 16, "default_output_length": 280,
 }
 
 

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .tiny import _save, _start, byte_level_vocab
+from .tiny import ENGINE_HEAD_DIM, _save, _start, byte_level_vocab
 
 #: Qwen's control tokens, in the order the real vocabulary has them after its text tokens
 QWEN3_VL_SPECIALS = [
@@ -63,16 +63,16 @@ def build_qwen3_vl(out_dir: str | Path, *, seed: int = 0) -> Path:
 
     out = _start(out_dir, seed)
     processor, ids = qwen3_vl_processor()
-    head_dim = 16
+    head_dim = ENGINE_HEAD_DIM
     text = {
         # Sized after the processor added its tokens, so every id has an embedding row.
         "vocab_size": len(processor.tokenizer), "hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": head_dim,
         "max_position_embeddings": 8192, "pad_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
         # Multimodal RoPE: the (time, height, width) sections share out half the head dim, as
-        # the real ones' [24, 20, 20] do for 128.
+        # the real ones' [24, 20, 20] do for 128 (engines check the sum).
         "rope_parameters": {
-            "rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [4, 2, 2], "mrope_interleaved": True,
+            "rope_type": "default", "rope_theta": 5_000_000.0, "mrope_section": [6, 5, 5], "mrope_interleaved": True,
         },
     }
     vision = {

@@ -59,6 +59,8 @@ TRAILING_EVENTS = 16
 MAX_PROMPT_TOKENS = 10_000_000
 #: what ends a line of a server-sent event stream
 _EOL = re.compile(rb"\r\n|\r|\n")
+#: request fields the runtime writes itself: extra_body may not replace them, or the stream breaks
+OWNED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,12 @@ class ApiSettings:
             )
         if not self.timeout_s > 0:
             raise InvalidRequest(f"{{param}} must be above 0 seconds, got {self.timeout_s:g}.", param="api_timeout")
+        owned = sorted(OWNED_FIELDS.intersection(self.extra_body))
+        if owned:
+            raise InvalidRequest(
+                f"{{param}} cannot set {', '.join(owned)}: vlm-agent writes those fields itself.",
+                param="api_extra_body",
+            )
 
     @property
     def root(self) -> str:
@@ -687,6 +695,8 @@ class EngineRuntime(Runtime):
         """The error that says what to change, from the engine's status and message."""
         detail = self.redact(one_line(error_detail(content)))
         lower = detail.lower()
+        # The engine's words in quotes, as its: they may name its own flags, which are not ours.
+        said = f'HTTP {status}, the engine says "{detail.replace(chr(34), chr(39))}"' if detail else f"HTTP {status}"
         where = f"The engine at {self.url}"
         if status in (401, 403):
             if self._key is None:
@@ -698,9 +708,17 @@ class EngineRuntime(Runtime):
             return EngineError(f"{where} refused the API key in ${self._key_name} (HTTP {status}); set a key it accepts.")
         if "mm_processor_kwargs" in detail:
             return Unsupported(
-                f"{where} does not take per-request budgets (HTTP {status}: {detail}); "
-                "restart vlm-agent without {param}.",
+                f"{where} does not take per-request budgets (HTTP {status}); vLLM takes them only when started "
+                "with its trust-request-mm-kwargs option: restart the engine with it, or vlm-agent without {param}.",
                 param="budgets_supported",
+            )
+        if "tool choice" in lower and "requires" in lower:
+            # vLLM without a tool-call parser: '"auto" tool choice requires --enable-auto-tool-choice ...'
+            return Unsupported(
+                f"{where} does not let the model choose tools (HTTP {status}); vLLM does only when started with "
+                "its enable-auto-tool-choice and tool-call-parser options (the parser of the model's family): "
+                "restart the engine with them, or pick a tool yourself (describe, ocr, detect).",
+                param="task",
             )
         # vLLM: "The model `x` does not exist."; Ollama: 'model "x" not found'; transformers serve:
         # "Server is pinned to ...; requested 'x'". A bare "Not Found" is a wrong URL instead.
@@ -708,13 +726,13 @@ class EngineRuntime(Runtime):
             self.settings.model in detail or "does not exist" in lower or ("model" in lower and "not found" in lower)
         ):
             return ModelNotFound(
-                f"{where} does not serve model '{self.settings.model}' (HTTP {status}: {detail}); "
+                f"{where} does not serve model '{self.settings.model}' ({said}); "
                 "pass the name it serves with {param}.",
                 param="api_model",
             )
         if "context length" in lower or "too long" in lower:
             return InvalidRequest(
-                f"{where} says the prompt is too long (HTTP {status}: {detail}); use fewer images, a lower "
+                f"{where} says the prompt is too long ({said}); use fewer images, a lower "
                 "budget, a shorter history or a smaller max_new_tokens."
             )
         if status == 404:
@@ -724,11 +742,11 @@ class EngineRuntime(Runtime):
             )
         if status == 429 or status >= 500:
             return EngineUnavailable(
-                f"{where} could not take the request (HTTP {status}: {detail}); retry, lower {{param}}, "
+                f"{where} could not take the request ({said}); retry, lower {{param}}, "
                 "or check the engine's log.",
                 param="max_concurrency",
             )
-        return EngineError(f"{where} refused the request (HTTP {status}: {detail}).")
+        return EngineError(f"{where} refused the request ({said}).")
 
     def redact(self, text: str) -> str:
         # An engine that echoes headers must not get the key into a message.
