@@ -26,7 +26,7 @@ from tools.errors import InvalidRequest, VlmError
 from tools.families import BY_FAMILY, DIALECTS, TINY
 from tools.families.base import BudgetedChatDialect
 from tools.model import DEFAULT_ENGINE_FAMILY, DEFAULT_MODEL, NO_MODEL
-from tools.ocr_engines import ENGINES
+from tools.reading.offline import ENGINES
 from tools.options import PRESETS, resolve_options
 from tools.results import BoxesResult, Result
 from tools.runtimes.engine import DEFAULT_KEY_ENV, ApiSettings
@@ -452,7 +452,7 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     from tools.inputs import AccessPolicy, ImageLoader
     from tools.model import check_ask, load_model, plan
     from tools.tasks import Ask
-    from tools.tiling import parse_tiles
+    from tools.reading.tiling import parse_tiles
     from tools.checks import check_consensus, check_labels, check_text
     from tools.vision import Vision
 

@@ -2,7 +2,7 @@
 
 One pydantic model for a turn and one for each tool's arguments: the types are strict (a
 number is not a path, ``"yes"`` is not ``true``), sizes are the server's limits, and values
-go through the same checks the server makes (tools.vision, tools.options, tools.tiling), so a
+go through the same checks the server makes (tools.vision, tools.options, tools.reading.tiling), so a
 script that passes here fails later only on what needs the model or the files. The first
 problem becomes one line naming the turn and the field.
 """
@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidato
 
 from tools.errors import VlmError
 from tools.options import GenerationOptions
-from tools.tiling import parse_tiles
+from tools.reading.tiling import parse_tiles
 from tools.checks import MAX_IMAGES, check_consensus, check_labels, check_text, two_budgets
 
 from .session import TOOL_ARGUMENTS, TOOLS

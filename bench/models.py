@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tools.accel import head_dims
+from tools.runtimes.accel import head_dims
 from tools.families.gemma4 import Gemma4, Gemma4Runtime
 from tools.model import Model, load_model
 from tools.tiny import build_tiny, gemma4_model, gemma4_processor

@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from tools.ocr_engines import RapidOcr, assemble, bounds, rapidocr
+from tools.reading.offline import RapidOcr, assemble, bounds, rapidocr
 from tools.jobs.tiles import rapidocr_tiled
 
 #: fonts tried per script, first found wins (Debian/Ubuntu paths: fonts-dejavu-core, fonts-noto-cjk)
@@ -157,7 +157,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from tools.tiling import parse_tiles
+    from tools.reading.tiling import parse_tiles
 
     args = parse(argv)
     args.sizes = [size for text in args.sizes for size in text.split(",") if size.strip()]

@@ -28,7 +28,7 @@ from tools.families.gemma4 import Gemma4Runtime, image_inputs, left_pad
 from tools.model import Model
 from tools.runtimes.local import LocalRuntime
 from tools.tasks import Ask, Stopwatch
-from tools.cache import DynamicPrefixCache
+from tools.runtimes.cache import DynamicPrefixCache
 from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions
 from tools.vision import Vision

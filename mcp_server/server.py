@@ -30,15 +30,15 @@ from pydantic_core import PydanticCustomError
 
 from tools.about import package_version
 from tools.outputs import OutputLimits, picture_name, prune
-from tools.detections import Detection
-from tools.drawing import fit_for_client
+from tools.boxes.detections import Detection
+from tools.boxes.drawing import fit_for_client
 from tools.errors import VlmError
 from tools.inputs import AccessPolicy, ImageLoader, Limits
 from tools.options import GenerationOptions
 from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.runtimes.engine import ApiSettings
 from tools.scope import owned_by
-from tools.streaming import TextSink, streaming
+from tools.runtimes.streaming import TextSink, streaming
 from tools.checks import MAX_IMAGES
 from tools.vision import Vision
 

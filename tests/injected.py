@@ -246,7 +246,7 @@ class Units:
             self.wrap(module.TextRecognizer, "__call__", "recognise", lambda engine, crops, *rest: len(crops))
 
         for name, then in (
-            ("tools.families.gemma4", gemma4), ("tools.runtimes.local", local), ("tools.ocr_engines", ocr),
+            ("tools.families.gemma4", gemma4), ("tools.runtimes.local", local), ("tools.reading.offline", ocr),
             ("rapidocr_onnxruntime.ch_ppocr_rec.text_recognize", recogniser),
         ):
             sys.meta_path.insert(0, AfterImport(name, then))

@@ -185,7 +185,7 @@ def test_the_reduced_e2b_keeps_e2bs_shapes():
     processor, ids = gemma4_processor()
     with torch.device("meta"):
         model = gemma4_model(processor, ids, text, vision, vocab_size=vocab)
-    from tools.accel import head_dims
+    from tools.runtimes.accel import head_dims
 
     config = model.config.text_config
     real = CONFIGS["e2b"]

@@ -13,18 +13,7 @@ from tools.inputs import ImageInput
 from tools.model import load_model
 from tools.runtimes.local import local_messages
 from tools.tasks import Ask, Prompt, Turn
-from tools.cache import (
-    BytesLRU,
-    DynamicPrefixCache,
-    EncodedImage,
-    ImageBlock,
-    StaticPrefixCache,
-    VisionCache,
-    fork,
-    image_blocks,
-    kv_length,
-    reusable_prefix,
-)
+from tools.runtimes.cache import BytesLRU, DynamicPrefixCache, EncodedImage, ImageBlock, StaticPrefixCache, VisionCache, fork, image_blocks, kv_length, reusable_prefix
 from tools.errors import InvalidRequest
 from tools.scope import Scope, owned_by
 from tools.inputs import AccessPolicy, ImageLoader
@@ -140,7 +129,8 @@ def test_no_module_keeps_an_image_registry():
     import importlib
     import pkgutil
 
-    from tools import cache, inputs
+    from tools.runtimes import cache
+    from tools import inputs
 
     modules = [cache, inputs, *(importlib.import_module(f"tools.inputs.{m.name}") for m in pkgutil.iter_modules(inputs.__path__))]
     for module in modules:

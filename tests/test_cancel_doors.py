@@ -21,8 +21,8 @@ from tests.hardening import VLM_AGENT, check_tool_error, record
 from tests.injected import inject, units_of
 from tests.raw import RawStdio, call, raw_stdio
 from tests.test_queue_doors import data_uri
-from tools import tiling
-from tools.ocr_engines import DEFAULT_BATCH
+from tools.reading import tiling
+from tools.reading.offline import DEFAULT_BATCH
 
 #: the first unit waits this long for the test at most (a server left waiting would hang the suite)
 WAIT_S = 120
@@ -149,7 +149,7 @@ def test_tile_plans_past_the_cap_are_refused_before_any_work(tiny_gemma4, strip,
             assert result.get("isError"), (arguments, result)
             text = check_tool_error(result["content"][0]["text"])
             assert expected in text, (arguments, text)
-            assert result["structuredContent"] == {"error": "invalid_request", "param": "tiles"}, result
+            assert "structuredContent" not in result and result["_meta"]["vlm-agent/error"] == {"code": "invalid_request", "param": "tiles"}, result
         # Nothing was encoded, searched or generated, and the server still reads.
         assert units_of(talk) == []
         s.send(call(99, "ocr", {"image": data_uri(), "engine": "rapidocr"}))

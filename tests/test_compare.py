@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tools.jobs import budgets as compare
-from tools.detections import Detection
+from tools.boxes.detections import Detection
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tools.detections import Detection, from_json_boxes, iou, match_f1
+from tools.boxes.detections import Detection, from_json_boxes, iou, match_f1
 from tools.families.gemma4 import GRID as GEMMA4_GRID
 from tools.families.gemma4 import from_box_2d_json
 from tools.families.paligemma import GRID as PALIGEMMA_GRID

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.detections import Detection
+from tools.boxes.detections import Detection
 from tools.families.gemma4 import from_box_2d_json
-from tools.drawing import BLACK, PALETTE, WHITE, annotate, colors_for, fit_for_client, grid, text_color
+from tools.boxes.drawing import BLACK, PALETTE, WHITE, annotate, colors_for, fit_for_client, grid, text_color
 from tools.outputs import save_png
 
 GREY = (128, 128, 128)

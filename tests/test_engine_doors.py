@@ -229,8 +229,8 @@ def test_a_non_answer_from_the_engine_is_a_typed_one_line_error(server, engine, 
     assert result.get("isError"), result
     text = check_tool_error(result["content"][0]["text"])
     assert NON_ANSWERS[case] in text, text
-    structured = result["structuredContent"]
-    assert structured["error"] in ("engine_error", "engine_unavailable"), structured
+    structured = result["_meta"]["vlm-agent/error"]
+    assert structured["code"] in ("engine_error", "engine_unavailable"), structured
     # Only an argument the caller sent may be named.
     assert structured.get("param") in (None, "base_url", "api_timeout", "max_concurrency"), structured
     assert "generated_tokens" not in text

@@ -181,7 +181,7 @@ def test_seen_size_matches_the_processor(gemma4_backend, budget, side):
 
 
 def test_streaming_hands_out_the_answer_as_it_is_generated(gemma4_backend):
-    from tools.streaming import streaming
+    from tools.runtimes.streaming import streaming
 
     pieces: list[tuple[str, int]] = []
     options = GenerationOptions(max_new_tokens=12, min_new_tokens=12)

@@ -96,7 +96,7 @@ def describe(image: str) -> dict:
 
 
 def is_busy(result: dict) -> bool:
-    return bool(result.get("isError")) and (result.get("structuredContent") or {}).get("error") == "busy"
+    return bool(result.get("isError")) and (result.get("_meta") or {}).get("vlm-agent/error", {}).get("code") == "busy"
 
 
 def hang_up(port: int, session: RawSession, arguments: dict) -> socket.socket:

@@ -13,7 +13,7 @@ from agent.cli import main
 from mcp_server.server import Settings, build_server
 from tools.errors import InvalidRequest, Unsupported
 from tools.inputs import AccessPolicy, ImageLoader
-from tools.ocr_engines import RapidOcr, cuts, level, reading_order, skew, strip_padded, unlevel
+from tools.reading.offline import RapidOcr, cuts, level, reading_order, skew, strip_padded, unlevel
 from tools.vision import Vision
 
 #: what the rendered picture says, in reading order: two columns on the first row
@@ -368,7 +368,7 @@ def test_pieces_recognised_in_batches_read_as_in_one_call():
     between); the readings are those of one call over all of them."""
     import numpy as np
 
-    from tools.ocr_engines import DEFAULT_BATCH, _recognise_parts
+    from tools.reading.offline import DEFAULT_BATCH, _recognise_parts
 
     reader = RapidOcr()
     image = many_lines()

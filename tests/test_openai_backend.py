@@ -28,7 +28,8 @@ from tools.inputs import AccessPolicy, ImageInput, ImageLoader
 from tools.model import Model
 from tools.options import GenerationOptions
 from tools.errors import Cancelled
-from tools.runtimes.engine import TRAILING_EVENTS, ApiSettings, EngineRuntime, event_lines, read_stream, read_upto
+from tools.runtimes.engine import ApiSettings, EngineRuntime
+from tools.runtimes.replies import TRAILING_EVENTS, event_lines, read_stream, read_upto
 from tools.tasks import Turn
 from tools.vision import Vision
 
@@ -188,7 +189,7 @@ def test_no_key_sends_no_authorization(monkeypatch):
 
 
 def test_stream_pieces_reach_the_stream_sink_and_assemble():
-    from tools.streaming import streaming
+    from tools.runtimes.streaming import streaming
 
     seen: list[tuple[str, int]] = []
     engine = FakeEngine(["Hel", "lo ", "wörld"], finish="length")
@@ -661,9 +662,11 @@ def test_serve_passes_the_engine_settings_to_the_server(monkeypatch):
 
 def test_the_engine_runtime_knows_no_family():
     import tools.runtimes.engine as engine_module
+    import tools.runtimes.replies as replies_module
 
-    source = Path(engine_module.__file__).read_text().lower()
-    assert "gemma" not in source.replace("google/gemma-4", "") and "box_2d" not in source
+    for module in (engine_module, replies_module):
+        source = Path(module.__file__).read_text().lower()
+        assert "gemma" not in source.replace("google/gemma-4", "") and "box_2d" not in source, module
 
 
 def test_another_familys_dialect_runs_on_the_engine_unchanged():

@@ -136,7 +136,7 @@ def test_a_write_that_runs_out_of_room_leaves_no_partial_and_the_next_call_works
         assert failed.get("isError"), failed
         message = check_tool_error(failed["content"][0]["text"])
         assert "Could not write the picture" in message and str(out) not in message
-        assert failed["structuredContent"]["error"] == "output_failed"  # not bad_image: the input was fine
+        assert failed["_meta"]["vlm-agent/error"]["code"] == "output_failed"  # not bad_image: the input was fine
         assert [p.name for p in out.iterdir()] == []  # no partial under any name
         done = Calls.run(s, "detect", {"image": str(small), "labels": ["cat"], "max_new_tokens": 2, "budget": 70})
         assert not done.get("isError"), done
@@ -157,7 +157,7 @@ def test_a_write_that_fails_as_it_is_closed_leaves_no_partial_and_the_next_call_
         assert failed.get("isError"), failed
         message = check_tool_error(failed["content"][0]["text"])
         assert "Could not write the picture" in message and str(out) not in message
-        assert failed["structuredContent"]["error"] == "output_failed"  # not bad_image: the input was fine
+        assert failed["_meta"]["vlm-agent/error"]["code"] == "output_failed"  # not bad_image: the input was fine
         assert [p.name for p in out.iterdir()] == []  # no partial under any name
         done = Calls.run(s, "detect", detect)
         assert not done.get("isError"), done

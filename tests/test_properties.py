@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tools import inputs as images
-from tools.detections import ParsedDetections, from_json_boxes
+from tools.boxes.detections import ParsedDetections, from_json_boxes
 from tools.families.gemma4 import from_box_2d_json
 from tools.families.paligemma import from_loc_tokens
 from tools.errors import InvalidRequest, VlmError

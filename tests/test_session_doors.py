@@ -84,7 +84,7 @@ def test_a_session_sees_nothing_another_session_made(port, image):
     for arguments in ({"images": [image_id]},
                       {"images": [image], "history": [{"role": "user", "content": "hi", "images": [image_id]}]}):
         refused = b.call("describe", {**arguments, "max_new_tokens": 2, "budget": 70})
-        assert refused.get("isError") and refused["structuredContent"] == {"error": "unknown_image"}, refused
+        assert refused.get("isError") and "structuredContent" not in refused and refused["_meta"]["vlm-agent/error"] == {"code": "unknown_image"}, refused
         message = check_tool_error(refused["content"][0]["text"])
         assert message == unknown["content"][0]["text"].replace(never, image_id), message
     nobody = read(b, "detect-0123456789ab.png")

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoProcessor
 
-from tools.streaming import IncrementalText, answer_text, run_joiner, settled
+from tools.runtimes.streaming import IncrementalText, answer_text, run_joiner, settled
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run, sample_image
-from tools import tiling
+from tools.reading import tiling
 from tools.jobs import tiles as tiled
 from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions

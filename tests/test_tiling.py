@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tools import tiling
+from tools.reading import tiling
 from tools.errors import InvalidRequest
-from tools.tiling import Found, Tile
+from tools.reading.tiling import Found, Tile
 
 
 def covered(tiles: list[Tile], size: tuple[int, int]) -> bool:

@@ -203,7 +203,7 @@ async def test_detect_parses_the_engines_answer_into_pixel_boxes(engine_url, tin
 
 
 def test_streamed_pieces_make_up_the_answer(letters):
-    from tools.streaming import streaming
+    from tools.runtimes.streaming import streaming
 
     pieces: list[str] = []
     with streaming(lambda piece, count: pieces.append(piece)):

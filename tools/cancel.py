@@ -2,7 +2,7 @@
 
 Whoever runs a request (the MCP server) opens ``cancellable(event)`` around the core call; a
 wait that may last seconds (an image download) finds the event here instead of having it
-threaded through every layer, and gives up soon after it is set. Like ``tools.streaming``, it
+threaded through every layer, and gives up soon after it is set. Like ``tools.runtimes.streaming``, it
 is a context variable, so two concurrent requests never see each other's event.
 """
 

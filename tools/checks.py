@@ -10,7 +10,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import tiling
+from .reading import tiling
 from .errors import InvalidRequest
 from .tasks import Turn
 

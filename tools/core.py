@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from .checks import check_count
-from .drawing import annotate
+from .boxes.drawing import annotate
 from .errors import InvalidRequest, Unsupported
 from .inputs import ImageLoader, LoadedImage
 from .model import Model

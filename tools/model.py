@@ -17,10 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import accel
+from .runtimes import accel
 from .errors import InvalidRequest, ModelNotFound, Unsupported
 from .families import BY_FAMILY, BY_MODEL_TYPE, DIALECTS, Dialect
-from .hub import check_reachable
+from .runtimes.hub import check_reachable
 from .inputs import ImageInput
 from .options import GenerationOptions
 from .runtimes.base import Runtime

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from .detections import Detection
+from .boxes.detections import Detection
 from .toolcalls import ToolCall
 
 

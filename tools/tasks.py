@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .detections import ParsedDetections
+from .boxes.detections import ParsedDetections
 from .inputs import ImageInput
 from .results import CacheReport, Timings
 from .text import clean_model_text

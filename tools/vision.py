@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import tiling
+from .reading import tiling
 from .checks import (
     MAX_HISTORY_TURNS,
     MAX_IMAGES,
@@ -31,7 +31,7 @@ from .jobs import consensus as consensus_job
 from .jobs import tiles as tiles_job
 from .jobs import verify as verify_job
 from .jobs.auto_budget import AUTO
-from .ocr_engines import ENGINES
+from .reading.offline import ENGINES
 from .options import GenerationOptions
 from .results import BoxesResult, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, SegmentResult
 from .tasks import Ask, Progress, Task, Turn

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-from ..detections import ParsedDetections
+from ..boxes.detections import ParsedDetections
 from ..errors import InvalidRequest, Unsupported
 from ..inputs import ImageInput
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Part, Prompt, Turn, plural

@@ -6,11 +6,11 @@ Budgets. A budget caps the soft tokens an image becomes: the encoder sees at mos
 
 The dialect (``Gemma4``) runs on any runtime. On the local one it brings its own runtime
 (``Gemma4Runtime``), which does no work twice: each image is encoded once per budget
-(``tools.cache.VisionCache``) and reaches the model as features (``mm_encoder_outputs``), so a
+(``tools.runtimes.cache.VisionCache``) and reaches the model as features (``mm_encoder_outputs``), so a
 prompt is built from text alone: the template's image placeholders are expanded to as many soft
 tokens as the cached encoding has, which is what the processor would do after preprocessing the
 pixels. A prompt that starts like an earlier one, with the same images, resumes from that call's
-KV cache (``tools.cache.PrefixCache``) and prefills only the rest. ``generate_many`` runs one
+KV cache (``tools.runtimes.cache.PrefixCache``) and prefills only the rest. ``generate_many`` runs one
 task at several budgets as one left-padded batch.
 """
 
@@ -22,16 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..cache import (
-    DynamicPrefixCache,
-    EncodedImage,
-    ImageBlock,
-    PrefixCache,
-    StaticPrefixCache,
-    VisionCache,
-    image_blocks,
-)
-from ..detections import ParsedDetections, from_json_boxes
+from ..runtimes.cache import DynamicPrefixCache, EncodedImage, ImageBlock, PrefixCache, StaticPrefixCache, VisionCache, image_blocks
+from ..boxes.detections import ParsedDetections, from_json_boxes
 from ..errors import InvalidRequest
 from ..inputs import ImageInput
 from ..options import GenerationOptions

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ..detections import Collector, Drop, ParsedDetections, label_of
+from ..boxes.detections import Collector, Drop, ParsedDetections, label_of
 from ..errors import InvalidRequest
 from ..tasks import Ask, Capabilities, Prompt
 from .base import Dialect, TokenCounter, one_line, prompt_images, single_turn_note

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..detections import ParsedDetections, from_json_boxes
+from ..boxes.detections import ParsedDetections, from_json_boxes
 from ..errors import InvalidRequest
 from ..tasks import Ask, Capabilities, Prompt, Turn, plural
 from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text

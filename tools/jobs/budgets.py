@@ -19,14 +19,14 @@ from PIL import Image
 
 from ..checks import check_labels, check_text, two_budgets
 from ..core import Core, save_picture
-from ..detections import Detection, match_f1
-from ..drawing import annotate, grid
+from ..boxes.detections import Detection, match_f1
+from ..boxes.drawing import annotate, grid
 from ..errors import InvalidRequest, Unsupported
 from ..inputs import LoadedImage
 from ..model import Model
 from ..options import GenerationOptions
 from ..results import BudgetRun, BudgetTimings, CompareResult, DescribeResult, DetectResult, OcrResult, Result
-from ..streaming import streaming
+from ..runtimes.streaming import streaming
 from ..tasks import Answer, Ask, Progress
 from . import auto_budget
 from .consensus import fused_boxes

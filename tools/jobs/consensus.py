@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..core import Core, save_annotated
-from ..detections import Agreement, Detection, from_pixel_box, iou
+from ..boxes.detections import Agreement, Detection, from_pixel_box, iou
 from ..options import GenerationOptions
 from ..results import DetectResult
 from ..tasks import Ask, combine

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from .. import cancel, tiling
+from .. import cancel
+from ..reading import tiling
 from ..core import Core, save_annotated
-from ..detections import Detection, ParsedDetections
+from ..boxes.detections import Detection, ParsedDetections
 from ..errors import InvalidRequest
 from ..inputs import ImageInput, LoadedImage
 from ..model import Model
-from ..ocr_engines import Quad, RapidOcr, Reading, arrange, level, rapidocr, skew, unlevel
+from ..reading.offline import Quad, RapidOcr, Reading, arrange, level, rapidocr, skew, unlevel
 from ..options import GenerationOptions
 from ..results import DetectResult, OcrResult, TileOut, Timings
 from ..tasks import Ask, Generation, Stopwatch, Task, combine

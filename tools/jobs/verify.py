@@ -14,7 +14,7 @@ from dataclasses import replace
 from PIL import Image
 
 from ..core import Core
-from ..detections import Detection
+from ..boxes.detections import Detection
 from ..inputs import ImageInput
 from ..model import Model
 from ..options import GenerationOptions

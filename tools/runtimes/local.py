@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
-from .. import accel
+from . import accel
 from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
 from ..options import GenerationOptions
 from ..results import BudgetTimings
-from ..streaming import answer_text, current_sink, text_streamer
+from .streaming import answer_text, current_sink, text_streamer
 from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note
 from ..text import tokenizer_control_strings
 from .base import Runtime

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from .text import clean_model_text
+from ..text import clean_model_text
 
 #: ``sink(delta, tokens_so_far)``
 TextSink = Callable[[str, int], None]

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 DEFAULT_LABEL = "object"
 #: which coordinate a family writes first: y (y1, x1, y2, x2) or x (x1, y1, x2, y2)

@@ -21,8 +21,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .detections import iou
-from .errors import InvalidRequest
+from ..boxes.detections import iou
+from ..errors import InvalidRequest
 
 Box = tuple[int, int, int, int]
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from PIL import Image
 
-from . import cancel
-from .tasks import Stopwatch
-from .detections import Detection, from_pixel_box
-from .errors import InvalidRequest, Unsupported
-from .results import Timings
+from .. import cancel
+from ..tasks import Stopwatch
+from ..boxes.detections import Detection, from_pixel_box
+from ..errors import InvalidRequest, Unsupported
+from ..results import Timings
 
 #: ``ocr(engine=...)``: the loaded vision-language model, or the offline OCR
 ENGINES = ("vlm", "rapidocr")

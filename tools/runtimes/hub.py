@@ -11,7 +11,7 @@ import os
 
 import httpx
 
-from .errors import ModelNotFound
+from ..errors import ModelNotFound
 
 log = logging.getLogger("vlm_agent.hub")
 
