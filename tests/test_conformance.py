@@ -109,16 +109,34 @@ def scenario_results(results: Path) -> dict[str, list[dict]]:
     }
 
 
-def test_the_documented_conformance_commands_pass_both_requirement_sets(setup_folder):
-    """docs/mcp.md's conformance lines, as printed (another port, and no npm ci: the packages are here)."""
-    node = need(SUITE)
-    lines = documented("conformance server")
-    assert lines[0] == "npm ci --prefix tests/conformance"
+#: checks of the suite that read a fixture tool's answer within a fixed 500-600 ms (the suite's own
+#: timer, with its Node process and the server sharing the machine); the server answers them in a
+#: few milliseconds, so a miss means a busy machine, and the run is repeated once
+SUITE_TIMED = {
+    "server-stateless:sep-2575-http-server-no-independent-requests-on-stream",
+    "server-stateless:sep-2575-server-no-log-without-loglevel",
+}
+
+
+def unexpected(report: str) -> list[str]:
+    """The checks a conformance report lists as failing outside the baseline."""
+    found: list[str] = []
+    for block in report.split("Unexpected failures (not in baseline):")[1:]:
+        for line in block.splitlines()[1:]:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line).strip()
+            if not line.startswith("✗"):
+                break
+            found.append(line.removeprefix("✗").strip())
+    return found
+
+
+def run_documented(lines: list[str], node: str, folder: Path) -> tuple[int, str]:
+    """The documented commands run in ``folder``, on a free port: their exit status and output."""
     port = str(free_port())
-    script = "\n".join(line.replace("8000", port) for line in lines[1:])
+    script = "\n".join(line.replace("8000", port) for line in lines)
     # Stop at the first failing line, and never leave the server running.
     script = f"set -e\ntrap 'kill $server 2>/dev/null || true' EXIT\n{script}"
-    run = subprocess.Popen(["bash", "-c", script], cwd=setup_folder, env=environment(node, setup_folder),
+    run = subprocess.Popen(["bash", "-c", script], cwd=folder, env=environment(node, folder),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         report, _ = run.communicate(timeout=600)
@@ -127,7 +145,21 @@ def test_the_documented_conformance_commands_pass_both_requirement_sets(setup_fo
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
-    assert run.returncode == 0, report[-6000:]
+    return run.returncode, report
+
+
+def test_the_documented_conformance_commands_pass_both_requirement_sets(setup_folder):
+    """docs/mcp.md's conformance lines, as printed (another port, and no npm ci: the packages are here)."""
+    node = need(SUITE)
+    lines = documented("conformance server")
+    assert lines[0] == "npm ci --prefix tests/conformance"
+    returncode, report = run_documented(lines[1:], node, setup_folder)
+    if returncode != 0 and set(unexpected(report)) and set(unexpected(report)) <= SUITE_TIMED:
+        # Checks the suite gives a fixed few hundred milliseconds, against the clock of a machine
+        # that may be busy: one more run tells a slow moment from a wrong answer.
+        shutil.rmtree(setup_folder / "conformance-results", ignore_errors=True)
+        returncode, report = run_documented(lines[1:], node, setup_folder)
+    assert returncode == 0, report[-6000:]
     assert report.count("Baseline check passed") == 2, report[-6000:]
     stateless = scenario_results(setup_folder / "conformance-results" / "2026-07-28")
     stateful = scenario_results(setup_folder / "conformance-results" / "2025-11-25")
