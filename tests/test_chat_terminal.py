@@ -80,7 +80,7 @@ def test_a_hostile_server_writes_no_file_the_chat_did_not_name(hostile, tmp_path
     saved = sorted(p.name for p in (home / "outputs").iterdir())
     assert len(saved) == 1 and PICTURE_NAME.fullmatch(saved[0]), saved  # one picture, a name of the chat's own
     assert b"Traceback" not in chat.screen
-    record(class_13=1)
+    record(class_17=1)
 
 
 def test_markup_typed_or_sent_never_crashes_the_chat(hostile, tmp_path, photo):
@@ -99,7 +99,7 @@ def test_markup_typed_or_sent_never_crashes_the_chat(hostile, tmp_path, photo):
         chat.line("/quit", rb"bye")
         assert chat.wait(30) == 0, chat.tail()
     assert b"MarkupError" not in chat.screen and b"Traceback" not in chat.screen
-    record(class_13=1)
+    record(class_17=1)
 
 
 def test_nothing_from_a_server_or_a_file_name_drives_the_terminal(hostile, tmp_path, photo):
@@ -122,7 +122,7 @@ def test_nothing_from_a_server_or_a_file_name_drives_the_terminal(hostile, tmp_p
         assert chat.wait(30) == 0, chat.tail()
     assert chat.forbidden() == [], chat.forbidden()
     assert NASTY.encode() not in chat.screen
-    record(class_13=1)
+    record(class_17=1)
 
 
 class HeldEngine:

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tools import inputs as images
+from tools.inputs import fetch
 from tools.boxes.detections import ParsedDetections, from_json_boxes
 from tools.families.gemma4 import from_box_2d_json
 from tools.families.paligemma import from_loc_tokens
@@ -189,7 +189,7 @@ def allowed(tmp_path_factory) -> Path:
 def resolve_only(ref: str, allowed: Path) -> None:
     """Load ``ref`` under a server policy; any host resolves to loopback, so no URL ever leaves."""
     loopback = [ipaddress.ip_address("127.0.0.1")]
-    with mock.patch.object(images, "_resolve", lambda host, port: loopback):
+    with mock.patch.object(fetch, "_resolve", lambda host, port: loopback):
         try:
             loaded = ImageLoader(AccessPolicy.for_server([allowed])).load(ref)
         except VlmError:

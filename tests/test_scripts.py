@@ -132,7 +132,7 @@ def test_a_bad_script_is_refused_in_one_line_before_the_server_starts(text, expe
     line = one_line_refusal(run_script(script, *NO_MODEL, home=tmp_path / "home"))
     assert line == f"error: {expected}" or expected in line, line
     assert "/nonexistent" not in line  # refused before the model's folder was ever looked at
-    record(class_13=1)
+    record(class_18=1)
 
 
 @pytest.mark.parametrize(("text", "expected"), REFUSED, ids=lambda v: v[:30] if "\n" in v or v == ": [" else None)
@@ -160,7 +160,7 @@ def test_script_bytes_are_read_within_bounds_through_the_console_script(name, da
     script.write_bytes(data)
     line = one_line_refusal(run_script(script, *NO_MODEL, home=tmp_path / "home"))
     assert expected in line, line
-    record(class_13=1)
+    record(class_18=1)
 
 
 @pytest.mark.parametrize(
@@ -192,7 +192,7 @@ def test_script_bytes_are_read_within_bounds(name, data, expected, tmp_path):
 def test_a_device_as_script_is_refused_without_reading_it_all(tmp_path):
     line = one_line_refusal(run_script(Path("/dev/zero"), *NO_MODEL, home=tmp_path / "home"))
     assert "larger than 1 MiB" in line
-    record(class_13=1)
+    record(class_18=1)
 
 
 def test_a_script_passes_every_argument_its_tool_takes_and_a_failed_turn_says_why(tiny_gemma4, tmp_path):

@@ -137,7 +137,7 @@ def test_the_command_line_prints_an_engines_answer_inert_and_its_json_exact(tmp_
     assert plain.stdout == b"ab]52;c;cGF5c evil [/x]\n"  # no bidi override, the markup as written
     # --json carries the answer as the core gave it: JSON escapes what it must itself
     assert json.loads(as_json.stdout)["text"] == "ab]52;c;cGF5c \u202eevil\u202c [/x]"
-    record(class_13=1)
+    record(class_17=1)
 
 
 def test_json_output_stays_exact_and_plain_output_is_cleaned(capsys):
