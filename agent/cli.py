@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from agent.terminal import TerminalConsole
 from tools.about import package_version
 from tools.errors import InvalidRequest, VlmError
-from tools.families import BY_FAMILY, DIALECTS, TINY
+from tools.families import BY_FAMILY, DIALECTS
 from tools.families.base import BudgetedChatDialect
 from tools.model import DEFAULT_ENGINE_FAMILY, DEFAULT_MODEL, NO_MODEL
 from tools.reading.offline import ENGINES
@@ -31,6 +31,7 @@ from tools.options import PRESETS, resolve_options
 from tools.results import BoxesResult, Result
 from tools.runtimes.engine import DEFAULT_KEY_ENV, ApiSettings
 from tools.runtimes.local import QUANTIZE
+from tools.tiny import BUILDERS
 
 MODEL_ENV = "VLM_AGENT_MODEL"
 DEFAULT_MAX_NEW_TOKENS = 512
@@ -408,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         "plumbing, never answers.",
     )
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--family", default="gemma4", choices=tuple(TINY), help="blip2 has OPT inside, blip2-t5 Flan-T5")
+    p.add_argument("--family", default="gemma4", choices=tuple(BUILDERS), help="blip2 has OPT inside, blip2-t5 Flan-T5")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     for sub in subcommands(parser).values():
         sub.formatter_class = DefaultsFormatter

@@ -21,12 +21,11 @@ from typing import Any
 
 from . import scenarios
 from .models import build
-from .scenarios import QUESTIONS, Ablation, Bench, Outcome, Row, Table, pct, ratio
+from .report import report
+from .scenarios import QUESTIONS, Ablation, Bench, Outcome, Row, Table, pct, ratio, sample_picture, warm
 
 
 def run_suite(args: argparse.Namespace, workdir: Path, device: str) -> dict[str, Any]:
-    from .__main__ import report, sample_picture, warm
-
     cuda = device == "cuda"
     config = args.config or ("e2b" if cuda else "e2b-mini")
     tokens = args.tokens or (64 if cuda else 8)

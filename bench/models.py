@@ -18,7 +18,8 @@ import torch
 from tools.runtimes.accel import head_dims
 from tools.families.gemma4 import Gemma4, Gemma4Runtime
 from tools.model import Model, load_model
-from tools.tiny import build_tiny, gemma4_model, gemma4_processor
+from tools.tiny import build_tiny
+from tools.tiny.gemma4 import gemma4_model, gemma4_processor
 
 REAL_VOCAB = 262_144
 _REAL_TEXT = {

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, ImageDraw
+
 from tools.families import gemma4
 from tools.families.gemma4 import Gemma4Runtime, image_inputs, left_pad
 from tools.model import Model
@@ -156,6 +158,24 @@ class Bench:
 
     def fraction_of_bandwidth(self, tokens_per_s: float | None) -> float | None:
         return None if tokens_per_s is None else tokens_per_s * self.bytes_per_token / self.bandwidth
+
+
+def sample_picture(path: Path) -> Path:
+    """A 1024x768 picture with shapes and a line of text, so every task has something to look at."""
+    image = Image.new("RGB", (1024, 768), (230, 230, 220))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([80, 90, 420, 380], fill=(200, 40, 40))
+    draw.ellipse([560, 200, 900, 540], fill=(40, 90, 200))
+    draw.text((120, 620), "HELLO WORLD 2026", fill=(0, 0, 0))
+    image.save(path)
+    return path
+
+
+def warm(bench: Bench) -> None:
+    """Untimed first calls on both sides: lazy initialisation is not what is compared."""
+    bench.vision.describe([str(bench.image)], "x", options=bench.options)
+    bench.seed(bench.messages("x"), 280)
+    bench.backend.clear_caches()
 
 
 def forced(tokens: int) -> GenerationOptions:

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from bench import growth, scenarios
-from bench.__main__ import main, markdown, targets, sample_picture
+from bench.__main__ import main, markdown
+from bench.report import targets
+from bench.scenarios import sample_picture
 from bench.models import CONFIGS, REAL_VOCAB, build, describe_model
-from tools.tiny import gemma4_model, gemma4_processor
+from tools.tiny.gemma4 import gemma4_model, gemma4_processor
 
 
 @pytest.fixture(scope="module")

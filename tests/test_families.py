@@ -156,6 +156,13 @@ def test_cli_preset(family, checkpoint, image, capsys, preset):
     assert json.loads(out)["generated_tokens"] <= 3
 
 
+def test_every_family_has_a_tiny_builder():
+    from tools.families import DIALECTS
+    from tools.tiny import BUILDERS
+
+    assert [d.family for d in DIALECTS if d.family not in BUILDERS] == []
+
+
 def test_cli_tiny_model_builds_each_family(family, tmp_path, capsys):
     code, out, err = run(capsys, "tiny-model", str(tmp_path / family), "--family", family)
     assert code == 0, err

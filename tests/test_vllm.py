@@ -141,7 +141,7 @@ def scripted(text: str, special: tuple[str, ...] = ()) -> dict:
 
 
 def gemma4_token_ids(tokens: tuple[str, ...]) -> list[int]:
-    from tools.tiny import gemma4_processor
+    from tools.tiny.gemma4 import gemma4_processor
 
     processor, ids = gemma4_processor()
     return [ids[token] for token in tokens]

@@ -1,16 +1,12 @@
 """The model families: one dialect module each, registered here by the config ``model_type`` it reads.
 
-Adding a family is one module under ``tools/families/`` with a ``Dialect`` subclass, one entry in
-``DIALECTS`` and, for tests and offline runs, its tiny-checkpoint builder in ``TINY``.
+Adding a family is one module under ``tools/families/`` with a ``Dialect`` subclass and one entry in
+``DIALECTS``; for tests and offline runs, a tiny-checkpoint builder in ``tools/tiny/`` (registered
+there, in ``tools.tiny.BUILDERS``: this registry never imports test tooling).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-from .. import tiny
-from ..tiny_qwen3_vl import build_qwen3_vl
 from .base import Dialect
 from .blip2 import Blip2
 from .gemma4 import Gemma4
@@ -25,16 +21,7 @@ BY_MODEL_TYPE: dict[str, type[Dialect]] = {model_type: d for d in DIALECTS for m
 #: the short family name results report -> dialect
 BY_FAMILY: dict[str, type[Dialect]] = {d.family: d for d in DIALECTS}
 
-#: ``vlm-agent tiny-model --family NAME`` -> builder of a tiny random-weight checkpoint
-TINY: dict[str, Callable[..., Path]] = {
-    "gemma4": tiny.build_gemma4,
-    "paligemma": tiny.build_paligemma,
-    "blip2": tiny.build_blip2,
-    "blip2-t5": tiny.build_blip2_t5,
-    "qwen3_vl": build_qwen3_vl,
-}
-
-__all__ = ["BY_FAMILY", "BY_MODEL_TYPE", "DIALECTS", "Dialect", "TINY", "families_that"]
+__all__ = ["BY_FAMILY", "BY_MODEL_TYPE", "DIALECTS", "Dialect", "families_that"]
 
 
 def families_that(task: str) -> list[str]:

@@ -9,11 +9,10 @@ Only the widths and depths are tiny.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .tiny import ENGINE_HEAD_DIM, _save, _start, byte_level_vocab
+from .common import ENGINE_HEAD_DIM, byte_level_vocab, chat_template, save, start
 
 #: Qwen's control tokens, in the order the real vocabulary has them after its text tokens
 QWEN3_VL_SPECIALS = [
@@ -29,7 +28,7 @@ MAX_PIXELS = 16384 * (PATCH * MERGE) ** 2
 
 
 def qwen3_vl_chat_template() -> str:
-    return resources.files("tools").joinpath("templates/qwen3_vl.jinja").read_text(encoding="utf-8")
+    return chat_template("qwen3_vl")
 
 
 def qwen3_vl_processor() -> tuple[Any, dict[str, int]]:
@@ -61,7 +60,7 @@ def build_qwen3_vl(out_dir: str | Path, *, seed: int = 0) -> Path:
     """A Qwen3-VL with a 2-layer language model and a 1-block vision tower, under 1 MB."""
     from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    out = _start(out_dir, seed)
+    out = start(out_dir, seed)
     processor, ids = qwen3_vl_processor()
     head_dim = ENGINE_HEAD_DIM
     text = {
@@ -88,4 +87,4 @@ def build_qwen3_vl(out_dir: str | Path, *, seed: int = 0) -> Path:
     model = Qwen3VLForConditionalGeneration(config).eval()
     stop = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config = GenerationConfig(eos_token_id=stop, pad_token_id=ids["<|endoftext|>"], do_sample=False)
-    return _save(model, processor, out)
+    return save(model, processor, out)
