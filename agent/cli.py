@@ -588,7 +588,8 @@ def check_serve_numbers(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     check_serve_numbers(args)
-    from mcp_server.server import Settings, build_server, default_out_dir
+    from mcp_server.resident import Settings, default_out_dir
+    from mcp_server.server import build_server
     from tools.outputs import OutputLimits
     from mcp_server.transport import SessionLimits, serve_http
 
