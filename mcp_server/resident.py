@@ -3,7 +3,7 @@
 ``Resident`` is built once per server and shared by every request: the image loader and its
 store, who owns what (``owners``), the offline OCR (which needs no model), the bounded queue
 (``admission``) and, once loaded, the ``tools.vision.Vision`` over the model. The server's
-lifespan hands it to every request.
+lifespan hands requests a ``State`` that holds it.
 """
 
 from __future__ import annotations
@@ -196,6 +196,13 @@ class Resident:
         name = picture_name(kind)
         owner.pictures.add(name)
         return self.settings.out_dir / name
+
+
+@dataclass(frozen=True)
+class State:
+    """What the server's lifespan hands every request (``ctx.request_context.lifespan_context``)."""
+
+    resident: Resident
 
 
 def text_sink(ctx: Context, total: int) -> TextSink:

@@ -1,7 +1,7 @@
 """The MCP server: registration of the tools, prompts and resources over one resident model.
 
 Protocol glue only. ``build_server`` makes the ``Resident`` model (``resident``), whose load
-the lifespan starts and which it hands every request; registers the tools
+the lifespan starts and whose ``State`` it hands every request; registers the tools
 (``tools``), the prompts, completion and the pictures and model resources; and
 ``VisionServer`` turns every tool failure into one sentence for the caller (``errors``).
 """
@@ -25,14 +25,14 @@ from . import completion, logs, pictures, prompts
 from .arguments import IMAGE_REF
 from .errors import error_result, explain
 from .icons import icon
-from .resident import Resident, Settings
+from .resident import Resident, Settings, State
 from .tools import TITLES, TOOLS, owner_of
 
 #: ``Settings`` is what ``build_server`` takes, so it is found here too
 __all__ = ["Settings", "VisionServer", "build_server"]
 
 
-class VisionServer(MCPServer):
+class VisionServer(MCPServer[State]):
     """MCPServer whose tool errors are one sentence meant for the caller, never a traceback."""
 
     resident: Resident
@@ -43,7 +43,7 @@ class VisionServer(MCPServer):
 
         await serve_stdio(self)
 
-    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None) -> Any:
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[State] | None = None) -> Any:
         known = sorted(tool.name for tool in await self.list_tools())
         if name not in known:
             # repr keeps a hostile name on one line; the list makes the error actionable.
@@ -62,7 +62,7 @@ class VisionServer(MCPServer):
         return result
 
     async def get_prompt(
-        self, name: str, arguments: dict[str, Any] | None = None, context: Context | None = None
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[State] | None = None
     ) -> Any:
         prompts.check(await self.list_prompts(), name, arguments)
         return await super().get_prompt(name, arguments, context)
@@ -73,9 +73,9 @@ def build_server(settings: Settings, load: Callable[..., Any] | None = None) -> 
     resident = Resident(settings, load)
 
     @asynccontextmanager
-    async def lifespan(_: MCPServer) -> AsyncIterator[Resident]:
+    async def lifespan(_: MCPServer[State]) -> AsyncIterator[State]:
         resident.start()
-        yield resident
+        yield State(resident)
 
     server = VisionServer(
         "vlm-agent",

@@ -1,9 +1,10 @@
 """The MCP tools: the vision core's operations as typed, documented functions.
 
-Each tool is a module-level async function that reads the ``Resident`` model from the
-lifespan context and goes through one helper (``run_tool``): wait for the model, build the
-generation options, run its ``tools.vision.Vision`` call on a worker thread, and return the
-structured result; the tool then only turns that into MCP content (``rendering``).
+Each tool is a module-level async function whose ``ctx`` carries the lifespan's ``State``
+(the ``Resident`` model). It goes through one helper (``run_tool``): wait for the model,
+build the generation options, run its ``tools.vision.Vision`` call (with keyword arguments)
+on a worker thread, and return the structured result; the tool then only turns that into MCP
+content (``rendering``).
 """
 
 from __future__ import annotations
@@ -24,24 +25,24 @@ from tools.vision import Vision
 from .arguments import IMAGE_REF, Budget, History, ImageRef, MaxNewTokens, Temperature, Tiles, TopP, history_images, turns_of
 from .owners import Owner
 from .rendering import box_line, noted, picture_result, split_ms, stats, text_result
-from .resident import Resident
+from .resident import Resident, State
 
 R = TypeVar("R")
 
 
-def resident_of(ctx: Context) -> Resident:
+def resident_of(ctx: Context[State]) -> Resident:
     """The resident model, which the server's lifespan put in the request context."""
-    return ctx.request_context.lifespan_context
+    return ctx.request_context.lifespan_context.resident
 
 
-def owner_of(ctx: Context) -> Owner:
+def owner_of(ctx: Context[State]) -> Owner:
     """Who the request belongs to: its session over HTTP, the one client on stdio."""
     # A tool called on its own (a context with no session) is the one client's.
     return resident_of(ctx).owners.of(getattr(ctx.request_context, "session", None))
 
 
 async def run_tool(
-    ctx: Context,
+    ctx: Context[State],
     work: Callable[[Vision, GenerationOptions], R],
     *,
     max_new_tokens: int,
@@ -67,7 +68,7 @@ async def run_tool(
 
 async def describe(
     images: Annotated[list[str], Field(description=f"one or more images; each {IMAGE_REF}")],
-    ctx: Context,
+    ctx: Context[State],
     prompt: Annotated[str, Field(description="question or instruction; empty asks for a description")] = "",
     history: History = None,
     budget: Budget = None,
@@ -82,7 +83,10 @@ async def describe(
     `notes` what it had to leave out.
     """
     result = await run_tool(
-        ctx, lambda vision, chosen: vision.describe(images, prompt, turns_of(history), budget, chosen),
+        ctx,
+        lambda vision, chosen: vision.describe(
+            images=images, prompt=prompt, history=turns_of(history), budget=budget, options=chosen
+        ),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True,
         images=[*images, *history_images(history)],
     )
@@ -91,7 +95,7 @@ async def describe(
 
 async def ocr(
     image: ImageRef,
-    ctx: Context,
+    ctx: Context[State],
     budget: Budget = None,
     max_new_tokens: MaxNewTokens = 512,
     temperature: Temperature = 0.0,
@@ -111,7 +115,8 @@ async def ocr(
     engine 'rapidocr' reads printed text offline without the model and returns line boxes.
     """
     result = await run_tool(
-        ctx, lambda vision, chosen: vision.ocr(image, budget, chosen, engine, tiles),
+        ctx,
+        lambda vision, chosen: vision.ocr(image=image, budget=budget, options=chosen, engine=engine, tiles=tiles),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True, model=engine == "vlm",
         images=[image],
     )
@@ -121,7 +126,7 @@ async def ocr(
 async def detect(
     image: ImageRef,
     labels: Annotated[list[str], Field(description="what to find, e.g. ['person', 'car']")],
-    ctx: Context,
+    ctx: Context[State],
     budget: Budget = None,
     max_new_tokens: MaxNewTokens = 512,
     temperature: Temperature = 0.0,
@@ -146,7 +151,11 @@ async def detect(
     # Pruning the output folder touches every file in it: off the event loop too.
     out = await anyio.to_thread.run_sync(resident_of(ctx).output_path, "detect", owner_of(ctx))
     detected = await run_tool(
-        ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify),
+        ctx,
+        lambda vision, chosen: vision.detect(
+            image=image, labels=labels, budget=budget, options=chosen, annotated_path=out, tiles=tiles,
+            consensus=consensus, verify=verify,
+        ),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=[image],
     )
     lines = [box_line(d) for d in detected.detections] or ["nothing found"]
@@ -157,7 +166,7 @@ async def detect(
 
 async def compare_budgets(
     image: ImageRef,
-    ctx: Context,
+    ctx: Context[State],
     prompt: Annotated[
         str, Field(description="the question (describe) or the comma-separated labels (detect); unused for ocr")
     ] = "",
@@ -179,7 +188,11 @@ async def compare_budgets(
         anyio.from_thread.run(ctx.report_progress, done, total, message)
 
     result = await run_tool(
-        ctx, lambda vision, chosen: vision.compare_budgets(image, task, prompt, (), budgets, chosen, out, progress),
+        ctx,
+        lambda vision, chosen: vision.compare_budgets(
+            image=image, task=task, prompt=prompt, budgets=budgets, options=chosen, picture_path=out,
+            progress=progress,
+        ),
         max_new_tokens=max_new_tokens, images=[image],
     )
     rows = [
@@ -200,7 +213,7 @@ async def compare_budgets(
 
 async def chat(
     message: Annotated[str, Field(description="the user's message")],
-    ctx: Context,
+    ctx: Context[State],
     images: Annotated[list[str], Field(description=f"images of this message; each {IMAGE_REF}")] = [],  # noqa: B006
     history: History = None,
     budget: Budget = None,
@@ -214,7 +227,10 @@ async def chat(
     (vlm-agent://model says `chat`): others answer with an error, and the caller picks a tool itself.
     """
     result = await run_tool(
-        ctx, lambda vision, chosen: vision.chat(images, message, turns_of(history), budget, chosen),
+        ctx,
+        lambda vision, chosen: vision.chat(
+            images=images, prompt=message, history=turns_of(history), budget=budget, options=chosen
+        ),
         max_new_tokens=max_new_tokens, stream=True, images=[*images, *history_images(history)],
     )
     calls = [f"call {c.name}({json.dumps(c.arguments)})" for c in result.tool_calls]

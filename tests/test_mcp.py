@@ -376,13 +376,13 @@ async def test_tool_errors_carry_a_machine_readable_code(server, workdir):
 
 
 async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir, gemma4_backend, tiny_gemma4):
-    """The tools read the resident model from the request's lifespan context: one can be called
-    directly, with nothing but a context that holds a resident model."""
+    """The tools read the resident model from the lifespan's state in the request context: one can be
+    called directly, with nothing but a context that holds that state."""
     import inspect
     from types import SimpleNamespace
 
     import mcp_server.tools as tools_module
-    from mcp_server.resident import Resident
+    from mcp_server.resident import Resident, State
 
     assert {tool.__name__ for tool in tools_module.TOOLS} == TOOLS
     for tool in tools_module.TOOLS:
@@ -397,7 +397,8 @@ async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir,
     async def report_progress(*args) -> None:
         progress.append(args)
 
-    ctx = SimpleNamespace(request_context=SimpleNamespace(lifespan_context=resident), report_progress=report_progress)
+    state = State(resident)
+    ctx = SimpleNamespace(request_context=SimpleNamespace(lifespan_context=state), report_progress=report_progress)
     result = await tools_module.describe([img(workdir, "square.png")], ctx, max_new_tokens=3)
     assert not result.is_error and result.structured_content["generated_tokens"] <= 3
     assert result.structured_content["family"] == "gemma4" and progress  # the load, then streamed text
