@@ -1,5 +1,10 @@
 """The tools' argument types: what each argument takes, its description in the schema, and the
-checks pydantic runs on it before a tool is called."""
+checks pydantic runs on it before a tool is called.
+
+A budget goes through the one parse every door uses (``tools.checks.budget_value``) and tiles
+through the core's (``tools.reading.tiling.parse_tiles``, in ``Vision``); here they only keep to
+the JSON types this door takes.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
+
+from tools.checks import AUTO, BUDGET_FORMS, budget_value
+from tools.errors import InvalidRequest
 
 IMAGE_REF = (
     "a local file path (inside the server's allowed folders), an http(s) URL, "
@@ -23,12 +31,19 @@ class HistoryTurn(BaseModel):
 
 
 def _budget_value(value: Any) -> Any:
-    """'auto' in any case or spacing, as the CLI takes it; true/false are not budgets (lax ints would make them 1/0)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    if isinstance(value, bool) or (isinstance(value, str) and not value.strip().isdigit()):
-        raise PydanticCustomError("budget", "Input should be a budget number or 'auto'")
-    return value
+    """'auto' in any case or spacing, as the CLI takes it, or text of plain digits; numbers are left
+    to the annotation's types. true/false are not budgets (lax ints would make them 1/0)."""
+    if not isinstance(value, str | bool):
+        return value
+    try:
+        parsed = budget_value(value)
+    except InvalidRequest:
+        parsed = None
+    # Text narrower than the CLI's: not '-5' or '1_000', which int() reads.
+    digits = isinstance(value, str) and value.strip().isascii() and value.strip().isdigit()
+    if parsed == AUTO or (parsed is not None and digits):
+        return parsed
+    raise PydanticCustomError("budget", f"Input should be {BUDGET_FORMS}")
 
 
 def _tiles_value(value: Any) -> Any:
