@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from agent.terminal import TerminalConsole
+from tools import checks
 from tools.about import package_version
 from tools.errors import InvalidRequest, VlmError
 from tools.families import BY_FAMILY, DIALECTS
@@ -194,13 +195,11 @@ def sampling_of(args: argparse.Namespace) -> dict[str, float]:
     return {name: getattr(chosen, name) for name, value in given.items() if value is not None}
 
 
-def budget_value(text: str) -> int | str:
-    if text.strip().lower() == "auto":
-        return "auto"
+def budget_value(text: str) -> int | str | None:
     try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a budget number or 'auto'") from None
+        return checks.budget_value(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -589,7 +588,8 @@ def check_serve_numbers(args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     check_serve_numbers(args)
-    from mcp_server.server import Settings, build_server, default_out_dir
+    from mcp_server.resident import Settings, default_out_dir
+    from mcp_server.server import build_server
     from tools.outputs import OutputLimits
     from mcp_server.transport import SessionLimits, serve_http
 

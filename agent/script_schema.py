@@ -2,7 +2,7 @@
 
 One pydantic model for a turn and one for each tool's arguments: the types are strict (a
 number is not a path, ``"yes"`` is not ``true``), sizes are the server's limits, and values
-go through the same checks the server makes (tools.vision, tools.options, tools.reading.tiling), so a
+go through the same checks the server makes (tools.checks, tools.options, tools.reading.tiling), so a
 script that passes here fails later only on what needs the model or the files. The first
 problem becomes one line naming the turn and the field.
 """
@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
 
-from tools.errors import VlmError
+from tools import checks
+from tools.checks import AUTO, BUDGET_FORMS, MAX_IMAGES, check_consensus, check_labels, check_text, two_budgets
+from tools.errors import InvalidRequest, VlmError
 from tools.options import GenerationOptions
-from tools.reading.tiling import parse_tiles
-from tools.checks import MAX_IMAGES, check_consensus, check_labels, check_text, two_budgets
+from tools.reading.tiling import TILES_FORMS, parse_tiles
 
 from .session import TOOL_ARGUMENTS, TOOLS
 
@@ -43,16 +45,19 @@ def core(check: Callable[[Any], object]) -> AfterValidator:
 
 
 def budget_value(value: Any) -> Any:
-    if value is None or (type(value) is int) or (isinstance(value, str) and value.strip().lower() == "auto"):
-        return value
-    raise ValueError("should be a budget number or 'auto'")
+    # Strict, as every field here: a number is a JSON number (not 2.5, not true), and text only says 'auto'.
+    if value is None or type(value) is int or isinstance(value, str):
+        with suppress(InvalidRequest):
+            if checks.budget_value(value) == AUTO or not isinstance(value, str):
+                return value
+    raise ValueError(f"should be {BUDGET_FORMS}")
 
 
 def tiles_value(value: Any) -> Any:
     if value is None:
         return value
     if type(value) is not int and not isinstance(value, str):
-        raise ValueError("should be 'auto', 'off' or a number of tiles across the long side")
+        raise ValueError(f"should be {TILES_FORMS}")
     return said(parse_tiles, value)
 
 

@@ -21,6 +21,7 @@ from mcp_types import INVALID_PARAMS, CompleteRequestParams, CompleteResult, Com
 
 from . import pictures
 from .owners import Owner
+from .resident import Resident
 
 #: most values one answer carries (the protocol's own cap)
 MOST = 100
@@ -45,17 +46,17 @@ def complete_list(value: str, known: Iterable[str]) -> Iterator[str]:
     return (prefix + label for label in known if label.lower().startswith(wanted) and label not in taken)
 
 
-def candidates(argument: str, value: str, engine: Any, owner: Owner, out_dir: Path) -> Iterator[str]:
+def candidates(argument: str, value: str, resident: Resident, owner: Owner, out_dir: Path) -> Iterator[str]:
     """The values for ``argument``, lazily: the caller takes only as many as an answer holds."""
     if argument == "budget":
-        vision = engine.vision
+        vision = resident.vision
         # The model's own budgets, once it has loaded: until then there is nothing to offer.
         budgets = (vision.model_info().get("budgets") if vision is not None else None) or ()
         return (str(b) for b in budgets if str(b).startswith(value.strip()))
     if argument == "labels":
         return complete_list(value, owner.labels.newest_first())
     if argument == "image":
-        store = engine.loader.store
+        store = resident.loader.store
         return (i for i in owner.scope.image_ids() if i.startswith(value) and i in store)
     if argument == "task":
         return (t for t in TASKS if t.startswith(value))
@@ -89,7 +90,7 @@ async def arguments_of(server: MCPServer, ref: Any) -> list[str]:
     return ["name"]
 
 
-def register(server: MCPServer, engine: Any, out_dir: Path) -> None:
+def register(server: MCPServer, resident: Resident, out_dir: Path) -> None:
     # Registered on the low-level server, not with MCPServer.completion: the handler needs the
     # request's session to know whose labels, images and pictures to offer.
     async def complete(ctx: Any, params: CompleteRequestParams) -> CompleteResult:
@@ -103,7 +104,7 @@ def register(server: MCPServer, engine: Any, out_dir: Path) -> None:
                 f"The value to complete is {len(argument.value):,} characters long; completion takes at most "
                 f"{MAX_VALUE_CHARS:,}."
             )
-        owner = engine.owners.of(ctx.session)
-        return CompleteResult(completion=bounded(candidates(argument.name, argument.value, engine, owner, out_dir)))
+        owner = resident.owners.of(ctx.session)
+        return CompleteResult(completion=bounded(candidates(argument.name, argument.value, resident, owner, out_dir)))
 
     server._lowlevel_server.add_request_handler("completion/complete", CompleteRequestParams, complete)  # noqa: SLF001

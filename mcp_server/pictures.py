@@ -24,7 +24,7 @@ from tools.outputs import read_picture
 from .owners import Owner, Owners
 
 TEMPLATE = "vlm-agent://pictures/{name}"
-#: the names the server gives its pictures (Engine.output_path): nothing else can be read here
+#: the names the server gives its pictures (Resident.output_path): nothing else can be read here
 NAME = re.compile(r"[a-z_]+-[0-9a-f]{12}\.png")
 
 

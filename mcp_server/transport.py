@@ -430,10 +430,10 @@ def http_app(
     server: MCPServer, host: str, token: str | None, extra_hosts: Sequence[str] = (),
     sessions: SessionLimits = SessionLimits(),
 ) -> ASGIApp:
-    engine = getattr(server, "engine", None)
-    if engine is not None:
+    resident = getattr(server, "resident", None)
+    if resident is not None:
         # Many clients from here on: each session owns the images, pictures and labels it makes.
-        engine.owners.per_session()
+        resident.owners.per_session()
     app: ASGIApp = server.streamable_http_app(
         transport_security=security_settings(host, extra_hosts), host=host, max_request_body_size=MAX_MESSAGE_BYTES,
         max_sessions=sessions.max_sessions, session_idle_timeout=sessions.idle_s,

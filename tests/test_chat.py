@@ -148,7 +148,7 @@ async def test_an_image_the_server_forgot_is_sent_again(tiny_gemma4, tmp_path, h
     class Forgetting(Recorder):
         async def call_tool(self, name, arguments, **kwargs):
             if name == "describe" and len(self.calls) == 1:
-                server.engine.loader.store = ImageStore()  # every image id the server held is gone
+                server.resident.loader.store = ImageStore()  # every image id the server held is gone
             return await super().call_tool(name, arguments, **kwargs)
 
     console = Console(file=io.StringIO(), width=120, color_system=None)

@@ -75,8 +75,8 @@ def rig(workdir: Path, tiny_gemma4: Path):
 
 
 def at_rest(server) -> bool:
-    engine = server.engine
-    return engine.pending == 0 and engine.vision is not None and not engine.vision._lock.locked()
+    resident = server.resident
+    return resident.pending == 0 and resident.vision is not None and not resident.vision._lock.locked()
 
 
 def stopped_early(long_calls: LongGenerations, server) -> None:
@@ -121,7 +121,7 @@ async def test_a_cancelled_call_stops_generating_and_the_next_starts_promptly(ri
 
 async def test_a_call_cancelled_while_queued_never_runs(rig) -> None:
     server, long_calls, long, short = rig
-    engine = server.engine
+    resident = server.resident
     async with Client(server) as client:
         async with anyio.create_task_group() as group:
             running, queued = anyio.CancelScope(), anyio.CancelScope()
@@ -134,11 +134,11 @@ async def test_a_call_cancelled_while_queued_never_runs(rig) -> None:
             assert await anyio.to_thread.run_sync(long_calls.started.wait, 30)
             group.start_soon(call, queued)
             with anyio.fail_after(10):
-                while engine.pending < 2:
+                while resident.pending < 2:
                     await anyio.sleep(0.01)
             queued.cancel()
             with anyio.fail_after(PROMPT_S):  # it gives its place back while the first still runs
-                while engine.pending > 1:
+                while resident.pending > 1:
                     await anyio.sleep(0.01)
             assert not long_calls.produced  # the first one is still generating
             running.cancel()
@@ -193,7 +193,7 @@ async def test_out_of_memory_mid_generation_is_reported_and_the_next_call_works(
     import torch
 
     server, _, _, short = rig
-    model = (await server.engine.ready()).model.runtime.model
+    model = (await server.resident.ready()).model.runtime.model
     steps = {"n": 0}
     forward = model.forward
 
@@ -217,7 +217,7 @@ async def test_out_of_memory_mid_generation_is_reported_and_the_next_call_works(
 
 async def test_a_crashing_backend_leaks_nothing_and_the_server_keeps_serving(rig) -> None:
     server, _, _, short = rig
-    backend = (await server.engine.ready()).model
+    backend = (await server.resident.ready()).model
     real = backend.run
     calls = {"n": 0}
 

@@ -120,7 +120,7 @@ async def test_the_queue_never_grows_past_its_bound(workdir, tiny_gemma4) -> Non
     backend = load_model(str(tiny_gemma4))
     gate = Gate(backend)
     server = make_server(workdir, str(tiny_gemma4), backend, max_queue=4)
-    engine = server.engine
+    resident = server.resident
     highest = 0
     results: list[Any] = []
 
@@ -133,7 +133,7 @@ async def test_the_queue_never_grows_past_its_bound(workdir, tiny_gemma4) -> Non
         async def watch() -> None:
             nonlocal highest
             while True:
-                highest = max(highest, engine.pending)
+                highest = max(highest, resident.pending)
                 await anyio.sleep(0.005)
 
         async with anyio.create_task_group() as group:
@@ -151,7 +151,7 @@ async def test_the_queue_never_grows_past_its_bound(workdir, tiny_gemma4) -> Non
             group.cancel_scope.cancel()
     busy = [r for r in results if r.is_error]
     assert len(busy) == 16 and all("busy" in check_tool_error(r.content[0].text) for r in busy)
-    assert highest == 4 and engine.pending == 0
+    assert highest == 4 and resident.pending == 0
     record(busy=len(busy))
 
 

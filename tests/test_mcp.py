@@ -376,18 +376,19 @@ async def test_tool_errors_carry_a_machine_readable_code(server, workdir):
 
 
 async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir, gemma4_backend, tiny_gemma4):
-    """The tools read the resident engine from the request's lifespan context: one can be called
-    directly, with nothing but a context that holds an engine."""
+    """The tools read the resident model from the lifespan's state in the request context: one can be
+    called directly, with nothing but a context that holds that state."""
     import inspect
     from types import SimpleNamespace
 
-    import mcp_server.server as server_module
+    import mcp_server.tools as tools_module
+    from mcp_server.resident import Resident, State
 
-    assert {tool.__name__ for tool in server_module.TOOLS} == TOOLS
-    for tool in server_module.TOOLS:
-        assert getattr(server_module, tool.__name__) is tool and inspect.iscoroutinefunction(tool)
+    assert {tool.__name__ for tool in tools_module.TOOLS} == TOOLS
+    for tool in tools_module.TOOLS:
+        assert getattr(tools_module, tool.__name__) is tool and inspect.iscoroutinefunction(tool)
         assert "ctx" in inspect.signature(tool).parameters and tool.__doc__
-    engine = server_module.Engine(
+    resident = Resident(
         Settings(model=str(tiny_gemma4), allow_dirs=[str(workdir / "images")], out_dir=workdir / "out"),
         load=lambda *a, **k: gemma4_backend,
     )
@@ -396,7 +397,8 @@ async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir,
     async def report_progress(*args) -> None:
         progress.append(args)
 
-    ctx = SimpleNamespace(request_context=SimpleNamespace(lifespan_context=engine), report_progress=report_progress)
-    result = await server_module.describe([img(workdir, "square.png")], ctx, max_new_tokens=3)
+    state = State(resident)
+    ctx = SimpleNamespace(request_context=SimpleNamespace(lifespan_context=state), report_progress=report_progress)
+    result = await tools_module.describe([img(workdir, "square.png")], ctx, max_new_tokens=3)
     assert not result.is_error and result.structured_content["generated_tokens"] <= 3
     assert result.structured_content["family"] == "gemma4" and progress  # the load, then streamed text

@@ -246,8 +246,8 @@ def test_the_schema_takes_what_the_session_passes_on_and_the_server_takes(tool):
 
     from agent.script_schema import ARGUMENTS
     from agent.session import TOOL_ARGUMENTS
-    from mcp_server import server
+    from mcp_server import tools
 
-    taken = set(inspect.signature(getattr(server, tool)).parameters) - {"ctx", "image", "images", "history"}
+    taken = set(inspect.signature(getattr(tools, tool)).parameters) - {"ctx", "image", "images", "history"}
     assert tuple(ARGUMENTS[tool].model_fields) == TOOL_ARGUMENTS[tool]
     assert set(TOOL_ARGUMENTS[tool]) == taken

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .reading import tiling
 from .errors import InvalidRequest
@@ -21,6 +21,11 @@ MAX_IMAGES = 16
 MAX_LABELS = 20
 MAX_LABEL_CHARS = 100
 MAX_HISTORY_TURNS = 64
+
+#: the budget that picks itself (``tools.jobs.auto_budget``)
+AUTO = "auto"
+#: what a budget may be, as every front end's refusal says it
+BUDGET_FORMS = "a budget number or 'auto'"
 
 #: bidirectional overrides and isolates: they reorder what a person reads
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -68,6 +73,26 @@ def check_count(refs: Sequence[str]) -> None:
     """The image cap, counted from the references before any is read."""
     if not isinstance(refs, str) and len(refs) > MAX_IMAGES:
         raise InvalidRequest(f"{len(refs)} images given; send at most {MAX_IMAGES} in one call.", param="images")
+
+
+def budget_value(value: str | int | None) -> int | Literal["auto"] | None:
+    """A budget as a caller writes it: None (the model's own), a whole number, or ``auto`` in
+    any case or spacing; text is read as a number the way ``int`` reads it.
+
+    A front end may take fewer forms (a script wants a number, not text) and frames the refusal
+    its own way; what a budget may be (``BUDGET_FORMS``) is said here.
+    """
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == AUTO:
+            return AUTO
+        try:
+            return int(text)
+        except ValueError:
+            pass
+    raise InvalidRequest(f"{str(value)[:20]!r} is not {BUDGET_FORMS}", param="budget")
 
 
 def two_budgets(budgets: Sequence[int], param: str) -> list[int]:

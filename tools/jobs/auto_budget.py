@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from ..checks import AUTO
 from ..errors import InvalidRequest
 from ..inputs import LoadedImage
 from ..model import Model
 
-AUTO = "auto"
 #: the smallest text worth reading on the images a budget is chosen for, in image pixels
 TEXT_PX = 12
 #: the smallest text height the model reads reliably once the image is seen

@@ -31,6 +31,8 @@ TILES_AUTO = "auto"
 TILES_OFF = "off"
 #: the most tiles across the long side a caller may ask for (64 tiles on a square page)
 MAX_TILES_ACROSS = 8
+#: what ``tiles`` may be, as every front end's refusal says it
+TILES_FORMS = "'auto', 'off' or a number of tiles across the long side"
 #: the most tiles one call reads, however they were chosen: what 8 across make of a square page. With
 #: ``auto``, an image within the decoder's 40 megapixels and 10:1 takes at most 22 for rapidocr and 30
 #: for the model at budget 1120; a long strip, or a low budget on a large photo, takes hundreds or more
@@ -76,9 +78,7 @@ def parse_tiles(value: str | int | None) -> str | int:
     if value is None:
         return TILES_OFF
     if isinstance(value, bool):
-        raise InvalidRequest(
-            "{param} must be 'auto', 'off' or a number of tiles across the long side, e.g. 3.", param="tiles"
-        )
+        raise InvalidRequest(f"{{param}} must be {TILES_FORMS}, e.g. 3.", param="tiles")
     text = str(value).strip().lower()
     if text in (TILES_AUTO, TILES_OFF):
         return text
@@ -86,7 +86,7 @@ def parse_tiles(value: str | int | None) -> str | int:
         count = int(text)
     except ValueError:
         raise InvalidRequest(
-            f"{{param}} {str(value)[:20]!r} is not 'auto', 'off' or a number of tiles across the long side, e.g. 3.",
+            f"{{param}} {str(value)[:20]!r} is not {TILES_FORMS}, e.g. 3.",
             param="tiles",
         ) from None
     if not 1 <= count <= MAX_TILES_ACROSS:
