@@ -26,7 +26,7 @@ from .arguments import IMAGE_REF
 from .errors import error_result, explain
 from .icons import icon
 from .resident import Resident, Settings, State
-from .tools import TITLES, TOOLS, owner_of
+from .handlers import TITLES, TOOLS, owner_of
 
 #: ``Settings`` is what ``build_server`` takes, so it is found here too
 __all__ = ["Settings", "VisionServer", "build_server"]

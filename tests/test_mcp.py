@@ -381,7 +381,7 @@ async def test_each_tool_is_a_module_level_function_callable_on_its_own(workdir,
     import inspect
     from types import SimpleNamespace
 
-    import mcp_server.tools as tools_module
+    import mcp_server.handlers as tools_module
     from mcp_server.resident import Resident, State
 
     assert {tool.__name__ for tool in tools_module.TOOLS} == TOOLS

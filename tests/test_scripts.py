@@ -246,7 +246,7 @@ def test_the_schema_takes_what_the_session_passes_on_and_the_server_takes(tool):
 
     from agent.script_schema import ARGUMENTS
     from agent.session import TOOL_ARGUMENTS
-    from mcp_server import tools
+    from mcp_server import handlers as tools
 
     taken = set(inspect.signature(getattr(tools, tool)).parameters) - {"ctx", "image", "images", "history"}
     assert tuple(ARGUMENTS[tool].model_fields) == TOOL_ARGUMENTS[tool]
