@@ -630,8 +630,11 @@ async def chat(
     return text_result(result, "\n".join([result.text, *calls]).strip() or "(no text)")
 
 
+# A tool in a module of its own, built on the helpers above (hence imported here, not at the top).
+from .extract_tool import extract  # noqa: E402
+
 #: every tool the server offers, in the order clients list them
-TOOLS = (describe, ocr, detect, compare_budgets, chat)
+TOOLS = (describe, ocr, detect, compare_budgets, chat, extract)
 
 
 #: what clients show for each tool
@@ -641,6 +644,7 @@ TITLES = {
     "detect": "Detect objects",
     "compare_budgets": "Compare visual-token budgets",
     "chat": "Vision chat turn (tool choice)",
+    "extract": "Extract structured data (JSON Schema)",
 }
 
 
