@@ -86,7 +86,7 @@ REFUSED += [
     ("- {user: hi, tool: ocr, arguments: {2.5: 1}}\n", "Turn 1 has the key 2.5 in arguments; keys are names, in text."),
     ("- {user: hi, tool: ocr, arguments: {" + "k" * 200 + ": 1}}\n", "Turn 1: ocr takes no argument 'kkkkkkkkkkkkkk"),
     ("- {user: hi, imgaes: [p.png]}\n", "Turn 1 has the key 'imgaes'; a turn takes user, images, tool and arguments."),
-    ("- {user: hi, tool: paint}\n", "Turn 1, tool: should be 'describe', 'ocr', 'detect' or 'compare_budgets'"),
+    ("- {user: hi, tool: paint}\n", "Turn 1, tool: should be 'describe', 'ocr', 'detect', 'compare_budgets' or 'extract'"),
     ("- {user: hi, arguments: {tiles: 3}}\n", "Turn 1, arguments: name the tool they go to"),
     ("- {user: hi, tool: ocr, arguments: {engine: tesseract}}\n", "Turn 1, arguments.engine: should be 'vlm' or 'rapidocr'"),
     ("- {user: hi, tool: ocr, arguments: {tiles: 99}}\n", "Turn 1, arguments.tiles: tiles must be between 1 and 8"),
