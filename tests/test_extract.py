@@ -37,13 +37,13 @@ tiny_qwen3_vl = tiny_checkpoint("qwen3_vl")
 RECEIPT = {
     "type": "object",
     "properties": {
-        "vendor": {"type": "string", "maxLength": 12},
+        "vendor": {"type": "string", "maxLength": 6},
         "date": {"type": "string", "format": "date"},
         "total": {"type": "number", "minimum": 0, "maximum": 10000},
         "currency": {"enum": ["EUR", "USD", "GBP"]},
         "items": {
-            "type": "array", "maxItems": 2,
-            "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 6},
+            "type": "array", "maxItems": 1,
+            "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 4},
                                                         "price": {"type": "number", "minimum": 0, "maximum": 100}},
                       "required": ["name", "price"]},
         },
@@ -297,7 +297,7 @@ def test_the_bitmask_keeps_exactly_the_allowed_tokens():
     ("pointer", "value", "expected"),
     [
         ("/total", 3.5, {"type": "number", "minimum": 0, "maximum": 10000}),
-        ("/items/1/name", "ab", {"type": "string", "maxLength": 6}),
+        ("/items/0/name", "ab", {"type": "string", "maxLength": 4}),
         ("/currency", "EUR", {"enum": ["EUR", "USD", "GBP"]}),
     ],
 )
@@ -506,6 +506,7 @@ def vision_for(model, *paths: Path) -> Vision:
 SMALL = {"type": "object", "properties": {"vendor": {"type": "string", "maxLength": 6},
                                           "total": {"type": "number", "minimum": 0, "maximum": 99},
                                           "paid": {"type": "boolean"}}, "required": ["vendor", "total", "paid"]}
+ONE = {"type": "object", "properties": {"total": {"type": "number", "minimum": 0, "maximum": 99}}, "required": ["total"]}
 
 
 def test_each_value_gets_the_box_the_family_gives_and_the_picture_shows_it(gemma4_backend, receipt, tmp_path,
@@ -531,7 +532,7 @@ def test_each_value_gets_the_box_the_family_gives_and_the_picture_shows_it(gemma
 
 def test_doubtful_values_are_read_again_from_their_crop_and_the_report_says_how_it_went(gemma4_backend, receipt):
     result = vision_for(gemma4_backend, receipt).extract(
-        [str(receipt)], SMALL, budget=70, threshold=1.0, options=GenerationOptions(max_new_tokens=200),
+        [str(receipt)], ONE, budget=70, threshold=1.0, options=GenerationOptions(max_new_tokens=100),
     )
     assert result.valid and result.threshold == 1.0
     doubtful = [f for f in result.fields if f.confidence is not None and f.confidence < 1.0]
@@ -544,7 +545,7 @@ def test_doubtful_values_are_read_again_from_their_crop_and_the_report_says_how_
         if f.verified == "changed":
             assert f.value == f.reread and f.first_value is not None
         elif f.reread is not None:
-            assert validation_error({"type": "object", "properties": {"v": SMALL["properties"][f.path[1:]]}},
+            assert validation_error({"type": "object", "properties": {"v": ONE["properties"][f.path[1:]]}},
                                     {"v": f.reread}) is None
 
 
@@ -552,11 +553,12 @@ def test_several_images_make_one_object(gemma4_backend, receipt, tmp_path):
     second = tmp_path / "page2.png"
     sample_image(200, 300).save(second)
     result = vision_for(gemma4_backend, receipt, second).extract(
-        [str(receipt), str(second)], fields="vendor, total:number", budget=70, verify=False,
-        options=GenerationOptions(max_new_tokens=400),
+        [str(receipt), str(second)], fields="total:number, ok:bool", budget=70, verify=False,
+        options=GenerationOptions(max_new_tokens=100),
     )
     assert len(result.image_ids) == 2 and result.image_sizes == [[320, 240], [200, 300]]
-    assert result.valid and list(result.data) == ["vendor", "total"], result.notes
+    assert result.valid and list(result.data) == ["total", "ok"], result.notes
+    assert "located 0 of 1 value asked for" in result.notes or result.fields[0].image in (0, 1)
 
 
 def test_blip2_extracts_without_boxes_and_says_so(blip2_backend, receipt):
