@@ -8,6 +8,7 @@ costs a fraction of a millisecond, the first build up to a few.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from typing import Any
 from ..errors import Unsupported
 from .processor import SchemaConstraint
 from .schema import Schema, limits
+
+log = logging.getLogger("vlm_agent")
 
 #: compiled schemas kept per tokenizer
 CACHED_SCHEMAS = 64
@@ -32,10 +35,11 @@ class Grammars:
             self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=list(stop_ids))
         except (ValueError, RuntimeError, TypeError) as exc:
             # e.g. a T5 tokenizer's Metaspace decoder: llguidance cannot map its tokens to bytes
+            log.debug("llguidance cannot read the tokenizer: %s", exc)
             raise Unsupported(
                 f"This model's tokenizer ({type(tokenizer).__name__}) is one the schema-constrained decoder cannot "
-                f"read ({str(exc).splitlines()[0][:80]}), so this model cannot extract; use a Gemma 4, Qwen3-VL, "
-                "PaliGemma or BLIP-2 (OPT) model.", param="task",
+                "read, so this model cannot extract; use a Gemma 4, Qwen3-VL, PaliGemma or BLIP-2 (OPT) model.",
+                param="task",
             ) from None
         self.vocab_size = vocab_size
         self._templates: OrderedDict[str, Any] = OrderedDict()
