@@ -78,7 +78,6 @@ def tiny_runs(tokens: Sequence[int], repeats: int) -> dict[str, Any]:
     from transformers import LogitsProcessorList
 
     from tools.extract import prepare
-    from tools.extract.processor import SchemaConstraint
     from tools.model import load_model
     from tools.options import GenerationOptions
     from tools.tiny import build_tiny

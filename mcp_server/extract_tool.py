@@ -15,15 +15,28 @@ from typing import Annotated, Any
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult, TextContent
-from pydantic import Field
+from pydantic import BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from tools.extract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLD, check_threshold, schema_from
 from tools.results import ExtractedField, ExtractResult
 
-from .server import IMAGE_REF, Budget, MaxNewTokens, Temperature, TopP, engine_of, noted, owner_of, picture_result, run_tool, stats
+from .server import IMAGE_REF, Budget, Temperature, TopP, engine_of, noted, owner_of, picture_result, run_tool, stats
+
+
+def _schema_value(value: Any) -> Any:
+    """An object, its JSON text or nothing; anything else (the SDK turns JSON text it can parse into values) is
+    refused as what it is, instead of as two failed types."""
+    if value is None or isinstance(value, (dict, str)):
+        return value
+    kind = {list: "a list", bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "not an object")
+    raise PydanticCustomError("schema", "Input should be a JSON Schema: an object, or its JSON text; got {kind}",
+                              {"kind": kind})
+
 
 SchemaArgument = Annotated[
     dict[str, Any] | str | None,
+    BeforeValidator(_schema_value),
     Field(
         description="a JSON Schema (an object, or its JSON text) describing the one object to extract, e.g. "
         '{"type": "object", "properties": {"total": {"type": "number"}, "date": {"type": "string", "format": '
@@ -58,7 +71,8 @@ async def extract(
     fields: FieldsArgument = None,
     budget: Budget = None,
     max_new_tokens: Annotated[
-        int, Field(description="cap on generated tokens for the object; an object cut by it comes back as null and says so")
+        int,
+        Field(description="cap on generated tokens for the object; an object cut by it comes back as null and says so"),
     ] = DEFAULT_MAX_NEW_TOKENS,
     threshold: Annotated[
         float, Field(description="values whose confidence is below this (0..1) are read again from their crop")

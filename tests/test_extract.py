@@ -10,7 +10,6 @@ import json
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
