@@ -105,8 +105,8 @@ def extract(
     if annotated_path is not None and any(f.box is not None for f in reading.fields):
         written = save_picture(annotated(loaded, reading.fields), annotated_path, notes)
     return core.result(
-        ExtractResult, generation, loaded, started, budget_reason=reason, data=reading.data, valid=problem is None, problem=problem,
-        schema_hash=schema.hash, fields=reading.fields, grounded=grounded, threshold=threshold,
+        ExtractResult, generation, loaded, started, budget_reason=reason, data=reading.data, valid=problem is None,
+        problem=problem, schema_hash=schema.hash, fields=reading.fields, grounded=grounded, threshold=threshold,
         image_sizes=[list(image.size) for image in loaded], annotated_path=written,
     )
 
