@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import sys
@@ -51,6 +52,8 @@ COMMANDS: dict[str, str] = {
     "/ocr": "[--tiles auto|N]: read the text of the current image",
     "/detect": "LABEL... [--tiles auto|N] [--consensus 280,560,1120] [--verify]: find objects and draw their boxes",
     "/budgets": "[prompt]: compare visual-token budgets on the current image",
+    "/extract": "FIELDS | --schema FILE [--threshold T] [--no-verify]: fill in fields as JSON, each value with its box "
+    "(FIELDS like total:number, date:date, vendor)",
     "/history": "the turns so far",
     "/reset": "start a new conversation",
     "/save": "NAME: name this conversation",
@@ -161,6 +164,10 @@ class TerminalView:
             self.console.print(render.detections_table(result))
         elif record.tool == "compare_budgets":
             self.console.print(render.budgets_table(result))
+        elif record.tool == "extract":
+            if result.get("data") is not None:
+                self.console.print(plain(json.dumps(result["data"], indent=2, ensure_ascii=False)))
+            self.console.print(render.extract_table(result))
         else:
             self.console.print(markdown(record.answer or "(no text)"))
         for note in result.get("notes", []):
@@ -194,7 +201,7 @@ def picture_name(tool: str) -> str:
     The shape of the server's own picture names (``detect-0123456789ab.png``), so the
     outputs folder they share holds one kind of name.
     """
-    kind = {"detect": "detect", "compare_budgets": "budgets"}.get(tool, "picture")
+    kind = {"detect": "detect", "compare_budgets": "budgets", "extract": "extract"}.get(tool, "picture")
     return f"{kind}-{uuid.uuid4().hex[:12]}.png"
 
 
@@ -251,7 +258,7 @@ class Startup:
 #: commands that work before the model is ready: they need only local files and the database
 OFFLINE_COMMANDS = {"/help", "/image", "/images", "/forget", "/history", "/reset", "/save", "/load", "/sessions", "/quit"}
 #: commands that become a turn: they check their own arguments and images before waiting for the model
-TURN_COMMANDS = {"/describe", "/ocr", "/detect", "/budgets"}
+TURN_COMMANDS = {"/describe", "/ocr", "/detect", "/budgets", "/extract"}
 
 
 class ChatApp:
@@ -375,6 +382,29 @@ class ChatApp:
         # Image marks choose the image; the prompt, run at every budget, is the rest of the line.
         prompt = without_handles(rest)
         await self.turn(f"{prompt or 'Compare budgets.'} {marks(rest)}".strip(), "compare_budgets", {"prompt": prompt})
+
+    async def cmd_extract(self, rest: str) -> None:
+        flags, rest = take_flags(rest, ("--schema", "--threshold"), ("--no-verify",))
+        arguments: dict[str, Any] = {}
+        if "schema" in flags:
+            # Read here and sent as text: the server may be on another machine; it checks the schema.
+            arguments["schema"] = read_schema(flags["schema"])
+        if "threshold" in flags:
+            try:
+                arguments["threshold"] = float(flags["threshold"])
+            except ValueError:
+                raise ChatError("--threshold takes a number between 0 and 1, e.g. 0.5.") from None
+        if flags.get("no-verify"):
+            arguments["verify"] = False
+        fields = without_handles(rest)
+        if fields and "schema" in arguments:
+            raise ChatError("Give fields or --schema FILE, not both.")
+        if fields:
+            arguments["fields"] = fields
+        if not arguments.get("schema") and not fields:
+            raise ChatError("Say what to extract: /extract total:number, date:date, vendor (or --schema FILE).")
+        what = fields or f"the fields of {Path(flags['schema']).name}"
+        await self.turn(f"extract {what} {marks(rest)}".strip(), "extract", arguments)
 
     async def cmd_history(self, _: str) -> None:
         records = self.session.conversation.records
@@ -506,6 +536,23 @@ class ChatApp:
                 self.console.print(f"[red]error:[/] {escape(exc)}", highlight=False, soft_wrap=True)
         if self.startup.error is None:
             self.console.print(Text(self.goodbye(), style="dim"))
+
+
+def read_schema(path: str) -> str:
+    """A schema file's text, within what a schema may be; the server judges the rest."""
+    from tools.extract.schema import MAX_SCHEMA_BYTES
+
+    try:
+        with open(Path(path).expanduser(), "rb") as file:
+            data = file.read(MAX_SCHEMA_BYTES + 1)
+    except OSError:
+        raise ChatError(f"Cannot read the schema file '{path}'.") from None
+    if len(data) > MAX_SCHEMA_BYTES:
+        raise ChatError(f"The schema file is larger than {MAX_SCHEMA_BYTES:,} bytes; describe the fields, not the document.")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ChatError("The schema file is not UTF-8 text; save it as UTF-8.") from None
 
 
 def take_flags(rest: str, valued: Sequence[str], switches: Sequence[str] = ()) -> tuple[dict[str, Any], str]:

@@ -24,12 +24,14 @@ from agent.terminal import TerminalConsole
 from tools import checks
 from tools.about import package_version
 from tools.errors import InvalidRequest, VlmError
+from tools.extract import DEFAULT_MAX_NEW_TOKENS as EXTRACT_MAX_NEW_TOKENS
+from tools.extract import DEFAULT_THRESHOLD
 from tools.families import BY_FAMILY, DIALECTS
 from tools.families.base import BudgetedChatDialect
 from tools.model import DEFAULT_ENGINE_FAMILY, DEFAULT_MODEL, NO_MODEL
 from tools.reading.offline import ENGINES
 from tools.options import PRESETS, resolve_options
-from tools.results import BoxesResult, Result
+from tools.results import BoxesResult, ExtractResult, Result
 from tools.runtimes.engine import DEFAULT_KEY_ENV, ApiSettings
 from tools.runtimes.local import QUANTIZE
 from tools.tiny import BUILDERS
@@ -173,6 +175,10 @@ def choose_max_new_tokens(args: argparse.Namespace) -> str | None:
     """Fill in ``--max-new-tokens`` when it was not given; the note to show when the choice is a tiny
     checkpoint's shorter default."""
     if getattr(args, "max_new_tokens", 0) is not None:
+        return None
+    if args.command == "extract":
+        # The grammar ends a tiny model's answer too: an object needs more room than a caption.
+        args.max_new_tokens = EXTRACT_MAX_NEW_TOKENS
         return None
     from tools.tiny import is_tiny
 
@@ -325,6 +331,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="ask the model about each box's crop at budget 1120")
     call_options(p)
 
+    p = commands.add_parser(
+        "extract", help="fill in a JSON Schema's fields from images: valid JSON, each value with its box and confidence",
+        description="Read the object a JSON Schema describes from one or more images, decoded under the schema's "
+        "grammar, so the answer validates. Each value gets the box it was read from (families that ground: Gemma 4, "
+        "Qwen3-VL, PaliGemma) and a confidence; values under --threshold are read again from their crop at a "
+        "higher budget. Prints the object on stdout (--json: the whole result) and the per-value report on stderr.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="path, http(s) URL or data: URI")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--schema", metavar="FILE", help="a JSON Schema file describing one object")
+    what.add_argument(
+        "--fields", metavar="TEXT",
+        help="the fields in short: 'total:number, date:date, vendor' (types: string, number, integer, boolean, "
+        "date, time, datetime, email; TYPE[] for a list; a|b|c for choices; NAME? for optional)",
+    )
+    p.add_argument("--out", default=None, help="annotated PNG of the located values (default: IMAGE-extract.png here)")
+    p.add_argument(
+        "--threshold", type=float, default=DEFAULT_THRESHOLD,
+        help="values whose confidence is below this are read again from their crop at a higher budget",
+    )
+    p.add_argument("--no-verify", action="store_true", help="do not read doubtful values again")
+    call_options(p)
+
     p = commands.add_parser("segment", help="find one labelled object: its box and mask codes (PaliGemma)")
     p.add_argument("images", nargs=1, metavar="IMAGE")
     p.add_argument("label", metavar="LABEL")
@@ -429,7 +458,13 @@ def print_result(result: Result, as_json: bool) -> None:
         print(result.model_dump_json(indent=2))
         return
     data = result.model_dump(mode="json")
-    if isinstance(result, BoxesResult):
+    if isinstance(result, ExtractResult):
+        if result.data is not None:
+            print(visible_json(result.data))
+        err.print(render.extract_table(data))
+        if result.annotated_path:
+            err.print(f"annotated image: {result.annotated_path}", markup=False)
+    elif isinstance(result, BoxesResult):
         if result.detections:
             out.print(render.detections_table(data))
         else:
@@ -446,6 +481,33 @@ def print_result(result: Result, as_json: bool) -> None:
     for note in result.notes:
         err.print(f"note: {note}", markup=False)
     err.print(render.stats_line(data), style="dim", markup=False)
+
+
+def visible_json(value: Any) -> str:
+    """``value`` as indented JSON whose characters all show: anything unprintable (controls, C1 codes,
+    bidirectional overrides) written as a \\u escape, which is still the same JSON."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return "".join(char if char.isprintable() or char in "\n" else f"\\u{ord(char):04x}" for char in text)
+
+
+def read_schema_file(path: str) -> str:
+    """The schema file's text: at most what a schema may be (a pipe or a device never ends), UTF-8."""
+    from tools.extract.schema import MAX_SCHEMA_BYTES
+
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_SCHEMA_BYTES + 1)
+    except OSError:
+        raise InvalidRequest(f"Cannot read the schema file '{path}'.", param="schema") from None
+    if len(data) > MAX_SCHEMA_BYTES:
+        raise InvalidRequest(
+            f"The {{param}} is larger than {MAX_SCHEMA_BYTES:,} bytes: describe the fields to extract, not the document.",
+            param="schema",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The {param} is not UTF-8 text; save it as UTF-8.", param="schema") from None
 
 
 def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
@@ -469,6 +531,14 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
         check_consensus(args.consensus, tiles, args.budget)
     if args.command == "segment":
         labels = check_labels([args.label])
+    schema = None
+    if args.command == "extract":
+        from tools.extract import check_threshold, schema_from
+
+        # The schema is checked first of all: a bad one costs no image read and no model load.
+        text = read_schema_file(args.schema) if args.schema is not None else None
+        schema = schema_from(text, args.fields)
+        check_threshold(args.threshold)
     api = api_settings(args)
     local = [ref for ref in args.images if "://" not in ref and not ref.startswith("data:")]
     policy = AccessPolicy.for_files(local, allow_private_urls=args.allow_private_urls)
@@ -483,7 +553,7 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     # a task or budget it cannot take is refused here, before any weights load ("auto" is chosen later).
     planned = plan(args.model, api)
     budget = None if args.budget == "auto" else args.budget
-    ask = Ask(args.command, tuple(image.input for image in loaded), prompt, tuple(labels), budget=budget)
+    ask = Ask(args.command, tuple(image.input for image in loaded), prompt, tuple(labels), budget=budget, schema=schema)
     check_ask(planned.dialect, ask, engine=api is not None)
     started = time.perf_counter()
     what = args.model if api is None else f"{api.model} at {api.root}"
@@ -502,6 +572,12 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
             return vision.describe(ids, args.prompt, budget=args.budget, options=options)
         if args.command == "ocr":
             return vision.ocr(ids[0], budget=args.budget, options=options, tiles=tiles)
+        if args.command == "extract":
+            out_path = Path(args.out) if args.out else default_out(args.images[0], "extract")
+            return vision.extract(
+                ids, schema, budget=args.budget, options=options, annotated_path=out_path, threshold=args.threshold,
+                verify=not args.no_verify,
+            )
         if args.command == "segment":
             out_path = Path(args.out) if args.out else default_out(args.images[0], "segment")
             return vision.segment(ids[0], args.label, budget=args.budget, options=options, annotated_path=out_path)
@@ -513,7 +589,10 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
 
 
 #: how this command line names the core's parameters where it does not simply say --NAME
-CLI_NAMES = {"images": "IMAGE", "labels": "LABEL", "backend": "--backend local", "compile": "--compile"}
+CLI_NAMES = {
+    "images": "IMAGE", "labels": "LABEL", "backend": "--backend local", "compile": "--compile",
+    "schema": "--schema file",
+}
 
 
 def cli_words(error: VlmError) -> str:
@@ -696,7 +775,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "run":
             return asyncio.run(run_script_command(args, tiny_note))
-        print_result(run_call(args, tiny_note), args.json)
+        result = run_call(args, tiny_note)
+        print_result(result, args.json)
+        if isinstance(result, ExtractResult) and not result.valid:
+            # The object is the answer: a run that has none (or an invalid one) fails, for scripts.
+            err.print(f"error: {result.problem}", markup=False)
+            return 1
         return 0
     except VlmError as exc:
         err.print(f"error: {cli_words(exc)}", markup=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -275,6 +276,34 @@ def detections_table(result: Mapping[str, Any]) -> Table:
         cells = ["-" if d.get(key) is None else show(d[key]) for _, key, show in extras]
         # Text, not markup: labels and values are the server's (or the model's)
         table.add_row(*(Text(clean(cell)) for cell in (i, d["label"], *d["box"], *cells)))
+    return table
+
+
+def extract_table(result: Mapping[str, Any]) -> Table:
+    """An extraction's values, one row each: where it was read, how sure, and what a second look said."""
+    fields = result.get("fields") or []
+    valid = "valid" if result.get("valid") else "not valid"
+    title = f"{len(fields)} value{'s' if len(fields) != 1 else ''} ({valid} for the schema)"
+    table = Table(title=Text(clean(title), style="table.title"))
+    table.add_column("field")
+    table.add_column("value")
+    table.add_column("confidence", justify="right")
+    table.add_column("box")
+    table.add_column("verified")
+    several = len(result.get("image_sizes") or []) > 1
+    for f in fields:
+        confidence = "-" if f.get("confidence") is None else f"{f['confidence']:.2f}"
+        box = "-" if f.get("box") is None else " ".join(map(str, f["box"]))
+        if several and f.get("box") is not None:
+            box += f" (image {f['image'] + 1})"
+        verified = f.get("verified") or "-"
+        if verified == "changed":
+            verified += f" (was {json.dumps(f.get('first_value'), ensure_ascii=False)})"
+        elif f.get("verified") is not None and f.get("reread") is not None and verified != "agree":
+            verified += f" (re-read {json.dumps(f.get('reread'), ensure_ascii=False)})"
+        value = json.dumps(f.get("value"), ensure_ascii=False)
+        # Text, not markup: values are the model's
+        table.add_row(*(Text(clean(cell)) for cell in (f["path"].lstrip("/") or "/", value, confidence, box, verified)))
     return table
 
 

@@ -2,7 +2,8 @@
 
 SCRIPT is YAML (a list of turns, or ``{turns: [...]}``) or JSON lines (one turn per
 line). A turn is ``{user: TEXT, images: [PATH|URL, ...], tool: describe|ocr|detect|
-compare_budgets, arguments: {...}}``; only ``user`` is required. Image paths are relative
+compare_budgets|extract, arguments: {...}}``; only ``user`` is required (``extract`` takes a
+``schema`` mapping or ``fields`` text in its arguments). Image paths are relative
 to the script's folder.
 
 The whole script is read and checked before the server starts: at most ``MAX_SCRIPT_BYTES``

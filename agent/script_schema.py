@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidato
 from tools import checks
 from tools.checks import AUTO, BUDGET_FORMS, MAX_IMAGES, check_consensus, check_labels, check_text, two_budgets
 from tools.errors import InvalidRequest, VlmError
+from tools.extract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLD, check_threshold, schema_from
 from tools.options import GenerationOptions
 from tools.reading.tiling import TILES_FORMS, parse_tiles
 
@@ -68,6 +69,12 @@ def labels_value(value: Any) -> Any:
     if not isinstance(value, list) or not all(isinstance(label, str) for label in value):
         raise ValueError("should be a list of labels")
     return said(check_labels, value)
+
+
+def schema_value(value: Any) -> Any:
+    if value is None or isinstance(value, (dict, str)):
+        return value
+    raise ValueError("should be a JSON Schema: a mapping, or its JSON text")
 
 
 Prompt = Annotated[str, core(lambda text: check_text(text, "The prompt", "prompt"))]
@@ -125,8 +132,28 @@ class CompareArguments(Arguments):
     max_new_tokens: MaxNewTokens = 512
 
 
+class ExtractArguments(Arguments):
+    # A schema as a mapping (YAML or JSON) or as JSON text; checked as the server checks it, so a bad one
+    # fails before the server starts.
+    # "schema" is a name pydantic's models already use: an alias keeps the argument's name.
+    json_schema: Annotated[Any, PlainValidator(schema_value), Field(alias="schema")] = None
+    fields: str | None = None
+    budget: Budget = None
+    max_new_tokens: MaxNewTokens = DEFAULT_MAX_NEW_TOKENS
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    threshold: Annotated[float, core(check_threshold)] = DEFAULT_THRESHOLD
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def one_schema(self) -> ExtractArguments:
+        said(lambda _: schema_from(self.json_schema, self.fields), None)
+        return self
+
+
 ARGUMENTS: dict[str, type[Arguments]] = {
     "describe": DescribeArguments, "ocr": OcrArguments, "detect": DetectArguments, "compare_budgets": CompareArguments,
+    "extract": ExtractArguments,
 }
 
 
@@ -141,7 +168,7 @@ class Turn(BaseModel):
 
     user: Annotated[str, core(lambda text: check_text(text, "The message", "user"))]
     images: Annotated[list[Annotated[str, AfterValidator(check_ref)]], Field(max_length=MAX_IMAGES)] = []
-    tool: Literal["describe", "ocr", "detect", "compare_budgets"] | None = None
+    tool: Literal["describe", "ocr", "detect", "compare_budgets", "extract"] | None = None
     arguments: dict[str, Any] | None = None
 
 

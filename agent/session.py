@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import mimetypes
 import re
 import time
@@ -26,13 +27,14 @@ from mcp import Client
 from .router import route
 from .store import Store
 
-TOOLS = ("describe", "ocr", "detect", "compare_budgets")
+TOOLS = ("describe", "ocr", "detect", "compare_budgets", "extract")
 #: what a turn may set of each tool's arguments; the session supplies the rest (images, history)
 TOOL_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "describe": ("prompt", "budget", "max_new_tokens", "temperature", "top_p"),
     "ocr": ("budget", "max_new_tokens", "temperature", "top_p", "engine", "tiles"),
     "detect": ("labels", "budget", "max_new_tokens", "temperature", "top_p", "tiles", "consensus", "verify"),
     "compare_budgets": ("prompt", "task", "budgets", "max_new_tokens"),
+    "extract": ("schema", "fields", "budget", "max_new_tokens", "temperature", "top_p", "threshold", "verify"),
 }
 HANDLE_RE = re.compile(r"(?<![\w@])@(\S+)")
 MAX_UPLOAD = 20 * 1024 * 1024
@@ -287,7 +289,7 @@ class ChatSession:
         if tool is None:
             tool, arguments, routed_by = await self.choose(text, handles)
         arguments = dict(arguments or {})
-        if tool in ("ocr", "detect", "compare_budgets") and not handles:
+        if tool in ("ocr", "detect", "compare_budgets", "extract") and not handles:
             raise ChatError(f"{tool} needs an image: {self.attach_hint}.")
         if tool == "describe" and not handles and not self.conversation.records:
             raise ChatError(f"Attach an image first: {self.attach_hint}.")
@@ -391,6 +393,9 @@ class ChatSession:
             result, images = await self.call_tool(
                 "detect", {"image": refs[0], "labels": labels, "max_new_tokens": self.max_new_tokens, **extra}
             )
+        elif tool == "extract":
+            # Not the session's token cap: the tool's own default leaves an object room (a turn may set one).
+            result, images = await self.call_tool("extract", {"images": refs, **extra}, stream=False)
         else:
             payload = {
                 "image": refs[0], "prompt": args.get("prompt") or "", "task": args.get("task", "describe"),
@@ -503,4 +508,7 @@ def answer_text(tool: str, result: Mapping[str, Any]) -> str:
         return "Found " + "; ".join(found) + "." if found else "Found nothing."
     if tool == "compare_budgets":
         return f"Recommended budget {result.get('recommended_budget')}."
+    if tool == "extract":
+        data = result.get("data")
+        return json.dumps(data, ensure_ascii=False) if data is not None else f"Nothing extracted: {result.get('problem')}"
     return str(result.get("text", ""))

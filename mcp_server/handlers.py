@@ -1,7 +1,7 @@
 """The MCP tools: the vision core's operations as typed, documented functions.
 
 Each tool is a module-level async function whose ``ctx`` carries the lifespan's ``State``
-(the ``Resident`` model). It goes through one helper (``run_tool``): wait for the model,
+(the ``Resident`` model). It goes through one helper (``running.run_tool``): wait for the model,
 build the generation options, run its ``tools.vision.Vision`` call (with keyword arguments)
 on a worker thread, and return the structured result; the tool then only turns that into MCP
 content (``rendering``).
@@ -10,60 +10,37 @@ content (``rendering``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult
 from pydantic import Field
 
-from tools.options import GenerationOptions
-from tools.results import ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult
-from tools.vision import Vision
+from tools.results import (
+    ChatResult,
+    CompareResult,
+    DescribeResult,
+    DetectResult,
+    OcrResult,
+)
 
-from .arguments import IMAGE_REF, Budget, History, ImageRef, MaxNewTokens, Temperature, Tiles, TopP, history_images, turns_of
-from .owners import Owner
+from .arguments import (
+    IMAGE_REF,
+    Budget,
+    History,
+    ImageRef,
+    MaxNewTokens,
+    Temperature,
+    Tiles,
+    TopP,
+    history_images,
+    turns_of,
+)
+from .extract_tool import extract
 from .rendering import box_line, noted, picture_result, split_ms, stats, text_result
-from .resident import Resident, State
-
-R = TypeVar("R")
-
-
-def resident_of(ctx: Context[State]) -> Resident:
-    """The resident model, which the server's lifespan put in the request context."""
-    return ctx.request_context.lifespan_context.resident
-
-
-def owner_of(ctx: Context[State]) -> Owner:
-    """Who the request belongs to: its session over HTTP, the one client on stdio."""
-    # A tool called on its own (a context with no session) is the one client's.
-    return resident_of(ctx).owners.of(getattr(ctx.request_context, "session", None))
-
-
-async def run_tool(
-    ctx: Context[State],
-    work: Callable[[Vision, GenerationOptions], R],
-    *,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    stream: bool = False,
-    model: bool = True,
-    images: Sequence[str] = (),
-) -> R:
-    """What every tool does around its call: wait for the model (``model=False``: the offline
-    reader), build the options, run ``work`` on a worker thread with cancellation (and the
-    generated text streamed as progress with ``stream``), and hand back its result. ``images``
-    names every image reference the work reads, so URLs among them are fetched before its turn."""
-    resident = resident_of(ctx)
-    # Both hold a queue place; nothing awaits between them, so no call slips in at the handover.
-    vision = await resident.ready(ctx) if model else resident.offline
-    chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
-    return await resident.run(
-        lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens,
-        model=model, images=images, owner=owner_of(ctx),
-    )
+from .resident import State
+from .running import owner_of, resident_of, run_tool
 
 
 async def describe(
@@ -238,7 +215,7 @@ async def chat(
 
 
 #: every tool the server offers, in the order clients list them
-TOOLS = (describe, ocr, detect, compare_budgets, chat)
+TOOLS = (describe, ocr, detect, compare_budgets, chat, extract)
 
 
 #: what clients show for each tool
@@ -248,4 +225,5 @@ TITLES = {
     "detect": "Detect objects",
     "compare_budgets": "Compare visual-token budgets",
     "chat": "Vision chat turn (tool choice)",
+    "extract": "Extract structured data (JSON Schema)",
 }

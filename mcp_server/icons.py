@@ -18,6 +18,8 @@ GLYPHS = {
     "compare_budgets": '<path d="M7 17v-3M11 17v-6M15 17v-9"/>',
     # a speech bubble
     "chat": '<path d="M5 6h14v9H10l-4 3v-3H5z"/>',
+    # curly braces: a JSON object
+    "extract": '<path d="M10 6c-2 0-2 1-2 3s-1 3-2 3c1 0 2 1 2 3s0 3 2 3M14 6c2 0 2 1 2 3s1 3 2 3c-1 0-2 1-2 3s0 3-2 3"/>',
     # the server: an image frame with a mountain
     "server": '<rect x="5" y="6" width="14" height="12"/><path d="M6 17l4-5 3 3 2-2 3 4"/>',
 }

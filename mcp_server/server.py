@@ -24,9 +24,10 @@ from tools.errors import VlmError
 from . import completion, logs, pictures, prompts
 from .arguments import IMAGE_REF
 from .errors import error_result, explain
+from .handlers import TITLES, TOOLS
 from .icons import icon
 from .resident import Resident, Settings, State
-from .handlers import TITLES, TOOLS, owner_of
+from .running import owner_of
 
 #: ``Settings`` is what ``build_server`` takes, so it is found here too
 __all__ = ["Settings", "VisionServer", "build_server"]

@@ -241,3 +241,15 @@ def test_ocr_tiles_bench_prints_the_three_readings_of_a_page(tmp_path, capsys):
     # as written, whole, tiled: each "N (P%)", an error and seconds
     assert len(cells) == 14 and all(cells[i].endswith("%)") for i in (4, 7, 10))
     assert row in capsys.readouterr().out
+
+
+def test_the_extract_benchmark_measures_both_sides(tmp_path, capsys):
+    """The grammar's overhead benchmark, at its smallest: every row it prints has a measurement."""
+    from bench.extract import main as extract_main
+
+    out = tmp_path / "extract.json"
+    assert extract_main(["--tokens", "8", "--repeats", "1", "--no-big-vocab", "--no-kernels", "--out", str(out)]) == 0
+    tiny = json.loads(out.read_text())["tiny"]
+    assert tiny["n8"]["plain_runs_ms"] and tiny["n8"]["constrained_runs_ms"] and tiny["n8"]["processor_call_median_ms"] > 0
+    assert tiny["receipt_end_to_end"]["tokens"] > 0 and tiny["receipt_matcher_compile_ms"] > 0
+    assert "8 tokens: overhead per token" in capsys.readouterr().out

@@ -185,3 +185,18 @@ def test_a_30_turn_conversation_through_the_real_cli_answers_every_turn(tiny_bli
     # the server kept what fits and said what it dropped, as the conversation outgrew the context
     dropping = [result for result in results if any("oldest question/answer pair" in n for n in result["notes"])]
     assert dropping and all(result["history_turns"] > 0 for result in results[1:])
+
+
+def test_flan_t5_cannot_extract_and_says_why_in_one_line(blip2_t5_backend):
+    """llguidance cannot read T5's tokenizer (its Metaspace decoder): refused in one line, naming what works."""
+    from tools.extract import prepare
+    from tools.tasks import Ask
+
+    schema = prepare({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}}})
+    ask = Ask("extract", (sample_input(),), schema.text(), schema.names, schema=schema)
+    with pytest.raises(Unsupported) as caught:
+        blip2_t5_backend.run(ask, GenerationOptions(max_new_tokens=8))
+    assert str(caught.value) == (
+        "This model's tokenizer (T5Tokenizer) is one the schema-constrained decoder cannot read, so this model cannot "
+        "extract; use a Gemma 4, Qwen3-VL, PaliGemma or BLIP-2 (OPT) model."
+    )

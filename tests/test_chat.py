@@ -287,7 +287,8 @@ def test_scripted_run_fails_when_a_turn_fails(tiny_gemma4, tmp_path, monkeypatch
 @pytest.mark.parametrize(
     ("text", "message"),
     [("", "holds no turns"), ("- user: 3\n", "Turn 1, user: should be text, got 3."),
-     ("- {user: x, tool: paint}\n", 'Turn 1, tool: should be \'describe\', \'ocr\', \'detect\' or \'compare_budgets\', got "paint".'),
+     ("- {user: x, tool: paint}\n",
+      'Turn 1, tool: should be \'describe\', \'ocr\', \'detect\', \'compare_budgets\' or \'extract\', got "paint".'),
      (": [", "not valid YAML")],
 )
 def test_bad_scripts_are_refused_in_one_line(tmp_path, capsys, text, message):

@@ -34,7 +34,7 @@ MODULES = HERE / "node_modules"
 SUITE = MODULES / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
 INSPECTOR = MODULES / "@modelcontextprotocol" / "inspector"
 BASELINE = HERE / "expected-failures.yaml"
-TOOLS = ("describe", "ocr", "detect", "compare_budgets", "chat")
+TOOLS = ("describe", "ocr", "detect", "compare_budgets", "chat", "extract")
 #: the Inspector 2 launcher needs Node 22.19
 NODE_AT_LEAST = (22, 19)
 

@@ -45,6 +45,7 @@ TOOLS_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "tools", "tools.errors", "tools.text", "tools.about", "tools.paths", "tools.cancel", "tools.scope",
         "tools.safe_open", "tools.redact", "tools.options", "tools.outputs", "tools.toolcalls",
     )),
+    ("structured extraction: schemas, grammars, spans", ("tools.extract",)),
     ("images and boxes", ("tools.inputs", "tools.boxes")),
     ("results", ("tools.results",)),
     ("tasks", ("tools.tasks",)),

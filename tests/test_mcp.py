@@ -20,7 +20,7 @@ from tools.model import load_model
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = {"describe", "ocr", "detect", "compare_budgets", "chat"}
+TOOLS = {"describe", "ocr", "detect", "compare_budgets", "chat", "extract"}
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +360,7 @@ async def test_model_resource_describes_the_resident_model(server, tiny_gemma4):
     assert info["chat"] is True and info["detect"] is True and info["context_window"] > 0
     # how the server keeps a conversation's context, and within what
     assert info["context"]["policy"] == "chat-template" and info["context"]["limit_tokens"] == info["context_window"]
-    assert info["runtime"] == "local" and info["tasks"] == ["chat", "describe", "detect", "ocr"]
+    assert info["runtime"] == "local" and info["tasks"] == ["chat", "describe", "detect", "extract", "ocr"]
 
 
 async def test_tool_errors_carry_a_machine_readable_code(server, workdir):

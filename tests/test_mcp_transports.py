@@ -41,7 +41,7 @@ async def test_stdio_round_trip_through_the_console_script(tiny_gemma4, images):
     params = StdioServerParameters(command=VLM_AGENT, args=serve_args(tiny_gemma4, images), env=env())
     async with Client(params) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
-        assert names == {"describe", "ocr", "detect", "compare_budgets", "chat"}
+        assert names == {"describe", "ocr", "detect", "compare_budgets", "chat", "extract"}
         result = await client.call_tool("describe", {"images": [str(images / "square.png")], "max_new_tokens": 3})
         assert not result.is_error, result.content
         assert result.structured_content["image_tokens"] == 256

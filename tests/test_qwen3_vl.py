@@ -246,7 +246,7 @@ def picture(width: int, height: int) -> ImageInput:
 
 def test_checkpoint_plans_as_qwen3_vl_before_loading(tiny_qwen3_vl: Path) -> None:
     caps = plan(str(tiny_qwen3_vl)).capabilities
-    assert caps.tasks == frozenset({"describe", "ocr", "detect"})
+    assert caps.tasks == frozenset({"describe", "ocr", "detect", "extract"})
     assert (caps.budgets, caps.default_budget) == ((70, 140, 280, 560, 1120), 280)
     assert (caps.box_grid, caps.box_order, caps.context_policy) == (1000, "xy", "chat-template")
     assert caps.context_tokens == 8192

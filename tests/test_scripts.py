@@ -72,6 +72,11 @@ REFUSED = [
         "- {user: hi}\n- {user: hi, tool: ocr, arguments: {engin: rapidocr}}\n",
         "Turn 2: ocr takes no argument 'engin'; it takes budget, max_new_tokens, temperature, top_p, engine, tiles.",
     ),
+    (
+        '- {user: hi, tool: extract, arguments: {schema: {type: object, properties: {a: {$ref: "http://127.0.0.1:9/s"}}}}}\n',
+        'Turn 1, arguments: The schema\'s $ref "http://127.0.0.1:9/s" points outside the schema, and vlm-agent fetches '
+        "nothing for a $ref",
+    ),
 ]
 THROUGH_THE_DOOR = len(REFUSED)
 REFUSED += [
@@ -86,7 +91,7 @@ REFUSED += [
     ("- {user: hi, tool: ocr, arguments: {2.5: 1}}\n", "Turn 1 has the key 2.5 in arguments; keys are names, in text."),
     ("- {user: hi, tool: ocr, arguments: {" + "k" * 200 + ": 1}}\n", "Turn 1: ocr takes no argument 'kkkkkkkkkkkkkk"),
     ("- {user: hi, imgaes: [p.png]}\n", "Turn 1 has the key 'imgaes'; a turn takes user, images, tool and arguments."),
-    ("- {user: hi, tool: paint}\n", "Turn 1, tool: should be 'describe', 'ocr', 'detect' or 'compare_budgets'"),
+    ("- {user: hi, tool: paint}\n", "Turn 1, tool: should be 'describe', 'ocr', 'detect', 'compare_budgets' or 'extract'"),
     ("- {user: hi, arguments: {tiles: 3}}\n", "Turn 1, arguments: name the tool they go to"),
     ("- {user: hi, tool: ocr, arguments: {engine: tesseract}}\n", "Turn 1, arguments.engine: should be 'vlm' or 'rapidocr'"),
     ("- {user: hi, tool: ocr, arguments: {tiles: 99}}\n", "Turn 1, arguments.tiles: tiles must be between 1 and 8"),
@@ -122,6 +127,15 @@ REFUSED += [
     ("- {user: hi, tool: ocr, arguments: {tiles: 1" + "0" * 5000 + "}}\n", "The script holds a value YAML cannot read."),
     ("- {user: hi, tool: describe, arguments: !!python/object:os.system {}}\n", "The script is not valid YAML"),
     (": [", "The script is not valid YAML"),
+    ("- {user: hi, tool: extract, arguments: {}}\n", "Turn 1, arguments: Say what to extract: a JSON Schema as schema"),
+    ("- {user: hi, tool: extract, arguments: {fields: 'a:money'}}\n", "Turn 1, arguments: Field 1 of fields (a) has the type"),
+    ("- {user: hi, tool: extract, arguments: {fields: a, threshold: 2}}\n", "Turn 1, arguments.threshold: threshold must be"),
+    ("- {user: hi, tool: extract, arguments: {schema: 5}}\n", "Turn 1, arguments.schema: should be a JSON Schema"),
+    ("- {user: hi, tool: extract, arguments: {schema: '[1]'}}\n", "Turn 1, arguments: The schema is a JSON list"),
+    (
+        "- {user: hi, tool: extract, arguments: {fields: a, schema: {type: object, properties: {a: {}}}}}\n",
+        "Turn 1, arguments: Give either schema or fields, not both.",
+    ),
 ]
 
 
@@ -238,7 +252,7 @@ def test_a_server_that_cannot_start_is_one_line_not_a_traceback(tmp_path):
     assert line.startswith("error: No model directory at '/nonexistent/model'")
 
 
-@pytest.mark.parametrize("tool", ["describe", "ocr", "detect", "compare_budgets"])
+@pytest.mark.parametrize("tool", ["describe", "ocr", "detect", "compare_budgets", "extract"])
 def test_the_schema_takes_what_the_session_passes_on_and_the_server_takes(tool):
     """One list of each tool's turn arguments: the schema's, the session's and the server's tool (less what
     the session supplies itself: images and history)."""
@@ -249,5 +263,5 @@ def test_the_schema_takes_what_the_session_passes_on_and_the_server_takes(tool):
     from mcp_server import handlers as tools
 
     taken = set(inspect.signature(getattr(tools, tool)).parameters) - {"ctx", "image", "images", "history"}
-    assert tuple(ARGUMENTS[tool].model_fields) == TOOL_ARGUMENTS[tool]
+    assert tuple(field.alias or name for name, field in ARGUMENTS[tool].model_fields.items()) == TOOL_ARGUMENTS[tool]
     assert set(TOOL_ARGUMENTS[tool]) == taken

@@ -44,6 +44,7 @@ TASK_WORDS = {
     "detect": "detect objects",
     "segment": "segment objects",
     "chat": "choose tools by function calling",
+    "extract": "extract fields under a schema",
 }
 
 

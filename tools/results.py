@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -162,4 +162,46 @@ class ChatResult(Result):
     task: Literal["chat"] = "chat"
     tool_calls: list[ToolCall] = Field(
         default_factory=list, description="vision tools the model chose to call, in order; empty for a text answer"
+    )
+
+
+class ExtractedField(BaseModel):
+    """One value of an extraction: where it was read, how sure the model was, and whether a second look agreed."""
+
+    path: str = Field(description="JSON pointer of the value in data, e.g. /total or /items/0/name")
+    value: Any = Field(description="the value as it stands in data")
+    confidence: float | None = Field(
+        description="the lowest probability the model gave any token of the value, among the tokens the schema "
+        "allowed at that step (0..1); null where the runtime gives no probabilities (a serving engine)"
+    )
+    box: list[int] | None = Field(
+        None, description="[x1, y1, x2, y2] in pixels of the original image where the value was read; null when "
+        "it was not located (or the family cannot locate)"
+    )
+    image: int | None = Field(None, description="which of the call's images (0 = the first) the box is on")
+    verified: Literal["agree", "changed", "uncertain"] | None = Field(
+        None, description="the re-read of a value under the confidence threshold, from its crop at a higher "
+        "budget: agree (same value), changed (the re-read was sure and replaced it), uncertain (it differed "
+        "without being sure, or gave nothing); null: not re-read"
+    )
+    reread: Any = Field(None, description="what the re-read gave, when the value was re-read")
+    reread_confidence: float | None = Field(None, description="the re-read's confidence, when there was one")
+    first_value: Any = Field(None, description="the first read's value, when the re-read changed it")
+
+
+class ExtractResult(Result):
+    task: Literal["extract"] = "extract"
+    data: dict[str, Any] | None = Field(
+        description="the extracted object; it validates against the schema when valid is true; null when the "
+        "answer was cut before the object was complete"
+    )
+    valid: bool = Field(description="whether data validates against the schema (formats checked too)")
+    problem: str | None = Field(None, description="why data is null or does not validate; null when valid")
+    schema_hash: str = Field(description="hash of the schema decoding ran under; its compiled grammar is cached by it")
+    fields: list[ExtractedField] = Field(description="every value of data, in order, with its box and confidence")
+    grounded: bool = Field(description="whether the model's family can locate values (boxes); BLIP-2 cannot")
+    threshold: float = Field(description="values whose confidence is below this were re-read")
+    image_sizes: list[list[int]] = Field(description="[width, height] of each image, in order")
+    annotated_path: str | None = Field(
+        None, description="full-size PNG with each located value's box and name, when one was written"
     )

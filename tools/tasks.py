@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .boxes.detections import ParsedDetections
 from .inputs import ImageInput
@@ -20,10 +20,14 @@ from .results import CacheReport, Timings
 from .text import clean_model_text
 from .toolcalls import ParsedReply
 
+if TYPE_CHECKING:
+    from .extract.schema import Schema
+
 Role = Literal["user", "assistant"]
-#: what a caller may ask of a model; "chat" is one assistant turn that may call the vision tools
-Task = Literal["describe", "ocr", "detect", "segment", "chat"]
-TASKS: tuple[Task, ...] = ("describe", "ocr", "detect", "segment", "chat")
+#: what a caller may ask of a model; "chat" is one assistant turn that may call the vision tools;
+#: "extract" fills in a JSON Schema's object, decoded under its grammar
+Task = Literal["describe", "ocr", "detect", "segment", "chat", "extract"]
+TASKS: tuple[Task, ...] = ("describe", "ocr", "detect", "segment", "chat", "extract")
 #: how a family keeps the earlier turns of a conversation
 ContextPolicy = Literal["chat-template", "concat", "single-turn"]
 #: the order of a box's four numbers as the model writes them
@@ -78,13 +82,16 @@ class Ask:
 
     task: Task
     images: tuple[ImageInput, ...] = ()
-    #: describe's question or instruction ("" asks for the family's own caption); chat's message
+    #: describe's question or instruction ("" asks for the family's own caption); chat's message;
+    #: extract's schema as JSON text, for the prompt
     prompt: str = ""
-    #: detect's labels; segment's one label
+    #: detect's labels; segment's one label; extract's field names
     labels: tuple[str, ...] = ()
     history: tuple[Turn, ...] = ()
     #: None: the family's default
     budget: int | None = None
+    #: extract: the schema the answer is decoded under
+    schema: Schema | None = None
 
 
 #: one message content part: {"type": "text", "text": ...} or {"type": "image", "image": ImageInput}
@@ -114,6 +121,8 @@ class Prompt:
     history_turns: int = 0
     #: what the dialect did to the request (turns not sent, pairs dropped), for the result's notes
     notes: list[str] = field(default_factory=list)
+    #: the schema the answer must follow: a grammar on the local runtime, the engine's structured output
+    schema: Schema | None = None
 
 
 @dataclass
@@ -139,6 +148,9 @@ class Generation:
     cache: CacheReport | None = None
     #: tool calls an engine returned in its own structured form (chat); None where they are in the text
     tool_calls: ParsedReply | None = None
+    #: under a schema on the local runtime: each generated token's bytes and the probability the model
+    #: gave it among the tokens the schema allowed, all but the last token (whose step never came)
+    scored: list[tuple[bytes, float]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # At the source: the answer goes back as history, to terminals and into JSON.

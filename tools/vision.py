@@ -28,12 +28,23 @@ from .errors import InvalidRequest
 from .jobs import auto_budget
 from .jobs import budgets as compare_job
 from .jobs import consensus as consensus_job
+from .jobs import extract as extract_job
 from .jobs import tiles as tiles_job
 from .jobs import verify as verify_job
 from .jobs.auto_budget import AUTO
 from .reading.offline import ENGINES
 from .options import GenerationOptions
-from .results import BoxesResult, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, SegmentResult
+from .extract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLD, Schema, schema_from
+from .results import (
+    BoxesResult,
+    ChatResult,
+    CompareResult,
+    DescribeResult,
+    DetectResult,
+    ExtractResult,
+    OcrResult,
+    SegmentResult,
+)
 from .tasks import Ask, Progress, Task, Turn
 from .text import clean_model_text
 
@@ -180,6 +191,26 @@ class Vision(Core):
         return compare_job.compare(
             self, image, task, prompt, labels, budgets, options or GenerationOptions(), picture_path, progress
         )
+
+    def extract(
+        self,
+        images: Sequence[str],
+        schema: str | Mapping[str, Any] | Schema | None = None,
+        fields: str | None = None,
+        budget: int | str | None = None,
+        options: GenerationOptions | None = None,
+        annotated_path: str | Path | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        verify: bool = True,
+        progress: Progress | None = None,
+    ) -> ExtractResult:
+        """The object a JSON Schema (or compact ``fields``) describes, read from ``images`` under the schema's
+        grammar, every value with its box, its confidence and, under ``threshold`` with ``verify``, a second
+        read from its crop; with ``annotated_path``, the picture of the located values is written there."""
+        chosen = schema_from(schema, fields)
+        check_count(images)
+        options = options or GenerationOptions(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
+        return extract_job.extract(self, images, chosen, budget, options, annotated_path, threshold, verify, progress)
 
     def model_info(self) -> dict[str, Any]:
         """What a client needs to know of the resident model to plan its requests."""

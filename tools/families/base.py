@@ -129,6 +129,21 @@ def describe_text(prompt: str, images: int) -> str:
     return "Describe this image." if images == 1 else "Describe these images."
 
 
+def extract_text(schema_text: str, images: int) -> str:
+    """The extraction request of chat-template families: the schema itself, which real models read well."""
+    where = "this image" if images == 1 else "these images"
+    return (
+        f"Extract the information in {where} as one JSON object that follows this JSON Schema. "
+        f"Output only the JSON.\nSchema: {schema_text}"
+    )
+
+
+def listed(names: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    names = [one_line(name.replace("_", " ")) for name in names] or ["fields"]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def image_part(image: ImageInput) -> Part:
     return {"type": "image", "image": image}
 

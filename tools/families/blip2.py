@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import InvalidRequest, Unsupported
 from ..tasks import Ask, Capabilities, Prompt, plural
-from .base import Dialect, TokenCounter, one_line, prompt_images
+from .base import Dialect, TokenCounter, listed, one_line, prompt_images
 
 # ---------------------------------------------------------------- prompts
 
@@ -100,7 +100,7 @@ class Blip2(Dialect):
     family = "blip2"
     display_name = "BLIP-2"
     model_types = ("blip-2",)
-    tasks = frozenset({"describe", "ocr"})
+    tasks = frozenset({"describe", "ocr", "extract"})
     prompt_form = "text"
 
     @classmethod
@@ -116,6 +116,11 @@ class Blip2(Dialect):
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
         if ask.task == "ocr":
             return Prompt(images=list(ask.images), text=OCR, notes=[READING_IS_A_QUESTION])
+        if ask.task == "extract":
+            # A question to continue; the schema's grammar writes the JSON.
+            return Prompt(
+                images=list(ask.images), text=f"Question: What are the {listed(ask.labels)}? Answer:", schema=ask.schema
+            )
         if count_tokens is None:
             raise Unsupported("BLIP-2 needs its tokenizer to fit a conversation into its context.")
         images, notes = prompt_images(self.display_name, ask.images, ask.history)

@@ -28,10 +28,10 @@ from ..errors import InvalidRequest
 from ..inputs import ImageInput
 from ..options import GenerationOptions
 from ..results import CacheReport
-from ..runtimes.local import LocalRuntime, cache_kwarg, local_messages
+from ..runtimes.local import LocalRuntime, cache_kwarg, constrained, local_messages
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Progress, Prompt, Stopwatch
 from ..toolcalls import CHAT_SYSTEM, CHAT_TOOLS, parse_reply
-from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text
+from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, extract_text
 
 
 #: the visual-token budgets a call may ask for, and the one a call without a budget gets
@@ -79,7 +79,7 @@ class Gemma4(BudgetedChatDialect):
     family = "gemma4"
     display_name = "Gemma 4"
     model_types = ("gemma4",)
-    tasks = frozenset({"describe", "ocr", "detect", "chat"})
+    tasks = frozenset({"describe", "ocr", "detect", "chat", "extract"})
     budget_values = BUDGETS
     default_budget = DEFAULT_BUDGET
     box_grid = GRID
@@ -107,6 +107,8 @@ class Gemma4(BudgetedChatDialect):
             text = detect_text(ask.labels)
         elif ask.task == "ocr":
             text = OCR
+        elif ask.task == "extract":
+            text = extract_text(ask.prompt, len(ask.images))
         elif ask.task == "chat":
             text, history, tools = ask.prompt, ask.history, CHAT_TOOLS
             system = [{"role": "system", "content": CHAT_SYSTEM}]
@@ -120,6 +122,7 @@ class Gemma4(BudgetedChatDialect):
             processor_kwargs=self.processor_kwargs(ask.budget),
             tools=tools,
             history_turns=len(history),
+            schema=ask.schema,
         )
 
     def processor_kwargs(self, budget: int | None) -> dict[str, Any]:
@@ -295,11 +298,13 @@ class Gemma4Runtime(LocalRuntime):
         watch = Stopwatch()
         encoded = self.encoded(prompt)
         ids = encoded.ids
+        constraint = self.constraint(prompt)
         kv, reused = self.prefix_cache.begin(ids, encoded.blocks, len(ids) + options.max_new_tokens)
         generation = self.generate_inputs(
             encoded.inputs, options, budget=prompt.budget, watch=watch, history_turns=prompt.history_turns,
-            model_kwargs={cache_kwarg(): kv, **image_inputs(encoded.features_from(reused))},
+            model_kwargs={cache_kwarg(): kv, **image_inputs(encoded.features_from(reused)), **constrained(constraint)},
         )
+        self.score(generation, constraint)
         # The cache holds every token but the last generated one, which was never fed back.
         self.prefix_cache.end(ids + generation.token_ids[:-1], encoded.blocks, kv)
         generation.cache = CacheReport(vision=encoded.vision, reused_prompt_tokens=reused)
@@ -316,8 +321,11 @@ class Gemma4Runtime(LocalRuntime):
         Batching shifts the float arithmetic of the decoding steps a little, so a row may differ
         from the same prompt run alone where two tokens were nearly tied.
         """
-        if len(prompts) < 2 or not self.reuses_encodings or any(p.messages is None or p.budget is None for p in prompts):
-            # One prompt alone goes the ordinary way, which also resumes from the prefix cache.
+        if len(prompts) < 2 or not self.reuses_encodings or any(
+            p.messages is None or p.budget is None or p.schema is not None for p in prompts
+        ):
+            # One prompt alone goes the ordinary way, which also resumes from the prefix cache; prompts
+            # under a schema too (a batch would carry each row's grammar across the prefill and decode).
             return super().generate_many(prompts, options, progress)
         watch = Stopwatch()
         rows, encode_ms = [], []

@@ -14,7 +14,7 @@ from typing import Any
 from ..boxes.detections import Collector, Drop, ParsedDetections, label_of
 from ..errors import InvalidRequest
 from ..tasks import Ask, Capabilities, Prompt
-from .base import Dialect, TokenCounter, one_line, prompt_images, single_turn_note
+from .base import Dialect, TokenCounter, listed, one_line, prompt_images, single_turn_note
 
 #: PaliGemma <locNNNN> tokens are 1024 bins, 0000..1023.
 GRID = 1024
@@ -101,7 +101,7 @@ class PaliGemma(Dialect):
     family = "paligemma"
     display_name = "PaliGemma"
     model_types = ("paligemma",)
-    tasks = frozenset({"describe", "ocr", "detect", "segment"})
+    tasks = frozenset({"describe", "ocr", "detect", "segment", "extract"})
     prompt_form = "text"
 
     #: language of captions and answers when the prompt names none ("caption es" names one)
@@ -132,12 +132,15 @@ class PaliGemma(Dialect):
         elif ask.task == "segment":
             task = segment_text(ask.labels[0])
             notes.append(NO_MASK_DECODER)
+        elif ask.task == "extract":
+            # A question in its answer prefix; the schema's grammar writes the JSON.
+            task = one_line(f"answer {self.lang} What are the {listed(ask.labels)}?")
         else:
             images, notes = prompt_images(self.display_name, ask.images, ask.history)
             notes[:0] = single_turn_note(self.display_name, ask.history)
             task = describe_text(ask.prompt, self.lang)
         # One <image> placeholder per image; the processor expands each and adds <bos> and the "\n".
-        return Prompt(images=images, text=IMAGE_TOKEN * len(images) + task, notes=notes)
+        return Prompt(images=images, text=IMAGE_TOKEN * len(images) + task, notes=notes, schema=ask.schema)
 
     def parse_boxes(self, text: str, size: tuple[int, int]) -> ParsedDetections:
         return from_loc_tokens(text, size)

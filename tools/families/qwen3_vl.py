@@ -28,7 +28,7 @@ from typing import Any
 from ..boxes.detections import ParsedDetections, from_json_boxes
 from ..errors import InvalidRequest
 from ..tasks import Ask, Capabilities, Prompt, Turn, plural
-from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text
+from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, extract_text
 
 #: the same budgets as Gemma 4, so compare_budgets lines the two families up
 QWEN3_VL_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
@@ -89,7 +89,7 @@ class Qwen3VL(BudgetedChatDialect):
     model_types = ("qwen3_vl",)
     # No "chat": Qwen3-VL's tool calls are <tool_call> JSON, which the chat's tool parser does not
     # read, so the chat client routes messages by keywords instead.
-    tasks = frozenset({"describe", "ocr", "detect"})
+    tasks = frozenset({"describe", "ocr", "detect", "extract"})
     # Budgets reach an engine's processor as the same ``size`` argument as here.
     budget_values = QWEN3_VL_BUDGETS
     default_budget = DEFAULT_BUDGET
@@ -115,6 +115,8 @@ class Qwen3VL(BudgetedChatDialect):
             text = detect_text(ask.labels)
         elif ask.task == "ocr":
             text = OCR
+        elif ask.task == "extract":
+            text = extract_text(ask.prompt, len(ask.images))
         else:
             text = describe_text(ask.prompt, len(ask.images))
         images = [*(image for turn in history for image in turn.images), *ask.images]
@@ -126,6 +128,7 @@ class Qwen3VL(BudgetedChatDialect):
             processor_kwargs=kwargs,
             history_turns=len(history),
             notes=notes + too_thin,
+            schema=ask.schema,
         )
 
     def sized_kwargs(self, sizes: Sequence[tuple[int, int]], budget: int | None) -> tuple[dict[str, Any], list[str]]:

@@ -150,6 +150,11 @@ def image_url(image: ImageInput, send_url: bool) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url or png_data_uri(image.pixels)}}
 
 
+def response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenAI chat-completions field that asks for JSON following ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": "extract", "schema": dict(schema), "strict": True}}
+
+
 class EngineRuntime(Runtime):
     """Prompts as chat completions on an engine's /chat/completions, requests sent concurrently."""
 
@@ -210,6 +215,10 @@ class EngineRuntime(Runtime):
         watch = Stopwatch()
         messages = api_messages(prompt.messages, self.settings.send_urls)
         body = self.body(messages, options, prompt.processor_kwargs, prompt.tools)
+        if prompt.schema is not None:
+            # The engine's own structured output (vLLM, SGLang, Ollama read response_format) decodes
+            # under the bounded schema, as the local grammar does.
+            body["response_format"] = response_format(prompt.schema.decoding)
         preprocess_ms = watch.lap()
         reply = self.complete(body, stream_pieces(), options)
         generation = self.generation(reply, prompt.budget, prompt.history_turns, options, preprocess_ms, watch)

@@ -129,6 +129,8 @@ class LocalRuntime(Runtime):
         self.compiled = False
         #: head dim -> fused SDPA kernels that take it (CUDA only), filled by ``warm_up``
         self.attention_kernels: dict[int, list[str]] = {}
+        #: the tokenizer as the schema-constrained decoder reads it, built on the first extraction
+        self._grammars: Any = None
 
     def control_strings(self) -> set[str]:
         # The tokenizer knows every string that becomes a control token; the known list covers the markup.
@@ -216,11 +218,35 @@ class LocalRuntime(Runtime):
 
     def generate(self, prompt: Prompt, options: GenerationOptions) -> Generation:
         watch = Stopwatch()
+        constraint = self.constraint(prompt)
         generation = self.generate_inputs(
-            self.inputs(prompt), options, budget=prompt.budget, watch=watch, history_turns=prompt.history_turns
+            self.inputs(prompt), options, budget=prompt.budget, watch=watch, history_turns=prompt.history_turns,
+            model_kwargs=constrained(constraint),
         )
+        self.score(generation, constraint)
         generation.notes[:0] = prompt.notes
         return generation
+
+    # -- decoding under a schema (extract) --------------------------------------------
+
+    def grammars(self) -> Any:
+        """llguidance's view of this model's tokenizer, built once (``tools.extract.grammar``)."""
+        if self._grammars is None:
+            from ..extract.grammar import Grammars
+
+            vocab = int(self.model.config.get_text_config().vocab_size)
+            self._grammars = Grammars(self.processor.tokenizer, vocab, sorted(self.stop_token_ids()))
+        return self._grammars
+
+    def constraint(self, prompt: Prompt) -> Any:
+        """A fresh logits processor holding generation to the prompt's schema; None without one."""
+        return None if prompt.schema is None else self.grammars().constraint(prompt.schema)
+
+    def score(self, generation: Generation, constraint: Any) -> None:
+        """Each token's bytes and its probability under the schema, for the fields' confidence."""
+        if constraint is not None:
+            grammars = self.grammars()
+            generation.scored = [(grammars.token_bytes(token), p) for token, p in constraint.probabilities()]
 
     def inputs(self, prompt: Prompt) -> Any:
         """Model inputs: messages through the checkpoint's chat template, a text through the processor."""
@@ -442,6 +468,15 @@ class LocalRuntime(Runtime):
         if finish == "length":
             generation.notes.append(cut_note(options.max_new_tokens))
         return generation
+
+
+def constrained(constraint: Any) -> dict[str, Any]:
+    """``generate`` keyword arguments that apply ``constraint`` (nothing for None)."""
+    if constraint is None:
+        return {}
+    from transformers import LogitsProcessorList
+
+    return {"logits_processor": LogitsProcessorList([constraint])}
 
 
 def check_compile(runtime_cls: type[LocalRuntime], compile: bool) -> None:
