@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from .boxes.detections import ParsedDetections
 from .inputs import ImageInput
+from .inputs.media import ClipInput
 from .results import CacheReport, Timings
 from .text import clean_model_text
 from .toolcalls import ParsedReply
@@ -51,6 +52,8 @@ class Capabilities:
     #: the box grid and order its detections come on, for families that detect
     box_grid: int | None = None
     box_order: BoxOrder | None = None
+    #: whether describe takes a clip through the family's own video path (frames with timestamps)
+    video: bool = False
 
     def describe_policy(self) -> str:
         """The context policy in a few words, for the model resource and the chat's meter."""
@@ -85,9 +88,12 @@ class Ask:
     history: tuple[Turn, ...] = ()
     #: None: the family's default
     budget: int | None = None
+    #: describe: a clip's frames, for families with a video path (``Capabilities.video``)
+    video: ClipInput | None = None
 
 
-#: one message content part: {"type": "text", "text": ...} or {"type": "image", "image": ImageInput}
+#: one message content part: {"type": "text", "text": ...}, {"type": "image", "image": ImageInput} or
+#: {"type": "video", "video": ClipInput}
 Part = dict[str, Any]
 #: {"role": "system" | "user" | "assistant", "content": list[Part] | str}
 Message = dict[str, Any]
@@ -114,6 +120,8 @@ class Prompt:
     history_turns: int = 0
     #: what the dialect did to the request (turns not sent, pairs dropped), for the result's notes
     notes: list[str] = field(default_factory=list)
+    #: clips, in the order their placeholders come in the prompt (a video part each)
+    videos: list[ClipInput] = field(default_factory=list)
 
 
 @dataclass

@@ -31,12 +31,14 @@ from ..results import CacheReport
 from ..runtimes.local import LocalRuntime, cache_kwarg, local_messages
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Progress, Prompt, Stopwatch
 from ..toolcalls import CHAT_SYSTEM, CHAT_TOOLS, parse_reply
-from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text
+from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, video_messages
 
 
 #: the visual-token budgets a call may ask for, and the one a call without a budget gets
 BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
 DEFAULT_BUDGET = 280
+#: a clip's frames: a lower budget each, as Gemma 4's video processor defaults to
+VIDEO_BUDGET = 70
 #: the image processor: 16-px patches, pooled 3x3 into one soft token
 PATCH = 16
 POOLING = 3
@@ -84,6 +86,9 @@ class Gemma4(BudgetedChatDialect):
     default_budget = DEFAULT_BUDGET
     box_grid = GRID
     box_order = "yx"
+    video = True
+    #: the video processor's own per-frame default (max_soft_tokens 70), which the Gemma 4 guide advises for clips
+    video_budget = VIDEO_BUDGET
 
     def __init__(self, capabilities: Capabilities, patch: int = PATCH, pooling: int = POOLING) -> None:
         super().__init__(capabilities)
@@ -100,6 +105,15 @@ class Gemma4(BudgetedChatDialect):
         )
 
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
+        if ask.video is not None:
+            return Prompt(
+                images=[image for turn in ask.history for image in turn.images],
+                messages=video_messages(ask.video, ask.prompt, ask.history),
+                budget=ask.budget,
+                processor_kwargs={} if ask.budget is None else {"videos_kwargs": {"max_soft_tokens": ask.budget}},
+                history_turns=len(ask.history),
+                videos=[ask.video],
+            )
         history: Sequence[Any] = ()
         system: list[Message] = []
         tools = None
@@ -290,7 +304,7 @@ class Gemma4Runtime(LocalRuntime):
         return Encoded(inputs, blocks, [e.features for _, e in encoded], vision_report(len({k for k, _ in encoded}), computed))
 
     def generate(self, prompt: Prompt, options: GenerationOptions) -> Generation:
-        if prompt.messages is None or prompt.budget is None or not self.reuses_encodings:
+        if prompt.messages is None or prompt.budget is None or not self.reuses_encodings or prompt.videos:
             return super().generate(prompt, options)
         watch = Stopwatch()
         encoded = self.encoded(prompt)
@@ -316,7 +330,9 @@ class Gemma4Runtime(LocalRuntime):
         Batching shifts the float arithmetic of the decoding steps a little, so a row may differ
         from the same prompt run alone where two tokens were nearly tied.
         """
-        if len(prompts) < 2 or not self.reuses_encodings or any(p.messages is None or p.budget is None for p in prompts):
+        if len(prompts) < 2 or not self.reuses_encodings or any(
+            p.messages is None or p.budget is None or p.videos for p in prompts
+        ):
             # One prompt alone goes the ordinary way, which also resumes from the prefix cache.
             return super().generate_many(prompts, options, progress)
         watch = Stopwatch()
