@@ -38,6 +38,7 @@ from tools.options import GenerationOptions
 from tools.results import BudgetTimings, ChatResult, CompareResult, DescribeResult, DetectResult, OcrResult, Result
 from tools.runtimes.engine import ApiSettings
 from tools.scope import owned_by
+from tools.progress import Reporter, reporting
 from tools.runtimes.streaming import TextSink, streaming
 from tools.checks import MAX_IMAGES
 from tools.vision import Vision
@@ -53,7 +54,8 @@ T = TypeVar("T")
 
 IMAGE_REF = (
     "a local file path (inside the server's allowed folders), an http(s) URL, "
-    "a data:image/...;base64 URI, or an image_id returned by an earlier call"
+    "a data:image/...;base64 URI, or an image_id returned by an earlier call; a PDF (doc.pdf, doc.pdf#pages=2-5) "
+    "or a video clip (mp4, mov, webm, animated GIF; clip.mp4#t=10,20 for seconds 10 to 20) too"
 )
 
 
@@ -178,7 +180,7 @@ class Engine:
 
     async def run(
         self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0,
-        model: bool = True, images: Sequence[str] = (), owner: Owner | None = None,
+        model: bool = True, images: Sequence[str] = (), owner: Owner | None = None, progress_to: Context | None = None,
     ) -> T:
         """Run ``call(cancel)`` on a worker thread once it has a turn at the model (``model``),
         waited for on the event loop; bounded.
@@ -204,7 +206,7 @@ class Engine:
                 ahead.update(self.loader.fetch_ahead(fetch))
 
         def streamed(cancel: threading.Event) -> T:
-            with streaming(sink), owned_by(scope), self.loader.prefetched(ahead):
+            with streaming(sink), reporting(part_reporter(progress_to)), owned_by(scope), self.loader.prefetched(ahead):
                 return call(cancel)
 
         return await self.admission.run(streamed, turns, prepare if fetch else None)
@@ -216,6 +218,18 @@ class Engine:
         name = picture_name(kind)
         owner.pictures.add(name)
         return self.settings.out_dir / name
+
+
+def part_reporter(ctx: Context | None) -> Reporter | None:
+    """Pages and frames finished, as progress notifications (done counts up; the message is what the part gave)."""
+    if ctx is None:
+        return None
+
+    def report(done: int, total: int, message: str, finished: bool) -> None:
+        if finished:
+            anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+    return report
 
 
 def text_sink(ctx: Context, total: int) -> TextSink:
@@ -262,6 +276,8 @@ def box_line(detection: Detection) -> str:
         extra.append("verified" if detection.verified else "not verified")
     if detection.tiles is not None:
         extra.append(f"tiles {', '.join(map(str, detection.tiles))}")
+    if detection.origin is not None:
+        extra.append(detection.origin.label)
     return f"{detection.label}: {list(detection.box)}" + (f" ({'; '.join(extra)})" if extra else "")
 
 
@@ -416,7 +432,14 @@ Tiles = Annotated[
     Field(
         description="read in overlapping tiles: 'auto' tiles only an image the engine would shrink "
         "(rapidocr past 2000 px, Gemma 4 past what budget 1120 sees), 'off', or 1-8 tiles across the long side; "
-        "boxes come back in pixels of the whole image"
+        "boxes come back in pixels of the whole image; default off, and auto for a PDF's pages (ocr)"
+    ),
+]
+Pages = Annotated[
+    str | None,
+    Field(
+        description="which pages of a PDF to use, e.g. '3', '2-5' or '1,3,7-9' (default: all, within the server's "
+        "page limit); a '#pages=' on the reference itself wins"
     ),
 ]
 History = Annotated[
@@ -462,7 +485,7 @@ async def run_tool(
     chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     return await engine.run(
         lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens,
-        model=model, images=images, owner=owner_of(ctx),
+        model=model, images=images, owner=owner_of(ctx), progress_to=ctx,
     )
 
 
@@ -483,15 +506,17 @@ async def describe(
     max_new_tokens: MaxNewTokens = 512,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
+    pages: Pages = None,
 ) -> Annotated[CallToolResult, DescribeResult]:
     """Describe images or answer a question about them (captions, visual Q&A, comparisons, follow-ups).
 
     Pass several images to compare them; pass `history` to continue a conversation: the server
     keeps the context the way the model's family does (vlm-agent://model says how) and lists in
-    `notes` what it had to leave out.
+    `notes` what it had to leave out. A PDF's pages go in as images; a video clip goes alone,
+    through the model's own video path (Gemma 4, Qwen3-VL), its frames with their timestamps.
     """
     result = await run_tool(
-        ctx, lambda vision, chosen: vision.describe(images, prompt, turns_of(history), budget, chosen),
+        ctx, lambda vision, chosen: vision.describe(images, prompt, turns_of(history), budget, chosen, pages),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True,
         images=[*images, *history_images(history)],
     )
@@ -512,15 +537,17 @@ async def ocr(
             "adds one box per text line (no budget)"
         ),
     ] = "vlm",
-    tiles: Tiles = "off",
+    tiles: Tiles = None,
+    pages: Pages = None,
 ) -> Annotated[CallToolResult, OcrResult]:
     """Read all text in an image, in reading order and in its original language and script.
 
     For small or dense text, a higher budget (560 or 1120) reads more accurately.
     engine 'rapidocr' reads printed text offline without the model and returns line boxes.
+    A PDF is read page by page (`pages` chooses them): `pages` in the result has each page's text.
     """
     result = await run_tool(
-        ctx, lambda vision, chosen: vision.ocr(image, budget, chosen, engine, tiles),
+        ctx, lambda vision, chosen: vision.ocr(image, budget, chosen, engine, tiles, pages),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True, model=engine == "vlm",
         images=[image],
     )
@@ -546,16 +573,18 @@ async def detect(
     verify: Annotated[
         bool, Field(description="ask the model about each box's crop at budget 1120; each box reports verified")
     ] = False,
+    pages: Pages = None,
 ) -> Annotated[CallToolResult, DetectResult]:
     """Find labelled objects: boxes [x1, y1, x2, y2] in pixels of the original image, plus an annotated picture.
 
     The full-size annotated PNG is saved on the server (annotated_path); the picture
-    in the result is a downscaled copy.
+    in the result is a downscaled copy. On a PDF or a clip, every page or frame is searched:
+    each box names its page or frame (origin, with the frame's time), and the picture is a contact sheet.
     """
     # Pruning the output folder touches every file in it: off the event loop too.
     out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "detect", owner_of(ctx))
     detected = await run_tool(
-        ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify),
+        ctx, lambda vision, chosen: vision.detect(image, labels, budget, chosen, out, tiles, consensus, verify, pages),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=[image],
     )
     lines = [box_line(d) for d in detected.detections] or ["nothing found"]
@@ -575,12 +604,14 @@ async def compare_budgets(
         list[int] | None, Field(description="budgets to run, from the model's budgets; empty: all of them")
     ] = None,
     max_new_tokens: MaxNewTokens = 512,
+    pages: Annotated[str | None, Field(description="a PDF: the one page to compare, e.g. '3'")] = None,
 ) -> Annotated[CallToolResult, CompareResult]:
     """Run one image and prompt at several visual-token budgets and compare them side by side.
 
     Reports per budget the image tokens, output, timings and agreement with the
     highest budget, recommends the smallest budget that agrees, and returns one
     picture with every budget's result. Families with budgets only (vlm-agent://model lists them).
+    A PDF gives one page (`pages`, or doc.pdf#page=3), a clip one frame (clip.mp4#t=SECONDS; default its middle).
     """
     out = await anyio.to_thread.run_sync(engine_of(ctx).output_path, "budgets", owner_of(ctx))
 
@@ -588,7 +619,7 @@ async def compare_budgets(
         anyio.from_thread.run(ctx.report_progress, done, total, message)
 
     result = await run_tool(
-        ctx, lambda vision, chosen: vision.compare_budgets(image, task, prompt, (), budgets, chosen, out, progress),
+        ctx, lambda vision, chosen: vision.compare_budgets(image, task, prompt, (), budgets, chosen, out, progress, pages),
         max_new_tokens=max_new_tokens, images=[image],
     )
     rows = [
