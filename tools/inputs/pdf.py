@@ -25,8 +25,11 @@ from .shown import capital
 MIN_DPI = 72.0
 #: past this a page gains nothing a model or a reader can use
 MAX_DPI = 300.0
-#: what reading (ocr, tiles) renders at: 6-point print is 12 px tall
+#: what reading with the model (ocr, tiles) renders at: 6-point print is 12 px tall
 READ_DPI = 150.0
+#: what the offline engine reads at: PP-OCR keeps the spaces between words better there than at 150
+#: (word agreement 0.79 against 0.69 on a generated letter page of 30 px text)
+OFFLINE_DPI = 200.0
 #: points per inch: PDF sizes are in points
 POINTS = 72.0
 

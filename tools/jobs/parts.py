@@ -31,7 +31,7 @@ from ..inputs import LoadedImage
 from ..inputs.documents import Clip, Document, DpiChoice, clip_frames
 from ..inputs.media import Media, Part, Selection, part_id
 from ..inputs.origin import Origin
-from ..inputs.pdf import MAX_DPI, POINTS, READ_DPI, page_pixels
+from ..inputs.pdf import MAX_DPI, OFFLINE_DPI, POINTS, READ_DPI, page_pixels
 from ..inputs.video import decode, probe, sample
 from ..model import Model, check_video
 from ..options import GenerationOptions
@@ -78,9 +78,11 @@ def look_dpi(model: Model | None, budget: int | None) -> DpiChoice:
 
 def read_dpi(model: Model | None, budget: int | None, tiles: str | int) -> DpiChoice:
     """Pages to read: at least ``READ_DPI`` where tiles may cut them (small print survives), else as seen whole."""
+    if model is None:
+        return lambda size_pt: OFFLINE_DPI
     look = look_dpi(model, budget)
-    if model is None or tiles != tiling.TILES_OFF:
-        return lambda size_pt: max(READ_DPI, look(size_pt)) if model is not None else READ_DPI
+    if tiles != tiling.TILES_OFF:
+        return lambda size_pt: max(READ_DPI, look(size_pt))
     return look
 
 
