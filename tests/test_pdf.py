@@ -203,3 +203,13 @@ def test_compare_budgets_takes_one_page(vision):
     assert result.source is not None and result.source.page == 2
     with pytest.raises(InvalidRequest, match="compares one page at a time"):
         core.compare_budgets(str(folder / "doc.pdf"), budgets=[70, 140], options=GenerationOptions(max_new_tokens=1))
+
+
+def test_a_page_read_again_comes_from_the_vision_cache(vision, gemma4_backend):
+    """Pages are known by the PDF's content hash, the page number and the render resolution."""
+    core, folder = vision
+    gemma4_backend.clear_caches()
+    options = GenerationOptions(max_new_tokens=1)
+    first = core.ocr(f"{folder / 'doc.pdf'}#page=2", budget=70, options=options, tiles="off")
+    again = core.ocr(f"{folder / 'doc.pdf'}#page=2", budget=70, options=options, tiles="off")
+    assert (first.cache.vision, again.cache.vision) == ("miss", "hit")

@@ -224,3 +224,16 @@ def test_paligemma_detects_frame_by_frame_as_stills(paligemma_backend, clip_fold
     assert [(p.origin.frame, p.origin.time_s) for p in result.parts] == [(0, 0.0), (1, 0.125), (2, 0.25), (3, 0.375)]
     assert all(d.origin is not None for d in result.detections)
     assert Path(result.annotated_path).is_file() and result.image_ids == [core.loader.open(str(clip_folder / "clip.mp4")).id]
+
+
+def test_a_second_question_about_a_clip_runs_no_frame_through_the_vision_tower(gemma4_backend, clip_folder):
+    """Gemma 4 keeps each frame's encoding by the clip's content hash and the frame's index: the follow-up
+    hits the vision cache, and its tokens are those of a cold run."""
+    core = Vision(gemma4_backend, ImageLoader(AccessPolicy.for_server([clip_folder])))
+    options = GenerationOptions(max_new_tokens=4, min_new_tokens=4)
+    gemma4_backend.clear_caches()
+    cold = core.describe([str(clip_folder / "clip.mp4")], "What moves?", options=options)
+    warm = core.describe([str(clip_folder / "clip.mp4")], "What moves?", options=options)
+    part = core.describe([f"{clip_folder / 'clip.mp4'}#t=0,0.5"], "What moves?", options=options)
+    assert (cold.cache.vision, warm.cache.vision, part.cache.vision) == ("miss", "hit", "hit")
+    assert warm.text == cold.text and warm.generated_tokens == cold.generated_tokens

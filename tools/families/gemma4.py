@@ -304,6 +304,8 @@ class Gemma4Runtime(LocalRuntime):
         return Encoded(inputs, blocks, [e.features for _, e in encoded], vision_report(len({k for k, _ in encoded}), computed))
 
     def generate(self, prompt: Prompt, options: GenerationOptions) -> Generation:
+        if prompt.videos and len(prompt.videos) == 1 and not prompt.images and self.reuses_encodings:
+            return self.generate_video(prompt, options)
         if prompt.messages is None or prompt.budget is None or not self.reuses_encodings or prompt.videos:
             return super().generate(prompt, options)
         watch = Stopwatch()
@@ -317,6 +319,45 @@ class Gemma4Runtime(LocalRuntime):
         # The cache holds every token but the last generated one, which was never fed back.
         self.prefix_cache.end(ids + generation.token_ids[:-1], encoded.blocks, kv)
         generation.cache = CacheReport(vision=encoded.vision, reused_prompt_tokens=reused)
+        generation.notes[:0] = prompt.notes
+        return generation
+
+    def generate_video(self, prompt: Prompt, options: GenerationOptions) -> Generation:
+        """A clip through the processor's video path, each frame's encoding kept in the vision cache by the
+        clip's content hash and the frame's index (and the budget): a second question about the same clip
+        runs no frame through the vision tower again. The processor still writes the prompt (timestamps,
+        soft tokens per frame) and sizes the frames; only the tower's work is reused."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        watch = Stopwatch()
+        inputs = self.video_inputs(prompt)
+        clip = prompt.videos[0]
+        budget = int(prompt.budget or VIDEO_BUDGET)
+        keys = [(self.model_id, f"{clip.hash}:frame{index}", budget) for index in clip.indices]
+        found: list[EncodedImage | None] = [self.vision_cache.get(key) for key in keys]
+        missing = [n for n, encoded in enumerate(found) if encoded is None]
+        if missing:
+            pixels = inputs["pixel_values_videos"][missing].to(self.model.device, self.compute_dtype)
+            positions = inputs["video_position_ids"][missing].to(self.model.device)
+            # The conditional-generation class exposes the image tower; the video one is its inner model's.
+            tower = getattr(self.model, "get_video_features", None) or self.model.model.get_video_features
+            with torch.inference_mode():
+                pooled = tower(
+                    pixels, positions, num_frames_per_video=torch.tensor([len(missing)])
+                ).pooler_output[0]
+            per_frame = pooled.shape[0] // len(missing)
+            for k, n in enumerate(missing):
+                found[n] = EncodedImage(per_frame, pooled[k * per_frame:(k + 1) * per_frame])
+                self.vision_cache.keep(keys[n], found[n])  # type: ignore[arg-type]
+        features = torch.cat([encoded.features for encoded in found if encoded is not None])
+        for name in ("pixel_values_videos", "video_position_ids", "num_frames_per_video"):
+            inputs.pop(name, None)
+        generation = self.generate_inputs(
+            inputs, options, budget=prompt.budget, watch=watch, history_turns=prompt.history_turns,
+            model_kwargs={"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(features,))}},
+        )
+        generation.cache = CacheReport(vision=vision_report(len(keys), len(missing)))
         generation.notes[:0] = prompt.notes
         return generation
 
