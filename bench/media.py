@@ -41,6 +41,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="page counts ours reads to show its memory stays flat (default 5 10 20 40)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--flat-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--flat-pdf", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="bench-media.json", help="JSON results")
     parser.add_argument("--markdown", default=None, help="also write the table as Markdown here")
     return parser.parse_args(argv)
@@ -148,8 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # ---- memory as the page count grows: each count in a fresh process, after a one-page warm-up
         flat = []
         for count in args.flat:
+            write_pdf(work / f"flat-{count}.pdf", pages=count)
             child = subprocess.run(
-                [sys.executable, "-m", "bench.media", "--flat-child", str(count), "--budget", str(args.budget),
+                [sys.executable, "-m", "bench.media", "--flat-child", str(count), "--flat-pdf", str(work / f"flat-{count}.pdf"),
+                 "--budget", str(args.budget),
                  "--tokens", str(args.tokens), *(["--threads", str(args.threads)] if args.threads else [])],
                 capture_output=True, text=True, check=True,
             )
@@ -176,10 +179,12 @@ def flat_child(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         resident = build("tiny", "cpu", work)
-        vision = Vision(resident, ImageLoader(AccessPolicy.for_server([work], limits=Limits(max_pages=args.flat_child))))
+        # Written by the parent: making the pages here would leave their memory in this process's start.
+        document = Path(args.flat_pdf)
+        policy = AccessPolicy.for_server([work, document.parent], limits=Limits(max_pages=args.flat_child))
+        vision = Vision(resident, ImageLoader(policy))
         forced = GenerationOptions(max_new_tokens=args.tokens, min_new_tokens=args.tokens)
         vision.ocr(str(write_pdf(work / "one.pdf", pages=1)), budget=args.budget, options=forced, tiles="off")
-        document = write_pdf(work / "doc.pdf", pages=args.flat_child)
         start = rss()
         seconds, peak, _ = measured(resident.runtime.model, lambda: vision.ocr(
             str(document), budget=args.budget, options=forced, tiles="off"))
