@@ -239,3 +239,15 @@ def test_ocr_tiles_bench_prints_the_three_readings_of_a_page(tmp_path, capsys):
     # as written, whole, tiled: each "N (P%)", an error and seconds
     assert len(cells) == 14 and all(cells[i].endswith("%)") for i in (4, 7, 10))
     assert row in capsys.readouterr().out
+
+
+def test_the_media_benchmark_runs_both_sides_on_the_same_pages_and_frames(tmp_path):
+    """bench/media.py: a PDF read and a clip described, ours against the seed's way, each side measured."""
+    from bench import media
+
+    out = tmp_path / "media.json"
+    assert media.main(["--pages", "2", "--frames", "3", "--tokens", "2", "--flat", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["scenario"] for row in rows] == ["ocr, 2-page PDF", "describe, 3-frame clip"]
+    assert all(row["ours_s"] > 0 and row["seed_s"] > 0 for row in rows)

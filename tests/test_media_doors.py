@@ -248,3 +248,17 @@ def test_a_script_turn_reads_chosen_pages_of_a_pdf(tiny_gemma4, media, tmp_path)
     first, second = json.loads(proc.stdout)["turns"]
     assert [p["origin"]["page"] for p in first["result"]["pages"]] == [2]
     assert len(second["result"]["sources"]) == 4
+
+
+def test_the_chat_reads_a_pdf_named_with_at_page_by_page(tiny_gemma4, media, tmp_path):
+    """`vlm-agent chat` in a pty: a message naming @doc.pdf sends the PDF; its pages come back as they are read."""
+    from tests.pty_chat import PtyChat
+    from tests.test_chat_terminal import ready
+
+    with PtyChat(["--model", str(tiny_gemma4), "--max-new-tokens", "2", "--budget", "70"], tmp_path / "home") as chat:
+        ready(chat)
+        said = chat.line(f"read the text of @{media / 'doc.pdf'}", rb"--- page 3 ---", limit=180)
+        assert b"--- page 1 ---" in said and b"--- page 2 ---" in said
+        chat.line("/quit", rb"bye")
+        assert chat.wait(30) == 0, chat.tail()
+    assert chat.forbidden() == [], chat.forbidden()
