@@ -28,6 +28,8 @@ from tools.extract import DEFAULT_MAX_NEW_TOKENS as EXTRACT_MAX_NEW_TOKENS
 from tools.extract import DEFAULT_THRESHOLD
 from tools.families import BY_FAMILY, DIALECTS
 from tools.families.base import BudgetedChatDialect
+from tools.inputs.policy import Limits
+from tools.progress import Reporter, reporting
 from tools.model import DEFAULT_ENGINE_FAMILY, DEFAULT_MODEL, NO_MODEL
 from tools.reading.offline import ENGINES
 from tools.options import PRESETS, resolve_options
@@ -138,12 +140,14 @@ def connect_options(parser: argparse.ArgumentParser) -> None:
         "the model flags then do not apply",
     )
     parser.add_argument("--token-env", metavar="VAR", help="send 'Authorization: Bearer $VAR' to --server")
+    limit_options(parser)
 
 
 #: flags a chat or script hands on to the `vlm-agent serve` child it starts
 SERVE_FLAGS = (
     "model", "dtype", "quantize", "backend", "base_url", "api_model", "api_family", "api_key_env", "budgets_supported",
     "max_concurrency", "api_timeout", "api_send_urls", "api_extra_body", "compile",
+    "max_pages", "max_frames", "max_megapixels", "max_video_seconds",
 )
 
 
@@ -230,9 +234,44 @@ def budget_list(text: str) -> list[int]:
 
 def tiles_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--tiles", default="off", metavar="auto|off|N",
+        "--tiles", default=None, metavar="auto|off|N",
         help="read in overlapping tiles: auto tiles only an image the engine would shrink (rapidocr past "
-        "2000 px, Gemma 4 past what budget 1120 sees); N tiles across the long side, 1-8 (default off)",
+        "2000 px, Gemma 4 past what budget 1120 sees); N tiles across the long side, 1-8 (default off; "
+        "auto for a PDF's pages)",
+    )
+
+
+def limit_options(parser: argparse.ArgumentParser) -> None:
+    """What one PDF or clip may cost, checked from its header before anything is rendered or decoded."""
+    limits = parser.add_argument_group("documents and clips", "limits checked before a page renders or a frame decodes")
+    defaults = Limits()
+    limits.add_argument("--max-pages", type=int, default=defaults.max_pages, metavar="N",
+                        help=f"PDF pages one call may read (default {defaults.max_pages})")
+    limits.add_argument("--max-frames", type=int, default=defaults.max_frames, metavar="N",
+                        help=f"frames of a clip one call sends to the model; a clip is sampled evenly down to them "
+                        f"(default {defaults.max_frames})")
+    limits.add_argument("--max-megapixels", type=float, default=defaults.max_render_pixels / 1e6, metavar="MP",
+                        help="pixels of one rendered page or decoded frame, in millions (default "
+                        f"{defaults.max_render_pixels / 1e6:g})")
+    limits.add_argument("--max-video-seconds", type=float, default=defaults.max_video_s, metavar="SECONDS",
+                        help=f"how long a clip may last (default {defaults.max_video_s:g})")
+
+
+#: the limit flags: (lowest, highest, unit, whether the lowest itself is refused)
+LIMIT_NUMBERS: dict[str, tuple[float, float, str, bool]] = {
+    "max_pages": (1, 100_000, "pages", False),
+    "max_frames": (1, 1024, "frames", False),
+    "max_megapixels": (0, 1000, "megapixels", True),
+    "max_video_seconds": (0, 86_400, "seconds", True),
+}
+
+
+def limits_of(args: argparse.Namespace) -> Limits:
+    """The per-image, per-document and per-clip caps the flags ask for."""
+    check_numbers(args, LIMIT_NUMBERS)
+    return Limits(
+        max_pages=args.max_pages, max_frames=args.max_frames,
+        max_render_pixels=int(args.max_megapixels * 1_000_000), max_video_s=args.max_video_seconds,
     )
 
 
@@ -245,6 +284,17 @@ def budgets_help() -> str:
     return "; ".join(
         f"{', '.join(names)}: {' / '.join(map(str, values))}, default {default}"
         for (values, default), names in by_values.items()
+    )
+
+
+def pages_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pages", default=None, metavar="PAGES",
+        help="pages of a PDF IMAGE to use: 3, 2-5 or 1,3,7-9 (default all; IMAGE#pages=2-5 works too)",
+    )
+    parser.add_argument(
+        "--progress", action="store_true",
+        help="a line on stderr for each page or frame as it is rendered, decoded and finished",
     )
 
 
@@ -266,6 +316,7 @@ def call_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-private-urls", action="store_true", help="allow image URLs on loopback or private networks"
     )
+    limit_options(parser)
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -306,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("describe", help="caption images or answer a question about them")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="path, http(s) URL or data: URI")
     p.add_argument("--prompt", "-p", default="", help="question or instruction (default: describe)")
+    pages_option(p)
     call_options(p)
 
     p = commands.add_parser("ocr", help="read all text in an image")
@@ -316,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(needs pip install 'vlm-agent[ocr]')",
     )
     tiles_option(p)
+    pages_option(p)
     call_options(p)
 
     p = commands.add_parser("detect", help="find labelled objects and draw their boxes")
@@ -329,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each box says which budgets found it",
     )
     p.add_argument("--verify", action="store_true", help="ask the model about each box's crop at budget 1120")
+    pages_option(p)
     call_options(p)
 
     p = commands.add_parser(
@@ -420,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queue", type=int, default=16, metavar="N",
         help="requests that may wait for the model before 'busy' (default 16)",
     )
+    limit_options(p)
     p.add_argument(
         "--max-sessions", type=int, default=256, metavar="N",
         help="HTTP: sessions open at once; past it a new client is told to retry (default 256)",
@@ -512,7 +567,7 @@ def read_schema_file(path: str) -> str:
 
 def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     from tools.inputs import AccessPolicy, ImageLoader
-    from tools.model import check_ask, load_model, plan
+    from tools.model import check_ask, check_video, load_model, plan
     from tools.tasks import Ask
     from tools.reading.tiling import parse_tiles
     from tools.checks import check_consensus, check_labels, check_text
@@ -527,6 +582,8 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     if args.command == "detect":
         labels = check_labels(args.labels)
     tiles = parse_tiles(getattr(args, "tiles", None))
+    # Unset stays unset: the core tiles a PDF's pages where they need it and leaves an image whole.
+    tiles_asked = None if getattr(args, "tiles", None) is None else tiles
     if getattr(args, "consensus", None) is not None:
         check_consensus(args.consensus, tiles, args.budget)
     if args.command == "segment":
@@ -540,20 +597,30 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
         schema = schema_from(text, args.fields)
         check_threshold(args.threshold)
     api = api_settings(args)
-    local = [ref for ref in args.images if "://" not in ref and not ref.startswith("data:")]
-    policy = AccessPolicy.for_files(local, allow_private_urls=args.allow_private_urls)
+    from tools.inputs.media import Media, split_fragment
+
+    local = [split_fragment(ref)[0] for ref in args.images if "://" not in ref and not ref.startswith("data:")]
+    policy = AccessPolicy.for_files(local, allow_private_urls=args.allow_private_urls, limits=limits_of(args))
     loader = ImageLoader(policy)
-    # Bad images fail before the slow model load; later steps refer to them by id.
-    loaded = [loader.load(ref) for ref in args.images]
-    ids = [image.image_id for image in loaded]
+    pages = getattr(args, "pages", None)
+    # Bad images, PDFs and clips fail before the slow model load; later steps refer to them by id.
+    opened = [loader.open(ref) for ref in args.images]
+    ids = [item.id if isinstance(item, Media) else item.image_id for item in opened]
+    # A fragment (doc.pdf#pages=2-5) is part of the reference: the core reads it again by id with it.
+    refs = [ident + (ref[len(split_fragment(ref)[0]):] if isinstance(item, Media) else "")
+            for ident, ref, item in zip(ids, args.images, opened)]
+    reporter = cli_progress() if getattr(args, "progress", False) else None
     if getattr(args, "engine", "vlm") == "rapidocr":
-        with err.status("reading with rapidocr", spinner="dots"):
-            return Vision(None, loader).ocr(ids[0], budget=args.budget, engine="rapidocr", tiles=tiles)
+        with reporting(reporter), err.status("reading with rapidocr", spinner="dots"):
+            return Vision(None, loader).ocr(refs[0], budget=args.budget, engine="rapidocr", tiles=tiles_asked, pages=pages)
     # What the family can do comes from the checkpoint's config (or the engine's declared family):
     # a task or budget it cannot take is refused here, before any weights load ("auto" is chosen later).
     planned = plan(args.model, api)
     budget = None if args.budget == "auto" else args.budget
-    ask = Ask(args.command, tuple(image.input for image in loaded), prompt, tuple(labels), budget=budget, schema=schema)
+    images = tuple(item.input for item in opened if not isinstance(item, Media))
+    if args.command == "describe" and any(isinstance(item, Media) and item.kind == "clip" for item in opened):
+        check_video(planned.dialect, engine=api is not None)
+    ask = Ask(args.command, images, prompt, tuple(labels), budget=budget, schema=schema)
     check_ask(planned.dialect, ask, engine=api is not None)
     started = time.perf_counter()
     what = args.model if api is None else f"{api.model} at {api.root}"
@@ -567,25 +634,39 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
     if api is None:
         err.print(f"loaded on {model.device} in {time.perf_counter() - started:.1f} s", style="dim", markup=False)
     vision = Vision(model, loader)
-    with err.status(f"running {args.command}", spinner="dots"):
+    with reporting(reporter), err.status(f"running {args.command}", spinner="dots"):
         if args.command == "describe":
-            return vision.describe(ids, args.prompt, budget=args.budget, options=options)
+            return vision.describe(refs, args.prompt, budget=args.budget, options=options, pages=pages)
         if args.command == "ocr":
-            return vision.ocr(ids[0], budget=args.budget, options=options, tiles=tiles)
+            return vision.ocr(refs[0], budget=args.budget, options=options, tiles=tiles_asked, pages=pages)
         if args.command == "extract":
             out_path = Path(args.out) if args.out else default_out(args.images[0], "extract")
             return vision.extract(
-                ids, schema, budget=args.budget, options=options, annotated_path=out_path, threshold=args.threshold,
+                refs, schema=schema, budget=args.budget, options=options, annotated_path=out_path, threshold=args.threshold,
                 verify=not args.no_verify,
             )
         if args.command == "segment":
             out_path = Path(args.out) if args.out else default_out(args.images[0], "segment")
-            return vision.segment(ids[0], args.label, budget=args.budget, options=options, annotated_path=out_path)
+            return vision.segment(refs[0], args.label, budget=args.budget, options=options, annotated_path=out_path)
         out_path = Path(args.out) if args.out else default_out(args.images[0])
         return vision.detect(
-            ids[0], args.labels, budget=args.budget, options=options, annotated_path=out_path, tiles=tiles,
-            consensus=args.consensus, verify=args.verify,
+            refs[0], args.labels, budget=args.budget, options=options, annotated_path=out_path, tiles=tiles,
+            consensus=args.consensus, verify=args.verify, pages=pages,
         )
+
+
+def cli_progress() -> Reporter:
+    """``--progress``: one line on stderr per page or frame rendered, decoded or finished."""
+
+    def report(done: int, total: int, message: str, finished: bool) -> None:
+        if finished:
+            # A finished page's message may hold its whole text: the line names the page only.
+            first = message.strip().splitlines()[0].strip("- ") if message.strip() else ""
+            err.print(f"progress: {done}/{total} done: {first}", markup=False)
+        else:
+            err.print(f"progress: {message}", style="dim", markup=False)
+
+    return report
 
 
 #: how this command line names the core's parameters where it does not simply say --NAME
@@ -656,7 +737,11 @@ SERVE_NUMBERS: dict[str, tuple[float, float, str, bool]] = {
 
 
 def check_serve_numbers(args: argparse.Namespace) -> None:
-    for name, (low, high, unit, above) in SERVE_NUMBERS.items():
+    check_numbers(args, SERVE_NUMBERS)
+
+
+def check_numbers(args: argparse.Namespace, numbers: dict[str, tuple[float, float, str, bool]]) -> None:
+    for name, (low, high, unit, above) in numbers.items():
         value = getattr(args, name)
         if math.isfinite(value) and (value > low if above else value >= low) and value <= high:
             continue
@@ -688,6 +773,7 @@ def serve(args: argparse.Namespace) -> int:
         out_dir=Path(args.out_dir) if args.out_dir else default_out_dir(),
         out_limits=OutputLimits(max_bytes=int(args.out_max_mb * 1024 * 1024), max_age_s=args.out_max_days * 86400),
         max_queue=args.max_queue,
+        limits=limits_of(args),
     )
     server = build_server(settings)
     # Serving logs belong on stderr at INFO: load progress and the endpoint address.

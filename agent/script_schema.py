@@ -84,6 +84,8 @@ MaxNewTokens = Annotated[int, core(lambda n: GenerationOptions(max_new_tokens=n)
 Temperature = Annotated[float, core(lambda t: GenerationOptions(temperature=t))]
 TopP = Annotated[float, core(lambda p: GenerationOptions(top_p=p))]
 Budgets = Annotated[list[int], Field(max_length=MAX_BUDGETS)]
+#: a PDF's pages: 3, 2-5 or 1,3,7-9 (checked against the document's page count by the server)
+Pages = Annotated[str | None, Field(max_length=200, pattern=r"^[0-9,\s-]*$|^all$")]
 
 
 class Arguments(BaseModel):
@@ -96,6 +98,7 @@ class DescribeArguments(Arguments):
     max_new_tokens: MaxNewTokens = 512
     temperature: Temperature = 0.0
     top_p: TopP = 1.0
+    pages: Pages = None
 
 
 class OcrArguments(Arguments):
@@ -105,6 +108,7 @@ class OcrArguments(Arguments):
     top_p: TopP = 1.0
     engine: Literal["vlm", "rapidocr"] = "vlm"
     tiles: Tiles = None
+    pages: Pages = None
 
 
 class DetectArguments(Arguments):
@@ -116,6 +120,7 @@ class DetectArguments(Arguments):
     tiles: Tiles = None
     consensus: Annotated[Budgets | None, core(lambda b: b is None or two_budgets(b, "consensus"))] = None
     verify: bool = False
+    pages: Pages = None
 
     @model_validator(mode="after")
     def consensus_alone(self) -> DetectArguments:
@@ -130,6 +135,7 @@ class CompareArguments(Arguments):
     # None: all of the model's own budgets, as the server takes it
     budgets: Annotated[Budgets | None, core(lambda b: b is None or two_budgets(b, "budgets"))] = None
     max_new_tokens: MaxNewTokens = 512
+    pages: Pages = None
 
 
 class ExtractArguments(Arguments):

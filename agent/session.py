@@ -30,10 +30,10 @@ from .store import Store
 TOOLS = ("describe", "ocr", "detect", "compare_budgets", "extract")
 #: what a turn may set of each tool's arguments; the session supplies the rest (images, history)
 TOOL_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "describe": ("prompt", "budget", "max_new_tokens", "temperature", "top_p"),
-    "ocr": ("budget", "max_new_tokens", "temperature", "top_p", "engine", "tiles"),
-    "detect": ("labels", "budget", "max_new_tokens", "temperature", "top_p", "tiles", "consensus", "verify"),
-    "compare_budgets": ("prompt", "task", "budgets", "max_new_tokens"),
+    "describe": ("prompt", "budget", "max_new_tokens", "temperature", "top_p", "pages"),
+    "ocr": ("budget", "max_new_tokens", "temperature", "top_p", "engine", "tiles", "pages"),
+    "detect": ("labels", "budget", "max_new_tokens", "temperature", "top_p", "tiles", "consensus", "verify", "pages"),
+    "compare_budgets": ("prompt", "task", "budgets", "max_new_tokens", "pages"),
     "extract": ("schema", "fields", "budget", "max_new_tokens", "temperature", "top_p", "threshold", "verify"),
 }
 HANDLE_RE = re.compile(r"(?<![\w@])@(\S+)")
@@ -87,10 +87,26 @@ def image_id_of(data: bytes) -> str:
 
 
 def data_uri(path: Path) -> str:
+    from tools.inputs.files import DATA_TYPES
+
     kind = mimetypes.guess_type(path.name)[0] or "image/png"
-    if not kind.startswith("image/"):
+    if kind not in DATA_TYPES:
         kind = "image/png"  # the server judges the bytes, not the name
     return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def is_document(source: str) -> bool:
+    """Whether an attached file is a PDF or a clip (by its bytes): its pages and frames are not history images."""
+    from tools.inputs.media import sniff
+
+    if source.startswith(("http://", "https://")):
+        return False
+    try:
+        with open(source, "rb") as file:
+            head = file.read(1 << 16)
+    except OSError:
+        return False
+    return sniff(head) != "image"
 
 
 def fit_history(
@@ -141,6 +157,8 @@ class ChatSession:
         self.uploaded: set[str] = set()
         self.counter = 0
         self.dropped_total = 0
+        #: whether the view was told that PDFs and clips of earlier turns go as text
+        self.told_documents = False
         #: how this front end tells its user to add an image (the chat's commands, a script's keys)
         self.attach_hint = "attach one with /image PATH or @path"
 
@@ -277,7 +295,16 @@ class ChatSession:
         )
         turns: list[dict[str, Any]] = []
         for record in kept:
-            images = [self.ref(h) for h in record.images if h in self.conversation.images]
+            handles = [h for h in record.images if h in self.conversation.images]
+            # A PDF or clip an earlier turn was about goes as that turn's text: history holds pictures only.
+            documents = [h for h in handles if is_document(self.conversation.images[h].source)]
+            if documents and not self.told_documents:
+                self.told_documents = True
+                self.view.notice(
+                    f"earlier turns about {', '.join(documents)} are sent as their text: a PDF or clip is not "
+                    "sent again as history"
+                )
+            images = [self.ref(h) for h in handles if h not in documents]
             turns.append({"role": "user", "content": record.user, "images": images})
             turns.append({"role": "assistant", "content": record.answer})
         return turns, kept, dropped
@@ -401,8 +428,9 @@ class ChatSession:
                 "image": refs[0], "prompt": args.get("prompt") or "", "task": args.get("task", "describe"),
                 "max_new_tokens": args.get("max_new_tokens", self.max_new_tokens),
             }
-            if "budgets" in args:
-                payload["budgets"] = args["budgets"]
+            for name in ("budgets", "pages"):
+                if name in args:
+                    payload[name] = args[name]
             result, images = await self.call_tool("compare_budgets", payload)
         self.mark_uploaded(handles, result)
         return result, images

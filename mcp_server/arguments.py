@@ -18,7 +18,8 @@ from tools.errors import InvalidRequest
 
 IMAGE_REF = (
     "a local file path (inside the server's allowed folders), an http(s) URL, "
-    "a data:image/...;base64 URI, or an image_id returned by an earlier call"
+    "a data:image/...;base64 URI, or an image_id returned by an earlier call; a PDF (doc.pdf, doc.pdf#pages=2-5) "
+    "or a video clip (mp4, mov, webm, animated GIF; clip.mp4#t=10,20 for seconds 10 to 20) too"
 )
 
 
@@ -74,7 +75,14 @@ Tiles = Annotated[
     Field(
         description="read in overlapping tiles: 'auto' tiles only an image the engine would shrink "
         "(rapidocr past 2000 px, Gemma 4 past what budget 1120 sees), 'off', or 1-8 tiles across the long side; "
-        "boxes come back in pixels of the whole image"
+        "boxes come back in pixels of the whole image; default off, and auto for a PDF's pages (ocr)"
+    ),
+]
+Pages = Annotated[
+    str | None,
+    Field(
+        description="which pages of a PDF to use, e.g. '3', '2-5' or '1,3,7-9' (default: all, within the server's "
+        "page limit); a '#pages=' on the reference itself wins"
     ),
 ]
 History = Annotated[

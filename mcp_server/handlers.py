@@ -26,16 +26,7 @@ from tools.results import (
 )
 
 from .arguments import (
-    IMAGE_REF,
-    Budget,
-    History,
-    ImageRef,
-    MaxNewTokens,
-    Temperature,
-    Tiles,
-    TopP,
-    history_images,
-    turns_of,
+    IMAGE_REF, Budget, History, ImageRef, MaxNewTokens, Pages, Temperature, Tiles, TopP, history_images, turns_of,
 )
 from .extract_tool import extract
 from .rendering import box_line, noted, picture_result, split_ms, stats, text_result
@@ -52,17 +43,19 @@ async def describe(
     max_new_tokens: MaxNewTokens = 512,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
+    pages: Pages = None,
 ) -> Annotated[CallToolResult, DescribeResult]:
     """Describe images or answer a question about them (captions, visual Q&A, comparisons, follow-ups).
 
     Pass several images to compare them; pass `history` to continue a conversation: the server
     keeps the context the way the model's family does (vlm-agent://model says how) and lists in
-    `notes` what it had to leave out.
+    `notes` what it had to leave out. A PDF's pages go in as images; a video clip goes alone,
+    through the model's own video path (Gemma 4, Qwen3-VL), its frames with their timestamps.
     """
     result = await run_tool(
         ctx,
         lambda vision, chosen: vision.describe(
-            images=images, prompt=prompt, history=turns_of(history), budget=budget, options=chosen
+            images=images, prompt=prompt, history=turns_of(history), budget=budget, options=chosen, pages=pages
         ),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True,
         images=[*images, *history_images(history)],
@@ -84,16 +77,20 @@ async def ocr(
             "adds one box per text line (no budget)"
         ),
     ] = "vlm",
-    tiles: Tiles = "off",
+    tiles: Tiles = None,
+    pages: Pages = None,
 ) -> Annotated[CallToolResult, OcrResult]:
     """Read all text in an image, in reading order and in its original language and script.
 
     For small or dense text, a higher budget (560 or 1120) reads more accurately.
     engine 'rapidocr' reads printed text offline without the model and returns line boxes.
+    A PDF is read page by page (`pages` chooses them): `pages` in the result has each page's text.
     """
     result = await run_tool(
         ctx,
-        lambda vision, chosen: vision.ocr(image=image, budget=budget, options=chosen, engine=engine, tiles=tiles),
+        lambda vision, chosen: vision.ocr(
+            image=image, budget=budget, options=chosen, engine=engine, tiles=tiles, pages=pages
+        ),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stream=True, model=engine == "vlm",
         images=[image],
     )
@@ -119,11 +116,13 @@ async def detect(
     verify: Annotated[
         bool, Field(description="ask the model about each box's crop at budget 1120; each box reports verified")
     ] = False,
+    pages: Pages = None,
 ) -> Annotated[CallToolResult, DetectResult]:
     """Find labelled objects: boxes [x1, y1, x2, y2] in pixels of the original image, plus an annotated picture.
 
     The full-size annotated PNG is saved on the server (annotated_path); the picture
-    in the result is a downscaled copy.
+    in the result is a downscaled copy. On a PDF or a clip, every page or frame is searched:
+    each box names its page or frame (origin, with the frame's time), and the picture is a contact sheet.
     """
     # Pruning the output folder touches every file in it: off the event loop too.
     out = await anyio.to_thread.run_sync(resident_of(ctx).output_path, "detect", owner_of(ctx))
@@ -131,7 +130,7 @@ async def detect(
         ctx,
         lambda vision, chosen: vision.detect(
             image=image, labels=labels, budget=budget, options=chosen, annotated_path=out, tiles=tiles,
-            consensus=consensus, verify=verify,
+            consensus=consensus, verify=verify, pages=pages,
         ),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=[image],
     )
@@ -152,12 +151,14 @@ async def compare_budgets(
         list[int] | None, Field(description="budgets to run, from the model's budgets; empty: all of them")
     ] = None,
     max_new_tokens: MaxNewTokens = 512,
+    pages: Annotated[str | None, Field(description="a PDF: the one page to compare, e.g. '3'")] = None,
 ) -> Annotated[CallToolResult, CompareResult]:
     """Run one image and prompt at several visual-token budgets and compare them side by side.
 
     Reports per budget the image tokens, output, timings and agreement with the
     highest budget, recommends the smallest budget that agrees, and returns one
     picture with every budget's result. Families with budgets only (vlm-agent://model lists them).
+    A PDF gives one page (`pages`, or doc.pdf#page=3), a clip one frame (clip.mp4#t=SECONDS; default its middle).
     """
     out = await anyio.to_thread.run_sync(resident_of(ctx).output_path, "budgets", owner_of(ctx))
 
@@ -168,7 +169,7 @@ async def compare_budgets(
         ctx,
         lambda vision, chosen: vision.compare_budgets(
             image=image, task=task, prompt=prompt, budgets=budgets, options=chosen, picture_path=out,
-            progress=progress,
+            progress=progress, pages=pages,
         ),
         max_new_tokens=max_new_tokens, images=[image],
     )

@@ -49,6 +49,8 @@ def box_line(detection: Detection) -> str:
         extra.append("verified" if detection.verified else "not verified")
     if detection.tiles is not None:
         extra.append(f"tiles {', '.join(map(str, detection.tiles))}")
+    if detection.origin is not None:
+        extra.append(detection.origin.label)
     return f"{detection.label}: {list(detection.box)}" + (f" ({'; '.join(extra)})" if extra else "")
 
 

@@ -23,6 +23,7 @@ from tools.checks import MAX_IMAGES
 from tools.errors import VlmError
 from tools.inputs import AccessPolicy, ImageLoader, Limits
 from tools.outputs import OutputLimits, picture_name, prune
+from tools.progress import Reporter, reporting
 from tools.runtimes.engine import ApiSettings
 from tools.runtimes.streaming import TextSink, streaming
 from tools.scope import owned_by
@@ -158,7 +159,7 @@ class Resident:
 
     async def run(
         self, call: Callable[[threading.Event], T], stream_to: Context | None = None, total: int = 0,
-        model: bool = True, images: Sequence[str] = (), owner: Owner | None = None,
+        model: bool = True, images: Sequence[str] = (), owner: Owner | None = None, progress_to: Context | None = None,
     ) -> T:
         """Run ``call(cancel)`` on a worker thread once it has a turn at the model (``model``),
         waited for on the event loop; bounded.
@@ -170,6 +171,7 @@ class Resident:
         caller as progress notifications (progress = tokens so far, total = ``total``,
         message = the new text). The work runs as ``owner``'s (default: the one owner there is
         while the server has one client): it finds only that owner's images and cached work.
+        With ``progress_to``, each finished page or frame of a PDF or clip is a progress notification.
         """
         sink = None if stream_to is None else text_sink(stream_to, total)
         turns = self.turns if model else None
@@ -184,7 +186,7 @@ class Resident:
                 ahead.update(self.loader.fetch_ahead(fetch))
 
         def streamed(cancel: threading.Event) -> T:
-            with streaming(sink), owned_by(scope), self.loader.prefetched(ahead):
+            with streaming(sink), reporting(part_reporter(progress_to)), owned_by(scope), self.loader.prefetched(ahead):
                 return call(cancel)
 
         return await self.admission.run(streamed, turns, prepare if fetch else None)
@@ -203,6 +205,18 @@ class State:
     """What the server's lifespan hands every request (``ctx.request_context.lifespan_context``)."""
 
     resident: Resident
+
+
+def part_reporter(ctx: Context | None) -> Reporter | None:
+    """Pages and frames finished, as progress notifications (done counts up; the message is what the part gave)."""
+    if ctx is None:
+        return None
+
+    def report(done: int, total: int, message: str, finished: bool) -> None:
+        if finished:
+            anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+    return report
 
 
 def text_sink(ctx: Context, total: int) -> TextSink:

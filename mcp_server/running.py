@@ -50,5 +50,5 @@ async def run_tool(
     chosen = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     return await resident.run(
         lambda cancel: work(vision, chosen.with_cancel(cancel)), stream_to=ctx if stream else None, total=max_new_tokens,
-        model=model, images=images, owner=owner_of(ctx),
+        model=model, images=images, owner=owner_of(ctx), progress_to=ctx,
     )

@@ -122,6 +122,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory):
     return make(tmp_path_factory.mktemp("corpus") / "c")
 
 
+@pytest.fixture(scope="session")
+def media(corpus) -> Path:
+    """The PDFs and clips of tools/tiny/media.py, good and hostile, in the corpus's allowed folder (so the
+    shared HTTP server ``served`` reads them too): the folder."""
+    from tools.tiny.media import make_media
+
+    return make_media(corpus.allowed / "media")
+
+
+tiny_qwen3_vl = tiny_checkpoint("qwen3_vl")
+qwen3_vl_backend = resident_backend("tiny_qwen3_vl")
+
+
 #: the bearer token of the shared HTTP server
 HTTP_TOKEN = "hardening-s3cret-9f2c"
 

@@ -16,8 +16,9 @@ Modes, each talking to the test through files in ``VLM_TEST_DIR``:
 - ``fail-close``: the first picture file opened for writing in ``VLM_TEST_OUT`` loses its last
   half and fails when it is closed, as a full disk does when the last buffer is flushed.
 - ``hold-unit``: every unit of a call's work (a tile or prompt encoded, a generation, a tile
-  searched for text, a batch of text pieces recognised) appends one JSON line to ``units.jsonl``
-  (the unit, how many pieces it holds, whether its call was already cancelled). The first unit
+  searched for text, a batch of text pieces recognised, a PDF page rendered) appends one JSON
+  line to ``units.jsonl`` (the unit, how many pieces it holds, whether its call was already
+  cancelled). The first unit
   named ``VLM_TEST_HOLD`` writes ``holding`` and waits until its call is cancelled: what runs
   after that is work a cancelled call did.
 """
@@ -245,8 +246,12 @@ class Units:
         def recogniser(module: Any) -> None:
             self.wrap(module.TextRecognizer, "__call__", "recognise", lambda engine, crops, *rest: len(crops))
 
+        def pdf(module: Any) -> None:
+            self.wrap(module.Pdf, "render", "render")
+
         for name, then in (
             ("tools.families.gemma4", gemma4), ("tools.runtimes.local", local), ("tools.reading.offline", ocr),
+            ("tools.inputs.pdf", pdf),
             ("rapidocr_onnxruntime.ch_ppocr_rec.text_recognize", recogniser),
         ):
             sys.meta_path.insert(0, AfterImport(name, then))

@@ -253,3 +253,15 @@ def test_the_extract_benchmark_measures_both_sides(tmp_path, capsys):
     assert tiny["n8"]["plain_runs_ms"] and tiny["n8"]["constrained_runs_ms"] and tiny["n8"]["processor_call_median_ms"] > 0
     assert tiny["receipt_end_to_end"]["tokens"] > 0 and tiny["receipt_matcher_compile_ms"] > 0
     assert "8 tokens: overhead per token" in capsys.readouterr().out
+
+
+def test_the_media_benchmark_runs_both_sides_on_the_same_pages_and_frames(tmp_path):
+    """bench/media.py: a PDF read and a clip described, ours against the seed's way, each side measured."""
+    from bench import media
+
+    out = tmp_path / "media.json"
+    assert media.main(["--pages", "2", "--frames", "3", "--tokens", "2", "--flat", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["scenario"] for row in rows] == ["ocr, 2-page PDF", "describe, 3-frame clip"]
+    assert all(row["ours_s"] > 0 and row["seed_s"] > 0 for row in rows)

@@ -105,7 +105,7 @@ def test_cli_describe_and_ocr_json_has_the_same_keys(family, checkpoint, image, 
     code, out, err = run(capsys, command, str(image), "--model", str(checkpoint), "--max-new-tokens", "4", "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == RESULT_KEYS | ({"engine", "lines", "tiles"} if command == "ocr" else set())
+    assert set(result) == RESULT_KEYS | ({"engine", "lines", "tiles", "pages"} if command == "ocr" else set())
     assert (result["task"], result["family"]) == (command, family)
 
 

@@ -43,7 +43,7 @@ IMPORTED_ONLY_BY: dict[str, tuple[str, ...]] = {
 TOOLS_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("basics", (
         "tools", "tools.errors", "tools.text", "tools.about", "tools.paths", "tools.cancel", "tools.scope",
-        "tools.safe_open", "tools.redact", "tools.options", "tools.outputs", "tools.toolcalls",
+        "tools.safe_open", "tools.redact", "tools.options", "tools.outputs", "tools.toolcalls", "tools.progress",
     )),
     ("structured extraction: schemas, grammars, spans", ("tools.extract",)),
     ("images and boxes", ("tools.inputs", "tools.boxes")),

@@ -70,7 +70,7 @@ REFUSED = [
     ("- {user: hi, tool: ocr, arguments: cat}\n", 'Turn 1, arguments: should be a mapping of names to values, got "cat".'),
     (
         "- {user: hi}\n- {user: hi, tool: ocr, arguments: {engin: rapidocr}}\n",
-        "Turn 2: ocr takes no argument 'engin'; it takes budget, max_new_tokens, temperature, top_p, engine, tiles.",
+        "Turn 2: ocr takes no argument 'engin'; it takes budget, max_new_tokens, temperature, top_p, engine, tiles, pages.",
     ),
     (
         '- {user: hi, tool: extract, arguments: {schema: {type: object, properties: {a: {$ref: "http://127.0.0.1:9/s"}}}}}\n',

@@ -214,12 +214,29 @@ def check_ask(dialect: Dialect, ask: Ask, engine: bool = False) -> Ask:
         if ask.task == "chat":
             hint = "; pick a tool yourself (describe, ocr, detect)"
         raise Unsupported(f"{name} models cannot {TASK_WORDS[ask.task]}{hint}.", param="task")
+    if ask.video is not None:
+        check_video(dialect, engine)
+        if ask.images:
+            raise InvalidRequest("A clip goes to describe alone; send the other images in a call of their own.", param="images")
+        # Per frame, a clip's budget defaults to the family's own for video (Gemma 4: 70), not its image default.
+        budget = ask.budget if ask.budget is not None else dialect.video_budget
+        return replace(ask, budget=None if budget is None else check_budget(dialect, budget, engine))
     if caps.max_images is not None and len(ask.images) > caps.max_images:
         raise Unsupported(
             f"{name} takes {plural(caps.max_images, 'image', 'images')} per prompt and {len(ask.images)} were "
             "given; send them in separate calls.", param="images",
         )
     return replace(ask, budget=check_budget(dialect, ask.budget, engine))
+
+
+def check_video(dialect: Dialect, engine: bool = False) -> None:
+    """Refuse a clip for describe where the family has no video path, before any frame is decoded."""
+    if dialect.capabilities.video:
+        return
+    able = [d.display_name for d in DIALECTS if d.video]
+    where = " loaded locally" if engine and dialect.video else ""
+    hint = f"use a {' or '.join(able)} model{where}, or detect, which looks at the frames one by one"
+    raise Unsupported(f"{dialect.display_name} models cannot describe a video clip here; {hint}.", param="images")
 
 
 def check_budget(dialect: Dialect, budget: int | None, engine: bool = False, param: str = "budget") -> int | None:

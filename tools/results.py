@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from .boxes.detections import Detection
+from .inputs.origin import Origin
 from .toolcalls import ToolCall
 
 
@@ -68,6 +69,9 @@ class Result(BaseModel):
     timings: Timings
     notes: list[str] = Field(default_factory=list, description="anything cut, dropped or ignored")
     cache: CacheReport | None = Field(None, description="reuse of earlier work; null where the family keeps none")
+    sources: list[Origin] | None = Field(
+        None, description="the PDF pages or clip frames the call looked at, in order; null for images alone"
+    )
 
 
 class DescribeResult(Result):
@@ -82,6 +86,17 @@ class TileOut(BaseModel):
     text: str | None = Field(None, description="what the model read in this tile (ocr, engine vlm)")
 
 
+class PageText(BaseModel):
+    """What was read on one page of a PDF (or one frame of a clip)."""
+
+    origin: Origin
+    text: str
+    generated_tokens: int = Field(0, description="tokens the model wrote for this page; 0 for the offline engine")
+    finish_reason: Literal["stop", "length"] = "stop"
+    lines: list[Detection] | None = Field(None, description="one box per text line, in pixels of the rendered page (rapidocr)")
+    tiles: list[TileOut] | None = Field(None, description="the tiles the page was read in; null when it was read whole")
+
+
 class OcrResult(Result):
     task: Literal["ocr"] = "ocr"
     engine: Literal["vlm", "rapidocr"] = Field("vlm", description="who read the text: the model, or the offline OCR")
@@ -91,6 +106,17 @@ class OcrResult(Result):
     tiles: list[TileOut] | None = Field(
         None, description="the tiles the image was read in, row by row; null when it was read whole"
     )
+    pages: list[PageText] | None = Field(
+        None, description="a PDF (or clip): the text of each page (or frame), in order; text joins them"
+    )
+
+
+class PartBoxes(BaseModel):
+    """The boxes found on one page of a PDF or one frame of a clip."""
+
+    origin: Origin
+    image_size: list[int] = Field(description="[width, height] of the rendered page or decoded frame")
+    detections: list[Detection]
 
 
 class BoxesResult(Result):
@@ -105,6 +131,10 @@ class BoxesResult(Result):
     )
     tiles: list[TileOut] | None = Field(
         None, description="the tiles the image was read in, row by row; null when it was read whole"
+    )
+    parts: list[PartBoxes] | None = Field(
+        None, description="a PDF or clip: the boxes of each page or frame (detections lists them all, each with "
+        "its origin); the annotated picture is a contact sheet of them"
     )
 
 
@@ -154,6 +184,7 @@ class CompareResult(BaseModel):
     )
     runs: list[BudgetRun]
     picture_path: str | None = Field(None, description="side-by-side PNG of every budget, when one was written")
+    source: Origin | None = Field(None, description="the PDF page or clip frame compared; null for an image")
     total_ms: float
     notes: list[str] = Field(default_factory=list)
 

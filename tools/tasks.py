@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .boxes.detections import ParsedDetections
 from .inputs import ImageInput
+from .inputs.media import ClipInput
 from .results import CacheReport, Timings
 from .text import clean_model_text
 from .toolcalls import ParsedReply
@@ -55,6 +56,8 @@ class Capabilities:
     #: the box grid and order its detections come on, for families that detect
     box_grid: int | None = None
     box_order: BoxOrder | None = None
+    #: whether describe takes a clip through the family's own video path (frames with timestamps)
+    video: bool = False
 
     def describe_policy(self) -> str:
         """The context policy in a few words, for the model resource and the chat's meter."""
@@ -92,9 +95,12 @@ class Ask:
     budget: int | None = None
     #: extract: the schema the answer is decoded under
     schema: Schema | None = None
+    #: describe: a clip's frames, for families with a video path (``Capabilities.video``)
+    video: ClipInput | None = None
 
 
-#: one message content part: {"type": "text", "text": ...} or {"type": "image", "image": ImageInput}
+#: one message content part: {"type": "text", "text": ...}, {"type": "image", "image": ImageInput} or
+#: {"type": "video", "video": ClipInput}
 Part = dict[str, Any]
 #: {"role": "system" | "user" | "assistant", "content": list[Part] | str}
 Message = dict[str, Any]
@@ -123,6 +129,8 @@ class Prompt:
     notes: list[str] = field(default_factory=list)
     #: the schema the answer must follow: a grammar on the local runtime, the engine's structured output
     schema: Schema | None = None
+    #: clips, in the order their placeholders come in the prompt (a video part each)
+    videos: list[ClipInput] = field(default_factory=list)
 
 
 @dataclass

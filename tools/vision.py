@@ -24,12 +24,15 @@ from .checks import (
     parse_history,
 )
 from .core import Core, save_annotated
-from .errors import InvalidRequest
+from .errors import ImageError, InvalidRequest
+from .inputs import LoadedImage
+from .inputs.media import Media
 from .jobs import auto_budget
 from .jobs import budgets as compare_job
 from .jobs import consensus as consensus_job
 from .jobs import extract as extract_job
 from .jobs import tiles as tiles_job
+from .jobs import parts as parts_job
 from .jobs import verify as verify_job
 from .jobs.auto_budget import AUTO
 from .reading.offline import ENGINES
@@ -64,12 +67,18 @@ class Vision(Core):
         history: History = (),
         budget: int | str | None = None,
         options: GenerationOptions | None = None,
+        pages: str | None = None,
     ) -> DescribeResult:
+        """``images`` may name PDFs (their pages, or ``pages``) and one clip (through the family's video path)."""
         started = time.perf_counter()
         prompt = self.plain(check_text(prompt, "The prompt", "prompt").strip())
         check_count(images)
         turns = self.parse_history(history)
-        loaded = self.load_images(images, at_least=0 if turns else 1)
+        opened = self.open_images(images, at_least=0 if turns else 1)
+        parts_job.check_pages_argument(opened, pages)
+        if any(isinstance(item, Media) for item in opened):
+            return parts_job.describe(self, opened, prompt, turns, budget, options or GenerationOptions(), pages, started)
+        loaded = [item for item in opened if isinstance(item, LoadedImage)]
         chosen, reason = auto_budget.resolve(self.model, budget, "describe", loaded)
         # An empty prompt stays empty: each family asks for a caption its own way.
         ask = Ask("describe", tuple(image.input for image in loaded), prompt, history=tuple(turns), budget=chosen)
@@ -90,7 +99,8 @@ class Vision(Core):
             raise InvalidRequest("The {param} is empty; say what you want to know about the images.", param="message")
         check_count(images)
         turns = self.parse_history(history)
-        loaded = self.load_images(images, at_least=0)
+        opened = self.open_images(images, at_least=0)
+        loaded, seen_as = parts_job.previews(self, opened)
         chosen, budget_reason = auto_budget.resolve(self.model, budget, "describe", loaded)
         ask = Ask("chat", tuple(image.input for image in loaded), prompt, history=tuple(turns), budget=chosen)
         answer = self.run(ask, options)
@@ -98,9 +108,12 @@ class Vision(Core):
         assert reply is not None
         generation.text = clean_model_text(reply.text)
         generation.notes.extend(f"ignored {reason}" for reason in reply.invalid)
-        return self.result(
+        generation.notes.extend(seen_as)
+        result = self.result(
             ChatResult, generation, loaded, started, tool_calls=list(reply.calls), budget_reason=budget_reason
         )
+        result.image_ids = [item.id if isinstance(item, Media) else item.image_id for item in opened]
+        return result
 
     def ocr(
         self,
@@ -109,14 +122,21 @@ class Vision(Core):
         options: GenerationOptions | None = None,
         engine: str = "vlm",
         tiles: str | int | None = None,
+        pages: str | None = None,
     ) -> OcrResult:
         """Read all text; ``engine="rapidocr"`` reads offline, with no model, and adds line boxes.
 
-        ``tiles`` (auto, off or a number across the long side) reads a large image in overlapping tiles.
+        ``tiles`` (auto, off or a number across the long side) reads a large image in overlapping tiles;
+        a PDF is read page by page (``pages`` chooses them), tiled where a page needs it unless ``tiles`` says.
         """
         if engine not in ENGINES:
             raise InvalidRequest(f"OCR engine {engine!r} does not exist; use {' or '.join(ENGINES)}.", param="engine")
         started = time.perf_counter()
+        opened = self.open_images([image])
+        parts_job.check_pages_argument(opened, pages)
+        if isinstance(opened[0], Media):
+            return parts_job.read(self, opened[0], budget, options or GenerationOptions(), engine, tiles, pages, started)
+        image = opened[0].image_id  # loaded once: the calls below find it by id
         choice = tiling.parse_tiles(tiles)
         if engine == "rapidocr":
             # The offline engine has no budget: "auto" asks for none.
@@ -135,6 +155,7 @@ class Vision(Core):
         tiles: str | int | None = None,
         consensus: Sequence[int] | None = None,
         verify: bool = False,
+        pages: str | None = None,
     ) -> DetectResult:
         """Boxes for ``labels``; with ``annotated_path``, also writes the annotated PNG there.
 
@@ -144,8 +165,20 @@ class Vision(Core):
         box's crop.
         """
         labels = [self.plain(label) for label in check_labels(labels)]
-        choice = tiling.parse_tiles(tiles)
         options = options or GenerationOptions()
+        opened = self.open_images([image])
+        parts_job.check_pages_argument(opened, pages)
+        if isinstance(opened[0], Media):
+            if consensus is not None or verify:
+                raise InvalidRequest(
+                    "{param} works on one picture; for a PDF or a clip, choose one page or frame (#pages=N or "
+                    "#t=SECONDS) first.", param="consensus" if consensus is not None else "verify",
+                )
+            return parts_job.detect(
+                self, opened[0], labels, budget, options, annotated_path, tiles, pages, time.perf_counter()
+            )
+        image = opened[0].image_id
+        choice = tiling.parse_tiles(tiles)
         # An empty list asks for consensus of nothing: refused (check_consensus), not quietly a plain detect.
         if consensus is not None:
             check_consensus(consensus, choice, budget)
@@ -186,11 +219,23 @@ class Vision(Core):
         options: GenerationOptions | None = None,
         picture_path: str | Path | None = None,
         progress: Progress | None = None,
+        pages: str | None = None,
     ) -> CompareResult:
-        """Run one task at several budgets (None: all the model's); each run is scored against the highest."""
-        return compare_job.compare(
+        """Run one task at several budgets (None: all the model's); each run is scored against the highest.
+
+        A PDF or a clip gives one page (``pages`` or ``#page=N``) or one frame (``#t=SECONDS``)."""
+        opened = self.open_images([image])
+        parts_job.check_pages_argument(opened, pages)
+        source = None
+        if isinstance(opened[0], Media):
+            image, source = parts_job.single(self, opened[0], pages, None, "compare_budgets")
+        else:
+            image = opened[0].image_id
+        result = compare_job.compare(
             self, image, task, prompt, labels, budgets, options or GenerationOptions(), picture_path, progress
         )
+        result.source = source
+        return result
 
     def extract(
         self,
@@ -218,9 +263,30 @@ class Vision(Core):
 
     # -- shared by the tasks ----------------------------------------------------------
 
+    def open_images(self, refs: Sequence[str], *, at_least: int = 1) -> list[LoadedImage | Media]:
+        """Images decoded, PDFs and clips read whole (their pages and frames come later, checked first)."""
+        if isinstance(refs, str):
+            refs = [refs]
+        if len(refs) < at_least:
+            raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.", param="images")
+        check_count(refs)
+        return [self.loader.open(ref) for ref in refs]
+
     def parse_history(self, history: History) -> list[Turn]:
         """Prior turns from plain dicts: ``{"role", "content", "images"}``."""
-        return parse_history(history, self.plain, lambda refs: self.load_images(refs, at_least=0))
+        return parse_history(history, self.plain, self.history_images)
+
+    def history_images(self, refs: Sequence[str]) -> list[LoadedImage]:
+        check_count(refs)
+        loaded = []
+        for ref in refs:
+            try:
+                loaded.append(self.loader.load(ref))
+            except ImageError as error:
+                # Named as the argument it came in, not as the call's images.
+                error.param = error.param or "history"
+                raise
+        return loaded
 
     def boxes(
         self,

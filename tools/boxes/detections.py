@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from ..errors import InvalidRequest
+from ..inputs.origin import Origin
 
 DEFAULT_LABEL = "object"
 #: which coordinate a family writes first: y (y1, x1, y2, x2) or x (x1, y1, x2, y2)
@@ -76,6 +77,10 @@ class Detection:
             description="with verify: whether the model, shown this box's crop, said it is the label; "
             "null when it was not asked or its answer was neither yes nor no"
         ),
+    ] = None
+    origin: Annotated[
+        Origin | None,
+        Field(description="the PDF page or clip frame this box is on, its pixels that page's or frame's"),
     ] = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from ..boxes.detections import ParsedDetections
 from ..errors import InvalidRequest, Unsupported
 from ..inputs import ImageInput
+from ..inputs.media import ClipInput
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Part, Prompt, Turn, plural
 
 #: tokens a text costs the model's language side (the runtime's tokenizer), images not counted
@@ -45,6 +46,10 @@ class Dialect(ABC):
     model_class: ClassVar[str] = "AutoModelForImageTextToText"
     #: a ``LocalRuntime`` subclass with the family's own fast path (caches, batching); None: the plain one
     local_runtime: ClassVar[Any] = None
+    #: whether the family's processor takes clips (``videos=``), frames with timestamps, in this process
+    video: ClassVar[bool] = False
+    #: the per-frame budget a clip gets when the call names none; None: the processor's own choice
+    video_budget: ClassVar[int | None] = None
 
     def __init__(self, capabilities: Capabilities) -> None:
         self.capabilities = capabilities
@@ -144,6 +149,15 @@ def listed(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def video_messages(clip: ClipInput, text: str, history: Sequence[Turn]) -> list[Message]:
+    """Prior turns, then the clip (a video part) and the question: the chat-template families' video prompt."""
+    messages: list[Message] = [
+        {"role": turn.role, "content": user_content(turn.images, turn.text)} for turn in history
+    ]
+    messages.append({"role": "user", "content": [{"type": "video", "video": clip}, {"type": "text", "text": text or "Describe this video."}]})
+    return messages
+
+
 def image_part(image: ImageInput) -> Part:
     return {"type": "image", "image": image}
 
@@ -200,16 +214,18 @@ class BudgetedChatDialect(Dialect):
     @classmethod
     def from_config(cls, config: Any) -> Capabilities:
         text = config.get_text_config()
-        return cls.capabilities_with(budgets=True, context_tokens=getattr(text, "max_position_embeddings", None))
+        return cls.capabilities_with(
+            budgets=True, context_tokens=getattr(text, "max_position_embeddings", None), video=cls.video
+        )
 
     @classmethod
     def declared(cls, *, budgets: bool) -> Capabilities:
         # An engine renders the family's own chat template; without per-request budgets the
-        # engine's own image setting applies.
-        return cls.capabilities_with(budgets=budgets, context_tokens=None)
+        # engine's own image setting applies. Clips go through the processor here, so not to an engine.
+        return cls.capabilities_with(budgets=budgets, context_tokens=None, video=False)
 
     @classmethod
-    def capabilities_with(cls, *, budgets: bool, context_tokens: int | None) -> Capabilities:
+    def capabilities_with(cls, *, budgets: bool, context_tokens: int | None, video: bool = False) -> Capabilities:
         return Capabilities(
             tasks=cls.tasks,
             context_policy="chat-template",
@@ -218,4 +234,5 @@ class BudgetedChatDialect(Dialect):
             context_tokens=context_tokens,
             box_grid=cls.box_grid,
             box_order=cls.box_order,
+            video=video,
         )

@@ -31,12 +31,14 @@ from ..results import CacheReport
 from ..runtimes.local import LocalRuntime, cache_kwarg, constrained, local_messages
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Progress, Prompt, Stopwatch
 from ..toolcalls import CHAT_SYSTEM, CHAT_TOOLS, parse_reply
-from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, extract_text
+from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, extract_text, video_messages
 
 
 #: the visual-token budgets a call may ask for, and the one a call without a budget gets
 BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
 DEFAULT_BUDGET = 280
+#: a clip's frames: a lower budget each, as Gemma 4's video processor defaults to
+VIDEO_BUDGET = 70
 #: the image processor: 16-px patches, pooled 3x3 into one soft token
 PATCH = 16
 POOLING = 3
@@ -84,6 +86,9 @@ class Gemma4(BudgetedChatDialect):
     default_budget = DEFAULT_BUDGET
     box_grid = GRID
     box_order = "yx"
+    video = True
+    #: the video processor's own per-frame default (max_soft_tokens 70), which the Gemma 4 guide advises for clips
+    video_budget = VIDEO_BUDGET
 
     def __init__(self, capabilities: Capabilities, patch: int = PATCH, pooling: int = POOLING) -> None:
         super().__init__(capabilities)
@@ -100,6 +105,15 @@ class Gemma4(BudgetedChatDialect):
         )
 
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
+        if ask.video is not None:
+            return Prompt(
+                images=[image for turn in ask.history for image in turn.images],
+                messages=video_messages(ask.video, ask.prompt, ask.history),
+                budget=ask.budget,
+                processor_kwargs={} if ask.budget is None else {"videos_kwargs": {"max_soft_tokens": ask.budget}},
+                history_turns=len(ask.history),
+                videos=[ask.video],
+            )
         history: Sequence[Any] = ()
         system: list[Message] = []
         tools = None
@@ -293,7 +307,9 @@ class Gemma4Runtime(LocalRuntime):
         return Encoded(inputs, blocks, [e.features for _, e in encoded], vision_report(len({k for k, _ in encoded}), computed))
 
     def generate(self, prompt: Prompt, options: GenerationOptions) -> Generation:
-        if prompt.messages is None or prompt.budget is None or not self.reuses_encodings:
+        if prompt.videos and len(prompt.videos) == 1 and not prompt.images and self.reuses_encodings:
+            return self.generate_video(prompt, options)
+        if prompt.messages is None or prompt.budget is None or not self.reuses_encodings or prompt.videos:
             return super().generate(prompt, options)
         watch = Stopwatch()
         encoded = self.encoded(prompt)
@@ -311,6 +327,45 @@ class Gemma4Runtime(LocalRuntime):
         generation.notes[:0] = prompt.notes
         return generation
 
+    def generate_video(self, prompt: Prompt, options: GenerationOptions) -> Generation:
+        """A clip through the processor's video path, each frame's encoding kept in the vision cache by the
+        clip's content hash and the frame's index (and the budget): a second question about the same clip
+        runs no frame through the vision tower again. The processor still writes the prompt (timestamps,
+        soft tokens per frame) and sizes the frames; only the tower's work is reused."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        watch = Stopwatch()
+        inputs = self.video_inputs(prompt)
+        clip = prompt.videos[0]
+        budget = int(prompt.budget or VIDEO_BUDGET)
+        keys = [(self.model_id, f"{clip.hash}:frame{index}", budget) for index in clip.indices]
+        found: list[EncodedImage | None] = [self.vision_cache.get(key) for key in keys]
+        missing = [n for n, encoded in enumerate(found) if encoded is None]
+        if missing:
+            pixels = inputs["pixel_values_videos"][missing].to(self.model.device, self.compute_dtype)
+            positions = inputs["video_position_ids"][missing].to(self.model.device)
+            # The conditional-generation class exposes the image tower; the video one is its inner model's.
+            tower = getattr(self.model, "get_video_features", None) or self.model.model.get_video_features
+            with torch.inference_mode():
+                pooled = tower(
+                    pixels, positions, num_frames_per_video=torch.tensor([len(missing)])
+                ).pooler_output[0]
+            per_frame = pooled.shape[0] // len(missing)
+            for k, n in enumerate(missing):
+                found[n] = EncodedImage(per_frame, pooled[k * per_frame:(k + 1) * per_frame])
+                self.vision_cache.keep(keys[n], found[n])  # type: ignore[arg-type]
+        features = torch.cat([encoded.features for encoded in found if encoded is not None])
+        for name in ("pixel_values_videos", "video_position_ids", "num_frames_per_video"):
+            inputs.pop(name, None)
+        generation = self.generate_inputs(
+            inputs, options, budget=prompt.budget, watch=watch, history_turns=prompt.history_turns,
+            model_kwargs={"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=(features,))}},
+        )
+        generation.cache = CacheReport(vision=vision_report(len(keys), len(missing)))
+        generation.notes[:0] = prompt.notes
+        return generation
+
     def generate_many(
         self, prompts: Sequence[Prompt], options: GenerationOptions, progress: Progress | None = None
     ) -> list[Generation]:
@@ -322,7 +377,7 @@ class Gemma4Runtime(LocalRuntime):
         from the same prompt run alone where two tokens were nearly tied.
         """
         if len(prompts) < 2 or not self.reuses_encodings or any(
-            p.messages is None or p.budget is None or p.schema is not None for p in prompts
+            p.messages is None or p.budget is None or p.schema is not None or p.videos for p in prompts
         ):
             # One prompt alone goes the ordinary way, which also resumes from the prefix cache; prompts
             # under a schema too (a batch would carry each row's grammar across the prefill and decode).

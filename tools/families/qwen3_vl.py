@@ -28,7 +28,7 @@ from typing import Any
 from ..boxes.detections import ParsedDetections, from_json_boxes
 from ..errors import InvalidRequest
 from ..tasks import Ask, Capabilities, Prompt, Turn, plural
-from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, extract_text
+from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, extract_text, video_messages
 
 #: the same budgets as Gemma 4, so compare_budgets lines the two families up
 QWEN3_VL_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
@@ -95,6 +95,7 @@ class Qwen3VL(BudgetedChatDialect):
     default_budget = DEFAULT_BUDGET
     box_grid = QWEN3_VL_GRID
     box_order = "xy"
+    video = True
 
     def __init__(self, capabilities: Capabilities, side: int = TOKEN_SIDE) -> None:
         super().__init__(capabilities)
@@ -109,6 +110,8 @@ class Qwen3VL(BudgetedChatDialect):
         return cls(cls.from_config(config), patch * merge)
 
     def prompt(self, ask: Ask, count_tokens: TokenCounter | None = None) -> Prompt:
+        if ask.video is not None:
+            return self.video_prompt(ask)
         # Earlier turns go with describe, the conversational task; ocr and detect ask afresh.
         history, notes = user_images_only(ask.history if ask.task == "describe" else ())
         if ask.task == "detect":
@@ -156,6 +159,32 @@ class Qwen3VL(BudgetedChatDialect):
 
     def processor_kwargs(self, budget: int | None) -> dict[str, Any]:
         return self.sized_kwargs((), budget)[0]
+
+    def video_prompt(self, ask: Ask) -> Prompt:
+        """A clip through Qwen3-VL's video path: frames in pairs (its temporal patch), each pair after its
+        ``<x.x seconds>`` timestamp; a budget caps the image tokens of each pair."""
+        assert ask.video is not None
+        clip, notes = ask.video, []
+        if len(clip.frames) == 1:
+            # The processor refuses a one-frame clip (it merges frames in pairs): the frame goes twice.
+            clip = replace(clip, frames=clip.frames * 2, indices=clip.indices * 2, times=clip.times * 2)
+            notes.append("one frame left: sent twice, as Qwen3-VL's video path takes frames in pairs")
+        history, left_out = user_images_only(ask.history)
+        kwargs: dict[str, Any] = {}
+        if ask.budget is not None:
+            # The video processor's pixel range counts every frame: one pair's share is the budget.
+            frames = len(clip.frames) + len(clip.frames) % 2
+            least = min(FLOOR_TOKENS, ask.budget) * self.side**2 * frames
+            kwargs = {"videos_kwargs": {"size": {"shortest_edge": least, "longest_edge": ask.budget * self.side**2 * frames}}}
+        return Prompt(
+            images=[image for turn in history for image in turn.images],
+            messages=video_messages(clip, ask.prompt, history),
+            budget=ask.budget,
+            processor_kwargs=kwargs,
+            history_turns=len(history),
+            notes=left_out + notes,
+            videos=[clip],
+        )
 
     def parse_boxes(self, text: str, size: tuple[int, int]) -> ParsedDetections:
         return from_bbox_2d_json(text, size)

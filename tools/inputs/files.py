@@ -13,7 +13,7 @@ from ..safe_open import open_beneath
 from .policy import AccessPolicy, Limits, resolve_path
 from .shown import MiB, capital, quoted, size_words
 
-_DATA_TYPES = {
+DATA_TYPES = {
     "image/png",
     "image/jpeg",
     "image/jpg",  # not registered, but common enough in hand-written URIs
@@ -21,6 +21,13 @@ _DATA_TYPES = {
     "image/gif",
     "image/bmp",
     "image/tiff",
+    # documents and clips: their pages and frames are the pictures
+    "application/pdf",
+    "video/mp4",
+    "video/quicktime",
+    "video/webm",
+    "video/x-matroska",
+    "video/x-msvideo",
 }
 
 
@@ -108,9 +115,10 @@ def read_data_uri(ref: str, limits: Limits) -> bytes:
         raise ImageError("The data: URI has no ',' before its data; use data:image/png;base64,<data>.")
     parts = [p.strip().lower() for p in header[5:].split(";")]
     media = parts[0]
-    if media not in _DATA_TYPES:
+    if media not in DATA_TYPES:
         raise ImageError(
-            "The data: URI must have an image media type (png, jpeg, webp, gif, bmp or tiff)."
+            "The data: URI must have an image media type (png, jpeg, webp, gif, bmp or tiff), application/pdf "
+            "or a video type (mp4, quicktime, webm)."
         )
     if parts[-1] != "base64":
         raise ImageError("The data: URI must be base64-encoded; use data:image/png;base64,<data>.")

@@ -17,12 +17,20 @@ def resolve_path(p: str | Path) -> Path:
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps that keep one image from exhausting memory, CPU or time."""
+    """Caps that keep one image, document or clip from exhausting memory, CPU or time."""
 
     max_bytes: int = 20 * MiB
     max_pixels: int = 40_000_000
     url_timeout_s: float = 10.0
     max_redirects: int = 5
+    #: pages of PDFs one call may read
+    max_pages: int = 50
+    #: frames of a clip one call may send to the model (a clip is sampled down to them)
+    max_frames: int = 32
+    #: pixels of one rendered page or one decoded frame
+    max_render_pixels: int = 16_000_000
+    #: seconds a clip may last, read from its header
+    max_video_s: float = 300.0
 
 
 @dataclass(frozen=True)

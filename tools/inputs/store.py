@@ -6,6 +6,7 @@ import threading
 from collections import OrderedDict
 
 from .image import LoadedImage
+from .media import Media
 from .shown import MiB
 
 
@@ -56,3 +57,37 @@ class ImageStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+class DocumentStore:
+    """Thread-safe LRU of PDFs and clips as read (their bytes), by image id, capped by their size.
+
+    What a later call that names the id needs: its pages and frames are rendered again, never kept."""
+
+    def __init__(self, max_bytes: int = 256 * MiB) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Media] = OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def put(self, media: Media) -> None:
+        with self._lock:
+            old = self._items.pop(media.id, None)
+            if old is not None:
+                self._total -= len(old.data)
+            self._items[media.id] = media
+            self._total += len(media.data)
+            while self._total > self.max_bytes and len(self._items) > 1:
+                _, evicted = self._items.popitem(last=False)
+                self._total -= len(evicted.data)
+
+    def get(self, key: str) -> Media | None:
+        with self._lock:
+            media = self._items.get(key)
+            if media is not None:
+                self._items.move_to_end(key)
+            return media
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._items

@@ -20,6 +20,7 @@ from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory
 from ..options import GenerationOptions
 from ..results import BudgetTimings
 from .streaming import answer_text, current_sink, text_streamer
+from ..inputs.media import ClipInput
 from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note
 from ..text import tokenizer_control_strings
 from .base import Runtime
@@ -101,17 +102,37 @@ class StopOnCancel:
 
 
 def local_messages(messages: list[Message]) -> list[Message]:
-    """Messages as the processor's chat template takes them: decoded pixels for image parts."""
+    """Messages as the processor's chat template takes them: decoded pixels for image parts; a video part
+    only marks its place (the frames go to the processor beside the text)."""
     out = []
     for message in messages:
         content = message["content"]
         if not isinstance(content, str):
             content = [
-                {"type": "image", "image": part["image"].pixels} if part.get("type") == "image" else part
+                {"type": "image", "image": part["image"].pixels} if part.get("type") == "image"
+                else {"type": "video"} if part.get("type") == "video" else part
                 for part in content
             ]
         out.append({**message, "content": content})
     return out
+
+
+def video_arrays(clips: Sequence[ClipInput]) -> tuple[list[Any], list[Any]]:
+    """Each clip's frames as one (frames, height, width, 3) array, and the metadata its timestamps come from:
+    the frames' own indices in the clip over its frame rate."""
+    import numpy as np
+    from transformers.video_utils import VideoMetadata
+
+    arrays, metadata = [], []
+    for clip in clips:
+        width, height = clip.size
+        arrays.append(np.stack([np.asarray(frame.pixels) for frame in clip.frames]))
+        metadata.append(VideoMetadata(
+            total_num_frames=clip.total_frames, fps=clip.fps, width=width, height=height,
+            duration=clip.total_frames / clip.fps if clip.fps else None, video_backend="pyav",
+            frames_indices=list(clip.indices),
+        ))
+    return arrays, metadata
 
 
 class LocalRuntime(Runtime):
@@ -250,6 +271,8 @@ class LocalRuntime(Runtime):
 
     def inputs(self, prompt: Prompt) -> Any:
         """Model inputs: messages through the checkpoint's chat template, a text through the processor."""
+        if prompt.videos:
+            return self.video_inputs(prompt)
         if prompt.messages is not None:
             return self.processor.apply_chat_template(
                 local_messages(prompt.messages),
@@ -267,6 +290,42 @@ class LocalRuntime(Runtime):
         # PaliGemma's processor adds training labels, which generate() has no use for.
         inputs.pop("labels", None)
         return inputs
+
+    def video_inputs(self, prompt: Prompt) -> Any:
+        """A prompt with clips: the chat template's text, then the processor with our own decoded frames and
+        their metadata (``do_sample_frames=False``: the frames were chosen already, and timestamps follow them)."""
+        assert prompt.messages is not None
+        processor = self.processor
+        text = processor.apply_chat_template(
+            local_messages(prompt.messages), tools=prompt.tools, add_generation_prompt=True, tokenize=False
+        )
+        token = processor.video_token
+        start, end = getattr(processor, "vision_start_token", None), getattr(processor, "vision_end_token", None)
+        if start and end:
+            # Qwen3-VL's template wraps the placeholder, and its processor writes its own wrapper around
+            # every pair of frames: the template's would nest around them (transformers 5.24).
+            text = text.replace(start + token + end, token)
+        if text.count(token) != len(prompt.videos):
+            raise InvalidRequest("The text contains the model's video placeholder; remove it and send the clip as a clip.")
+        videos, metadata = video_arrays(prompt.videos)
+        inputs = processor(
+            text=[text], images=[image.pixels for image in prompt.images] or None, videos=videos,
+            video_metadata=metadata, do_sample_frames=False, return_tensors="pt", **prompt.processor_kwargs,
+        )
+        inputs.pop("video_metadata", None)
+        return inputs
+
+    @property
+    def video_token_id(self) -> int | None:
+        value = getattr(self.model.config, "video_token_id", None)
+        return None if value is None else int(value)
+
+    def count_image_tokens(self, input_ids: Any) -> Any:
+        """Image tokens per row, video frames' soft tokens included."""
+        count = (input_ids == self.image_token_id).sum(dim=-1)
+        if self.video_token_id is not None:
+            count = count + (input_ids == self.video_token_id).sum(dim=-1)
+        return count
 
     def stop_token_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -288,7 +347,7 @@ class LocalRuntime(Runtime):
         """
         input_ids = inputs["input_ids"]
         prompt_tokens = int(input_ids.shape[1])
-        image_tokens = int((input_ids == self.image_token_id).sum())
+        image_tokens = int(self.count_image_tokens(input_ids).sum())
         self.check_context(prompt_tokens, image_tokens, options)
         inputs = inputs.to(self.model.device, dtype=self.compute_dtype)
         preprocess_ms = watch.lap()
