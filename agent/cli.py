@@ -406,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="values whose confidence is below this are read again from their crop at a higher budget",
     )
     p.add_argument("--no-verify", action="store_true", help="do not read doubtful values again")
+    pages_option(p)
     call_options(p)
 
     p = commands.add_parser("segment", help="find one labelled object: its box and mask codes (PaliGemma)")
@@ -642,8 +643,8 @@ def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:
         if args.command == "extract":
             out_path = Path(args.out) if args.out else default_out(args.images[0], "extract")
             return vision.extract(
-                refs, schema=schema, budget=args.budget, options=options, annotated_path=out_path, threshold=args.threshold,
-                verify=not args.no_verify,
+                refs, schema=schema, budget=args.budget, options=options, annotated_path=out_path,
+                threshold=args.threshold, verify=not args.no_verify, pages=pages,
             )
         if args.command == "segment":
             out_path = Path(args.out) if args.out else default_out(args.images[0], "segment")

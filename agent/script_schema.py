@@ -150,6 +150,7 @@ class ExtractArguments(Arguments):
     top_p: TopP = 1.0
     threshold: Annotated[float, core(check_threshold)] = DEFAULT_THRESHOLD
     verify: bool = True
+    pages: Pages = None
 
     @model_validator(mode="after")
     def one_schema(self) -> ExtractArguments:

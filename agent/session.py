@@ -34,7 +34,7 @@ TOOL_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "ocr": ("budget", "max_new_tokens", "temperature", "top_p", "engine", "tiles", "pages"),
     "detect": ("labels", "budget", "max_new_tokens", "temperature", "top_p", "tiles", "consensus", "verify", "pages"),
     "compare_budgets": ("prompt", "task", "budgets", "max_new_tokens", "pages"),
-    "extract": ("schema", "fields", "budget", "max_new_tokens", "temperature", "top_p", "threshold", "verify"),
+    "extract": ("schema", "fields", "budget", "max_new_tokens", "temperature", "top_p", "threshold", "verify", "pages"),
 }
 HANDLE_RE = re.compile(r"(?<![\w@])@(\S+)")
 MAX_UPLOAD = 20 * 1024 * 1024

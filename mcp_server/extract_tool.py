@@ -26,7 +26,7 @@ from tools.extract import (
 )
 from tools.results import ExtractedField, ExtractResult
 
-from .arguments import IMAGE_REF, Budget, Temperature, TopP
+from .arguments import IMAGE_REF, Budget, Pages, Temperature, TopP
 from .rendering import noted, picture_result, stats
 from .resident import State
 from .running import owner_of, resident_of, run_tool
@@ -88,6 +88,7 @@ async def extract(
     verify: Annotated[bool, Field(description="read values under the threshold again, at a higher budget")] = True,
     temperature: Temperature = 0.0,
     top_p: TopP = 1.0,
+    pages: Pages = None,
 ) -> Annotated[CallToolResult, ExtractResult]:
     """Extract structured data from images: JSON that validates against a schema, each value with its box and confidence.
 
@@ -97,6 +98,7 @@ async def extract(
     Qwen3-VL, PaliGemma; BLIP-2 gives none and says so), a confidence from its tokens'
     probabilities, and, under `threshold`, a second read from its crop (`verified`: agree,
     changed or uncertain). The annotated picture shows each located value's box and name.
+    A PDF's pages (all, or `pages`) are read as the images: `sources` names each one's page.
     """
     # Refused before the call waits for the model: a bad schema or threshold needs no model.
     chosen = schema_from(schema, fields)
@@ -110,7 +112,7 @@ async def extract(
         ctx,
         lambda vision, options: vision.extract(
             images, schema=chosen, budget=budget, options=options, annotated_path=out, threshold=threshold,
-            verify=verify, progress=progress,
+            verify=verify, progress=progress, pages=pages,
         ),
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, images=images,
     )

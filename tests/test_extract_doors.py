@@ -203,6 +203,26 @@ def test_raw_stdio_extract_returns_the_object_and_the_report_as_structured_conte
                                                                                      ensure_ascii=False) in text
 
 
+def test_raw_stdio_extracts_from_a_pdfs_chosen_pages_and_refuses_a_clip(tiny_gemma4, tmp_path):
+    """Pages are the images of the call, each named in sources; a clip is refused in one line."""
+    from tools.tiny.media import write_clip, write_pdf
+
+    pdf = write_pdf(tmp_path / "invoice.pdf", 3)
+    clip = write_clip(tmp_path / "clip.mp4", 4)
+    args = ["--model", str(tiny_gemma4), "--allow-dir", str(tmp_path), "--out-dir", str(tmp_path / "out")]
+    with raw_stdio(args) as server:
+        result = Calls.run(server, "extract", {"images": [str(pdf)], "pages": "2-3", "fields": FIELDS, "budget": 70,
+                                               "verify": False, "max_new_tokens": 300})
+        refused = Calls.run(server, "extract", {"images": [str(clip)], "fields": FIELDS})
+    assert not result.get("isError"), result
+    structured = result["structuredContent"]
+    assert structured["valid"] and validation_error(FIELDS_SCHEMA, structured["data"]) is None
+    assert [(s["kind"], s["page"]) for s in structured["sources"]] == [("page", 2), ("page", 3)]
+    assert len(structured["image_sizes"]) == 2
+    text = refused["content"][0]["text"]
+    assert refused["isError"] and "is a video clip" in text and "\n" not in text, text
+
+
 def test_a_run_script_extracts(tiny_gemma4, tmp_path, monkeypatch, capsys):
     from agent.cli import main
 

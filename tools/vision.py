@@ -248,14 +248,18 @@ class Vision(Core):
         threshold: float = DEFAULT_THRESHOLD,
         verify: bool = True,
         progress: Progress | None = None,
+        pages: str | None = None,
     ) -> ExtractResult:
         """The object a JSON Schema (or compact ``fields``) describes, read from ``images`` under the schema's
         grammar, every value with its box, its confidence and, under ``threshold`` with ``verify``, a second
-        read from its crop; with ``annotated_path``, the picture of the located values is written there."""
+        read from its crop; with ``annotated_path``, the picture of the located values is written there. A PDF
+        gives its pages (or ``pages``) as images."""
         chosen = schema_from(schema, fields)
         check_count(images)
         options = options or GenerationOptions(max_new_tokens=DEFAULT_MAX_NEW_TOKENS)
-        return extract_job.extract(self, images, chosen, budget, options, annotated_path, threshold, verify, progress)
+        return extract_job.extract(
+            self, images, chosen, budget, options, annotated_path, threshold, verify, progress, pages
+        )
 
     def model_info(self) -> dict[str, Any]:
         """What a client needs to know of the resident model to plan its requests."""

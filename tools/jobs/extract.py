@@ -12,8 +12,8 @@
    ``tools.jobs.verify``; the report says which agree, which changed and which stay uncertain.
 5. An annotated picture shows each located value's box and name.
 
-Images are pictures today; once documents arrive, each page is one of the images and ``image``
-in the report is its page.
+A PDF's pages (all, or ``pages``) are images of the call, each with its origin in ``sources``;
+``image`` in the report is the index there. A clip is refused: extraction reads documents.
 """
 
 from __future__ import annotations
@@ -29,16 +29,18 @@ from typing import Any
 from ..boxes.detections import Detection
 from ..boxes.drawing import annotate, grid
 from ..core import Core, save_picture
-from ..errors import VlmError
+from ..errors import InvalidRequest, VlmError
 from ..extract import Schema, check_threshold, prepare
 from .grounding import MAX_ASKS, MAX_LOCATED, label_for, locate
 from ..extract.schema import escape, resolve, validation_error
 from ..extract.spans import confidence, leaves, token_spans
 from ..inputs import ImageInput, LoadedImage
+from ..inputs.media import Media
 from ..options import GenerationOptions
 from ..results import ExtractedField, ExtractResult
 from ..tasks import Ask, Generation, Progress, plural
 from . import auto_budget
+from . import parts as parts_job
 from .verify import VERIFY_BUDGET, crop
 
 #: values reported one by one; the rest are in data only
@@ -68,11 +70,22 @@ def extract(
     threshold: float,
     verify: bool,
     progress: Progress | None = None,
+    pages: str | None = None,
 ) -> ExtractResult:
     started = time.perf_counter()
     threshold = check_threshold(threshold)
-    loaded = core.load_images(images)
     model = core.model
+    opened = core.open_images(images)
+    parts_job.check_pages_argument(opened, pages)
+    clips = [item for item in opened if isinstance(item, Media) and item.kind == "clip"]
+    if clips:
+        raise InvalidRequest(
+            f"extract reads documents and pictures, and {clips[0].what} is a video clip; send the frames you "
+            "want read as images.", param="images",
+        )
+    # Pages render at the resolution the budget sees (auto: the largest, chosen below from the pages).
+    looked = None if budget == auto_budget.AUTO else budget
+    loaded, origins, page_notes = parts_job.pictures(core, opened, pages, parts_job.look_dpi(model, looked))  # type: ignore[arg-type]
     # Extraction reads text: "auto" keeps the smallest text legible, as for ocr.
     chosen, reason = auto_budget.resolve(model, budget, "ocr", loaded)
     step(progress, 0, 3, "reading")
@@ -82,6 +95,7 @@ def extract(
     )
     generation = core.run(ask, options).generation
     notes = generation.notes
+    notes[:0] = page_notes
     notes.extend(f"decoding bounded what the schema left open: {bound}" for bound in schema.bounds)
     notes.extend(f"schema: {warning}" for warning in schema.warnings)
     reading = read_answer(generation)
@@ -107,7 +121,7 @@ def extract(
     return core.result(
         ExtractResult, generation, loaded, started, budget_reason=reason, data=reading.data, valid=problem is None,
         problem=problem, schema_hash=schema.hash, fields=reading.fields, grounded=grounded, threshold=threshold,
-        image_sizes=[list(image.size) for image in loaded], annotated_path=written,
+        image_sizes=[list(image.size) for image in loaded], annotated_path=written, sources=origins or None,
     )
 
 
