@@ -278,6 +278,7 @@ async def test_a_client_on_protocol_2026_07_28_gets_every_tool_statelessly(serve
         "detect": {"image": photo, "labels": ["cat"], "max_new_tokens": 4},
         "compare_budgets": {"image": photo, "budgets": [70, 140], "max_new_tokens": 2},
         "chat": {"message": "What is this?", "images": [photo], "max_new_tokens": 4},
+        "extract": {"images": [photo], "fields": "animal, legs:integer", "max_new_tokens": 48, "verify": False},
     }
     sessions: list[str | None] = []
     logged: list[tuple[str, str]] = []
