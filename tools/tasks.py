@@ -85,6 +85,9 @@ class Ask:
     history: tuple[Turn, ...] = ()
     #: None: the family's default
     budget: int | None = None
+    #: a JSON schema the answer must follow, for runtimes that can hold a model to one (an engine's
+    #: structured outputs); None: free text, or the task's own form (detect's boxes)
+    schema: dict[str, Any] | None = None
 
 
 #: one message content part: {"type": "text", "text": ...} or {"type": "image", "image": ImageInput}
@@ -112,6 +115,9 @@ class Prompt:
     tools: list[dict[str, Any]] | None = None
     #: prior turns actually in the prompt
     history_turns: int = 0
+    #: a JSON schema the answer follows where the runtime can enforce one (an engine's structured
+    #: outputs); None: free text. Detect's is the family's box items; the local runtime ignores it.
+    schema: dict[str, Any] | None = None
     #: what the dialect did to the request (turns not sent, pairs dropped), for the result's notes
     notes: list[str] = field(default_factory=list)
 

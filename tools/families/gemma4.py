@@ -42,6 +42,7 @@ PATCH = 16
 POOLING = 3
 #: box_2d values run 0..1000 inclusive: real outputs reach 1000 at the right edge
 GRID = 1000
+BOX_KEY = "box_2d"
 
 OCR = (
     "Read all the text in this image, in reading order, in its original language and script. "
@@ -72,7 +73,7 @@ def encoder_size(size: tuple[int, int], budget: int, patch: int = PATCH, pooling
 
 def from_box_2d_json(text: str, size: tuple[int, int]) -> ParsedDetections:
     """Boxes from Gemma 4's ``{"box_2d": [y1, x1, y2, x2], "label": ...}`` items, y first, on a 0..1000 grid."""
-    return from_json_boxes(text, size, key="box_2d", order="yx", grid=GRID)
+    return from_json_boxes(text, size, key=BOX_KEY, order="yx", grid=GRID)
 
 
 class Gemma4(BudgetedChatDialect):
@@ -84,6 +85,7 @@ class Gemma4(BudgetedChatDialect):
     default_budget = DEFAULT_BUDGET
     box_grid = GRID
     box_order = "yx"
+    box_key = BOX_KEY
 
     def __init__(self, capabilities: Capabilities, patch: int = PATCH, pooling: int = POOLING) -> None:
         super().__init__(capabilities)
@@ -120,6 +122,7 @@ class Gemma4(BudgetedChatDialect):
             processor_kwargs=self.processor_kwargs(ask.budget),
             tools=tools,
             history_turns=len(history),
+            schema=self.answer_schema(ask),
         )
 
     def processor_kwargs(self, budget: int | None) -> dict[str, Any]:
