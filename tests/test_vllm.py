@@ -22,7 +22,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +140,15 @@ def scripted(text: str, special: tuple[str, ...] = ()) -> dict:
     return extra
 
 
+def gemma4_ids_writing(wanted: Callable[[str], bool]) -> list[int]:
+    """The tiny Gemma 4 vocabulary's ids whose text ``wanted`` picks (decoded alone)."""
+    from tools.tiny import gemma4_processor
+
+    processor, _ = gemma4_processor()
+    tokenizer = processor.tokenizer
+    return [token for token in range(len(tokenizer)) if (text := tokenizer.decode([token])) and wanted(text)]
+
+
 def gemma4_token_ids(tokens: tuple[str, ...]) -> list[int]:
     from tools.tiny import gemma4_processor
 
@@ -207,6 +216,47 @@ def test_detect_verify_and_consensus_read_the_engines_boxes(gemma4, pictures):
     fused = result_of(console("detect", street, "cat", "--consensus", "280,560,1120", *flags))
     assert fused["consensus"] == [280, 560, 1120]
     assert [(d["box"], d["agreement"]["budgets"]) for d in fused["detections"]] == [(GEMMA4_BOX, [280, 560, 1120])]
+
+
+def test_detect_and_verify_answers_are_held_to_their_schema_by_the_engine(gemma4, pictures):
+    """vLLM's structured outputs hold the random model to Gemma 4's box items (whole numbers on the
+    0..1000 grid, the asked labels) and the crops' answers to yes or no: every box parses. The same
+    model, unconstrained (--no-api-structured), writes gibberish and no box. The logit bias only
+    keeps the random model from closing the list at once or padding it with whitespace, which the
+    JSON grammar allows."""
+    street = str(pictures / "street.png")
+    bias = {"logit_bias": {str(token): -100 for token in gemma4_ids_writing(lambda text: text.strip() in ("", "]"))}}
+    flags = [*engine_flags(gemma4, extra=bias), "--max-new-tokens", "96", "--json", "--out", str(pictures / "held.png")]
+    held = result_of(console("detect", street, "cat", "dog", "--verify", *flags))
+    assert held["detections"], held
+    assert {d["label"] for d in held["detections"]} <= {"cat", "dog"}
+    # only the item the token cap cut off is left out
+    dropped = [note for note in held["notes"] if note.startswith("dropped")]
+    assert held["text"].startswith('[{"box_2d":[') and dropped in ([], ["dropped truncated output: 1 incomplete item ignored"])
+    # each crop answered "yes" or "no": a verdict for every box, none unclear
+    assert all(d["verified"] in (True, False) for d in held["detections"]), held["detections"]
+    free = result_of(console("detect", street, "cat", "dog", "--no-api-structured", *flags))
+    assert free["detections"] == [] and not free["text"].startswith("[{")
+
+
+def test_a_follow_up_turn_finds_the_conversation_in_the_engines_prefix_cache(gemma4, pictures):
+    """What vlm-agent sends turn after turn starts with the earlier turns byte for byte, so the
+    engine's own counters show a follow-up turn served from its caches: the whole earlier prompt
+    (in whole KV blocks) from the prefix cache, the picture from the multimodal cache."""
+    small = str(pictures / "small.png")
+    with served(gemma4, pictures) as server:
+        before = gemma4.cache_counts()
+        first = structured(server, "describe", {"images": [small], "prompt": "What is it?", "budget": 1120, "max_new_tokens": 4})
+        between = gemma4.cache_counts()
+        history = [{"role": "user", "content": "What is it?", "images": first["image_ids"]}, {"role": "assistant", "content": first["text"]}]
+        second = structured(server, "describe", {"images": [], "prompt": "And the colours?", "history": history, "budget": 1120, "max_new_tokens": 4})
+        after = gemma4.cache_counts()
+    turn1 = {name: between[name] - before[name] for name in before}
+    turn2 = {name: after[name] - between[name] for name in before}
+    assert turn1["prefix_cache_queries"] == first["prompt_tokens"] and turn2["prefix_cache_queries"] == second["prompt_tokens"]
+    block = int(gemma4.metric_label("cache_config_info", "block_size"))
+    assert turn2["prefix_cache_hits"] >= first["prompt_tokens"] // block * block > 0, (turn1, turn2)
+    assert (turn2["mm_cache_queries"], turn2["mm_cache_hits"]) == (1, 1)
 
 
 def test_mcp_tools_history_and_the_most_images_a_call_can_carry(gemma4, pictures):
