@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -33,7 +34,7 @@ import yaml
 from tests.conftest import sample_image, tiny_checkpoint
 from tests.hardening import VLM_AGENT, check_tool_error
 from tests.raw import Calls, RawStdio, call, raw_stdio
-from tests.vllm import API_KEY, Vllm, require_vllm, serve_docs_command
+from tests.vllm import API_KEY, ROOT, Vllm, require_vllm, serve_docs_command
 
 require_vllm()
 
@@ -337,6 +338,29 @@ def test_a_prompt_too_long_for_the_engine_is_relayed_as_the_engines_words(gemma4
     proc = console("describe", *[str(pictures / "small.png")] * 16, "--budget", "1120", *engine_flags(gemma4))
     line = refusal_of(proc)
     assert "says the prompt is too long (HTTP 400, the engine says \"" in line and "lower budget" in line, line
+
+
+def test_the_benchmark_runs_every_peer_scenario_beside_vllm(gemma4, tiny_gemma4, tmp_path):
+    """`python -m bench --peer vllm` on the running engine, at the smallest sizes: every scenario
+    gives both sides' times and the same number of tokens on each side."""
+    out, table = tmp_path / "peer.json", tmp_path / "peer.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--peer", "vllm", "--peer-url", gemma4.url, "--peer-model", str(tiny_gemma4),
+         "--threads", "1", "--repeats", "1", "--tokens", "2", "--budget-tokens", "2", "--turns", "2", "--clients", "2",
+         "--calls-per-client", "1", "--out", str(out), "--markdown", str(table)],
+        capture_output=True, text=True, env=environment(), timeout=900, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["scenario"] for row in rows} == {
+        "cold describe @1120", "follow-up turn @1120", "describe→ocr→detect @280", "compare_budgets ×5, 2 tokens",
+        "2-turn conversation @280", "2 clients at once @280",
+    }
+    assert all(row["ours"] and row["vllm"] for row in rows), rows
+    assert all(row["tokens_ours"] == row["tokens_vllm"] for row in rows if row["tokens_ours"] is not None), rows
+    follow_up = [row for row in rows if row["scenario"] == "follow-up turn @1120"]
+    assert "vLLM's prefix cache served" in follow_up[-1]["note"]
+    assert "| cold describe @1120 |" in table.read_text()
 
 
 # -- Qwen3-VL on the docs' command -----------------------------------------------------------
