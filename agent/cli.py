@@ -101,6 +101,11 @@ def model_option(parser: argparse.ArgumentParser) -> None:
         help="more fields for every request, for the engine's own options, e.g. '{\"top_k\": 20}' "
         "or vLLM's '{\"structured_outputs\": {\"choice\": [\"yes\", \"no\"]}}'",
     )
+    engine.add_argument(
+        "--no-api-structured", action="store_true",
+        help="do not ask the engine for JSON answers under a schema (response_format) for detect's boxes and "
+        "verify's yes or no; by default they are asked for, and dropped by themselves if the engine refuses them",
+    )
     parser.add_argument(
         "--compile", action="store_true",
         help="decode on a static KV cache with torch.compile and CUDA graphs (Gemma 4, CUDA GPU only): "
@@ -128,6 +133,7 @@ def api_settings(args: argparse.Namespace) -> ApiSettings | None:
         timeout_s=args.api_timeout,
         send_urls=args.api_send_urls,
         extra_body=args.api_extra_body or {},
+        structured=not args.no_api_structured,
     )
 
 
@@ -146,7 +152,7 @@ def connect_options(parser: argparse.ArgumentParser) -> None:
 #: flags a chat or script hands on to the `vlm-agent serve` child it starts
 SERVE_FLAGS = (
     "model", "dtype", "quantize", "backend", "base_url", "api_model", "api_family", "api_key_env", "budgets_supported",
-    "max_concurrency", "api_timeout", "api_send_urls", "api_extra_body", "compile",
+    "max_concurrency", "api_timeout", "api_send_urls", "api_extra_body", "no_api_structured", "compile",
     "max_pages", "max_frames", "max_megapixels", "max_video_seconds",
 )
 

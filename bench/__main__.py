@@ -3,6 +3,7 @@
     python -m bench --config tiny --threads 1           # CPU, the tiny test checkpoint
     python -m bench --suite gpu                         # one GPU: real-size E2B, with and without --compile
     python -m bench --suite gpu --device cpu            # the same suite on a CPU, reduced E2B (e2b-mini)
+    python -m bench --peer vllm --threads 1             # ours beside vLLM on the tiny checkpoint (bench/peer.py)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from . import growth, scenarios  # noqa: E402
+from . import growth, peer, scenarios  # noqa: E402
 from .models import CONFIGS, REDUCED, build  # noqa: E402
 from .report import report  # noqa: E402
 from .scenarios import Outcome, sample_picture, warm  # noqa: E402
@@ -57,6 +58,17 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "busy cores costs more than a tiny model's work)",
     )
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    peers = parser.add_argument_group("peer", "the same scenarios through our local runtime and through a serving engine")
+    peers.add_argument("--peer", choices=("vllm",), default=None,
+                       help="vllm: start vLLM (.venv-vllm) on the tiny checkpoint and run the peer scenarios against it")
+    peers.add_argument("--peer-scenarios", nargs="+", choices=tuple(peer.SCENARIOS), default=list(peer.SCENARIOS))
+    peers.add_argument("--peer-url", default=None,
+                       help="a vLLM already serving --peer-model (its API root, e.g. http://127.0.0.1:8000/v1)")
+    peers.add_argument("--peer-model", default=None, help="the checkpoint both sides run (default: a new tiny Gemma 4)")
+    peers.add_argument("--vllm-python", default=None, help="vLLM's Python (default: .venv-vllm/bin/python)")
+    peers.add_argument("--turns", type=int, default=20, help="turns of the growing conversation (default 20)")
+    peers.add_argument("--clients", type=int, default=8, help="MCP clients at once (default 8)")
+    peers.add_argument("--calls-per-client", type=int, default=3, help="describes each client makes (default 3)")
     parser.add_argument("--out", default="bench.json", help="JSON results")
     parser.add_argument("--markdown", default=None, help="also write the tables as Markdown here")
     return parser.parse_args(argv)
@@ -68,6 +80,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the MCP server process
+    if args.peer:
+        return peer.main(args, workdir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.compile and device != "cuda":
         raise SystemExit("--compile needs a CUDA GPU.")
@@ -192,9 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vlm-bench-") as tmp:
         results = run(args, Path(tmp))
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    show(results, Console(stderr=False))
+    if results.get("peer"):
+        peer.show(results)
+    else:
+        show(results, Console(stderr=False))
     if args.markdown:
-        Path(args.markdown).write_text(markdown(results), encoding="utf-8")
+        Path(args.markdown).write_text((peer.markdown if results.get("peer") else markdown)(results), encoding="utf-8")
     return 0
 
 

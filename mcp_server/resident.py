@@ -25,13 +25,14 @@ from tools.inputs import AccessPolicy, ImageLoader, Limits
 from tools.outputs import OutputLimits, picture_name, prune
 from tools.progress import Reporter, reporting
 from tools.runtimes.engine import ApiSettings
-from tools.runtimes.streaming import TextSink, streaming
+from tools.runtimes.streaming import streaming
 from tools.scope import owned_by
 from tools.vision import Vision
 
 from . import logs
 from .admission import Admission, Signal, Turns
 from .owners import Owner, Owners
+from .progress import TextProgress
 
 log = logging.getLogger("vlm_agent.server")
 
@@ -169,11 +170,12 @@ class Resident:
         comes back at once; its turn only once its thread has let go of the model, so the next
         request finds the model free. With ``stream_to``, generated text reaches the
         caller as progress notifications (progress = tokens so far, total = ``total``,
-        message = the new text). The work runs as ``owner``'s (default: the one owner there is
+        message = the new text, sent every few tens of milliseconds by ``TextProgress``, so that
+        no decoding step waits for the event loop). The work runs as ``owner``'s (default: the one owner there is
         while the server has one client): it finds only that owner's images and cached work.
         With ``progress_to``, each finished page or frame of a PDF or clip is a progress notification.
         """
-        sink = None if stream_to is None else text_sink(stream_to, total)
+        sink = None if stream_to is None else TextProgress(stream_to, total)
         turns = self.turns if model else None
         # The call's URL images are fetched before its turn at the model (``images``: every
         # reference it names, history included), unless there are more than it may send.
@@ -189,7 +191,20 @@ class Resident:
             with streaming(sink), reporting(part_reporter(progress_to)), owned_by(scope), self.loader.prefetched(ahead):
                 return call(cancel)
 
-        return await self.admission.run(streamed, turns, prepare if fetch else None)
+        if sink is None:
+            return await self.admission.run(streamed, turns, prepare if fetch else None)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(sink.run)
+                try:
+                    return await self.admission.run(streamed, turns, prepare if fetch else None)
+                finally:
+                    sink.close()  # the rest of the text goes out before the result does
+        except BaseExceptionGroup as group:
+            # The call's own error (a VlmError, say), as it would be raised without the sender beside it.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
 
     def output_path(self, kind: str, owner: Owner) -> Path:
         """A new picture's path; ``owner`` alone may read it back or complete its name."""
@@ -218,10 +233,3 @@ def part_reporter(ctx: Context | None) -> Reporter | None:
 
     return report
 
-
-def text_sink(ctx: Context, total: int) -> TextSink:
-    # report_progress is a no-op for callers that did not ask for progress.
-    def sink(delta: str, tokens: int) -> None:
-        anyio.from_thread.run(ctx.report_progress, tokens, total, delta)
-
-    return sink

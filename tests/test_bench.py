@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bench import growth, scenarios
+from bench import growth, peer, scenarios
 from bench.__main__ import main, markdown
 from bench.report import targets
 from bench.scenarios import sample_picture
@@ -265,3 +265,42 @@ def test_the_media_benchmark_runs_both_sides_on_the_same_pages_and_frames(tmp_pa
     rows = json.loads(out.read_text())["rows"]
     assert [row["scenario"] for row in rows] == ["ocr, 2-page PDF", "describe, 3-frame clip"]
     assert all(row["ours_s"] > 0 and row["seed_s"] > 0 for row in rows)
+
+
+# -- the peer: vLLM beside ours (bench/peer.py); the run against a real vLLM is in test_vllm.py ----------
+
+
+def test_the_peer_run_says_how_to_get_vllm_when_it_is_missing(tmp_path):
+    missing = tmp_path / "no-vllm" / "python"
+    with pytest.raises(SystemExit, match=r"--peer vllm needs vLLM at .*no-vllm/python: build the vLLM environment "
+                                         r"once with `bash \.ci/vllm-env`"):
+        main(["--peer", "vllm", "--vllm-python", str(missing), "--out", str(tmp_path / "peer.json")])
+    assert not (tmp_path / "peer.json").exists()
+
+
+def test_both_sides_get_the_same_pictures_and_none_twice(tmp_path):
+    ours, theirs = peer.Side("ours", "u", tmp_path), peer.Side("vLLM", "v", tmp_path)
+    first, second = ours.fresh(2), ours.fresh()
+    assert len(set(first + second)) == 3 and theirs.fresh(3) == first + second
+    from PIL import Image
+
+    pixels = [Image.open(path).tobytes() for path in first + second]
+    assert len(set(pixels)) == 3 and Image.open(second[0]).size == peer.SIZE
+
+
+def test_peer_rows_put_ours_beside_vllm_with_their_tokens_and_notes():
+    ours, theirs = peer.Runs(), peer.Runs(queried=1000, found=800)
+    for ms, side in ((300.0, ours), (100.0, theirs)):
+        side.add("turn 1", ms, 32)
+        side.add("turn 1", 3 * ms, 32)
+        side.add("turn 2", ms / 10, 32)
+    rows = peer.rows_of("follow-up", [ours, theirs], [("turn 1", "turn 1"), ("turn 2", "turn 2")], note="why")
+    assert [(r.ours, r.peer, r.ratio, r.tokens) for r in rows] == [(600.0, 200.0, 3.0, (32, 32)), (30.0, 10.0, 3.0, (32, 32))]
+    assert [r.note for r in rows] == ["why", "vLLM's prefix cache served 80% of its prompt tokens"]
+    results = {"rows": [{"scenario": r.scenario, "metric": r.metric, "unit": r.unit, "ours": r.ours, "vllm": r.peer,
+                         "ratio": r.ratio, "tokens_ours": r.tokens[0], "tokens_vllm": r.tokens[1], "note": r.note}
+                        for r in rows],
+               "load_average": {"min": 0.5, "median": 1.0, "max": 2.0}, "settings": {"cpus": 2}}
+    table = peer.markdown(results)
+    assert "| follow-up | turn 1 | 600 | 200 | 3.00 | 32 / 32 | why |" in table
+    assert "median 1.0, 0.5 to 2.0, on 2 CPUs" in table

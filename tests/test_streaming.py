@@ -95,3 +95,46 @@ def test_blip2_byte_level_streams_add_up(blip2_processor, text: str, data) -> No
     ids += data.draw(st.lists(st.integers(0, len(tokenizer) - 1), max_size=8))
     streamed, final = stream(blip2_processor, ids)
     assert streamed == final
+
+
+class Counted:
+    """A processor's decode and token lookup, counted: the work a streamer does per token."""
+
+    def __init__(self, processor) -> None:
+        self.tokenizer = self
+        self.inner = processor.tokenizer
+        self.decodes = self.lookups = 0
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        self.decodes += 1
+        return self.inner.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, token: int) -> str:
+        self.lookups += 1
+        return self.inner.convert_ids_to_tokens(token)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "decodes"),
+    [
+        (["<0x61>"] + ["<0xE2>", "<0x82>", "<0xAC>"] * 4, 1),  # a run that never closes: only the end decodes it
+        (["_", "<0x61>", "<0x62>", "_", "<0x63>"], 3),  # each word piece closes a run: one decode each, and the end
+        (["_", "_", "_"], 4),
+    ],
+)
+def test_a_token_that_only_lengthens_an_open_byte_run_decodes_nothing(gemma4_processor, pieces, decodes) -> None:
+    counted = Counted(gemma4_processor)
+    ids = ids_of(gemma4_processor.tokenizer, pieces)
+    text = IncrementalText(lambda part: counted.decode(part, skip_special_tokens=True), run_joiner(gemma4_processor))
+    streamed = "".join(text.push([token]) for token in ids) + text.finish()
+    assert streamed == answer_text(gemma4_processor.decode(ids, skip_special_tokens=True))
+    assert counted.decodes == decodes
+
+
+def test_whether_a_token_joins_a_run_is_asked_of_the_tokenizer_once_per_token_id(gemma4_processor) -> None:
+    counted = Counted(gemma4_processor)
+    ids = ids_of(gemma4_processor.tokenizer, ["_", "<0x61>", "_", "<0x61>"] * 5)
+    for _ in range(3):  # three answers from one processor
+        joins = run_joiner(counted)
+        assert [joins(token) for token in ids] == [False, True] * 10
+    assert counted.lookups == 2

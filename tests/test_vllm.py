@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ import yaml
 from tests.conftest import sample_image, tiny_checkpoint
 from tests.hardening import VLM_AGENT, check_tool_error
 from tests.raw import Calls, RawStdio, call, raw_stdio
-from tests.vllm import API_KEY, Vllm, require_vllm, serve_docs_command
+from tests.vllm import API_KEY, ROOT, Vllm, require_vllm, serve_docs_command
 
 require_vllm()
 
@@ -140,6 +141,15 @@ def scripted(text: str, special: tuple[str, ...] = ()) -> dict:
     return extra
 
 
+def gemma4_ids_writing(wanted: Callable[[str], bool]) -> list[int]:
+    """The tiny Gemma 4 vocabulary's ids whose text ``wanted`` picks (decoded alone)."""
+    from tools.tiny import gemma4_processor
+
+    processor, _ = gemma4_processor()
+    tokenizer = processor.tokenizer
+    return [token for token in range(len(tokenizer)) if (text := tokenizer.decode([token])) and wanted(text)]
+
+
 def gemma4_token_ids(tokens: tuple[str, ...]) -> list[int]:
     from tools.tiny.gemma4 import gemma4_processor
 
@@ -207,6 +217,47 @@ def test_detect_verify_and_consensus_read_the_engines_boxes(gemma4, pictures):
     fused = result_of(console("detect", street, "cat", "--consensus", "280,560,1120", *flags))
     assert fused["consensus"] == [280, 560, 1120]
     assert [(d["box"], d["agreement"]["budgets"]) for d in fused["detections"]] == [(GEMMA4_BOX, [280, 560, 1120])]
+
+
+def test_detect_and_verify_answers_are_held_to_their_schema_by_the_engine(gemma4, pictures):
+    """vLLM's structured outputs hold the random model to Gemma 4's box items (whole numbers on the
+    0..1000 grid, the asked labels) and the crops' answers to yes or no: every box parses. The same
+    model, unconstrained (--no-api-structured), writes gibberish and no box. The logit bias only
+    keeps the random model from closing the list at once or padding it with whitespace, which the
+    JSON grammar allows."""
+    street = str(pictures / "street.png")
+    bias = {"logit_bias": {str(token): -100 for token in gemma4_ids_writing(lambda text: text.strip() in ("", "]"))}}
+    flags = [*engine_flags(gemma4, extra=bias), "--max-new-tokens", "96", "--json", "--out", str(pictures / "held.png")]
+    held = result_of(console("detect", street, "cat", "dog", "--verify", *flags))
+    assert held["detections"], held
+    assert {d["label"] for d in held["detections"]} <= {"cat", "dog"}
+    # only the item the token cap cut off is left out
+    dropped = [note for note in held["notes"] if note.startswith("dropped")]
+    assert held["text"].startswith('[{"box_2d":[') and dropped in ([], ["dropped truncated output: 1 incomplete item ignored"])
+    # each crop answered "yes" or "no": a verdict for every box, none unclear
+    assert all(d["verified"] in (True, False) for d in held["detections"]), held["detections"]
+    free = result_of(console("detect", street, "cat", "dog", "--no-api-structured", *flags))
+    assert free["detections"] == [] and not free["text"].startswith("[{")
+
+
+def test_a_follow_up_turn_finds_the_conversation_in_the_engines_prefix_cache(gemma4, pictures):
+    """What vlm-agent sends turn after turn starts with the earlier turns byte for byte, so the
+    engine's own counters show a follow-up turn served from its caches: the whole earlier prompt
+    (in whole KV blocks) from the prefix cache, the picture from the multimodal cache."""
+    small = str(pictures / "small.png")
+    with served(gemma4, pictures) as server:
+        before = gemma4.cache_counts()
+        first = structured(server, "describe", {"images": [small], "prompt": "What is it?", "budget": 1120, "max_new_tokens": 4})
+        between = gemma4.cache_counts()
+        history = [{"role": "user", "content": "What is it?", "images": first["image_ids"]}, {"role": "assistant", "content": first["text"]}]
+        second = structured(server, "describe", {"images": [], "prompt": "And the colours?", "history": history, "budget": 1120, "max_new_tokens": 4})
+        after = gemma4.cache_counts()
+    turn1 = {name: between[name] - before[name] for name in before}
+    turn2 = {name: after[name] - between[name] for name in before}
+    assert turn1["prefix_cache_queries"] == first["prompt_tokens"] and turn2["prefix_cache_queries"] == second["prompt_tokens"]
+    block = int(gemma4.metric_label("cache_config_info", "block_size"))
+    assert turn2["prefix_cache_hits"] >= first["prompt_tokens"] // block * block > 0, (turn1, turn2)
+    assert (turn2["mm_cache_queries"], turn2["mm_cache_hits"]) == (1, 1)
 
 
 def test_mcp_tools_history_and_the_most_images_a_call_can_carry(gemma4, pictures):
@@ -287,6 +338,29 @@ def test_a_prompt_too_long_for_the_engine_is_relayed_as_the_engines_words(gemma4
     proc = console("describe", *[str(pictures / "small.png")] * 16, "--budget", "1120", *engine_flags(gemma4))
     line = refusal_of(proc)
     assert "says the prompt is too long (HTTP 400, the engine says \"" in line and "lower budget" in line, line
+
+
+def test_the_benchmark_runs_every_peer_scenario_beside_vllm(gemma4, tiny_gemma4, tmp_path):
+    """`python -m bench --peer vllm` on the running engine, at the smallest sizes: every scenario
+    gives both sides' times and the same number of tokens on each side."""
+    out, table = tmp_path / "peer.json", tmp_path / "peer.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--peer", "vllm", "--peer-url", gemma4.url, "--peer-model", str(tiny_gemma4),
+         "--threads", "1", "--repeats", "1", "--tokens", "2", "--budget-tokens", "2", "--turns", "2", "--clients", "2",
+         "--calls-per-client", "1", "--out", str(out), "--markdown", str(table)],
+        capture_output=True, text=True, env=environment(), timeout=900, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {row["scenario"] for row in rows} == {
+        "cold describe @1120", "follow-up turn @1120", "describe→ocr→detect @280", "compare_budgets ×5, 2 tokens",
+        "2-turn conversation @280", "2 clients at once @280",
+    }
+    assert all(row["ours"] and row["vllm"] for row in rows), rows
+    assert all(row["tokens_ours"] == row["tokens_vllm"] for row in rows if row["tokens_ours"] is not None), rows
+    follow_up = [row for row in rows if row["scenario"] == "follow-up turn @1120"]
+    assert "vLLM's prefix cache served" in follow_up[-1]["note"]
+    assert "| cold describe @1120 |" in table.read_text()
 
 
 # -- Qwen3-VL on the docs' command -----------------------------------------------------------

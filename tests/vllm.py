@@ -177,11 +177,27 @@ class Vllm:
             time.sleep(1)
         pytest.fail(f"vLLM ({self.name}) was not ready within {READY_S} s:\n{self.tail()}")
 
-    def running_requests(self) -> float:
-        """The engine's own count of requests being generated (its Prometheus metrics)."""
+    def metric(self, name: str) -> float:
+        """One of the engine's own Prometheus metrics (``vllm:NAME``), summed over its label sets."""
         metrics = httpx.get(f"http://127.0.0.1:{self.port}/metrics", headers=self.headers(), timeout=10).text
-        found = re.findall(r"^vllm:num_requests_running\{[^}]*\} ([0-9.e+]+)$", metrics, flags=re.M)
+        found = re.findall(rf"^vllm:{re.escape(name)}\{{[^}}]*\}} ([0-9.e+]+)$", metrics, flags=re.M)
         return sum(float(value) for value in found)
+
+    def metric_label(self, name: str, label: str) -> str:
+        """A label's value on one of the engine's info metrics (``vllm:cache_config_info``'s block_size)."""
+        metrics = httpx.get(f"http://127.0.0.1:{self.port}/metrics", headers=self.headers(), timeout=10).text
+        found = re.search(rf'^vllm:{re.escape(name)}\{{[^}}]*\b{re.escape(label)}="([^"]*)"', metrics, flags=re.M)
+        assert found, f"the engine's metrics have no {name} with {label}"
+        return found.group(1)
+
+    def running_requests(self) -> float:
+        """The engine's own count of requests being generated."""
+        return self.metric("num_requests_running")
+
+    def cache_counts(self) -> dict[str, float]:
+        """Tokens looked up in and found in the prefix cache, images in the multimodal cache, so far."""
+        names = ("prefix_cache_queries", "prefix_cache_hits", "mm_cache_queries", "mm_cache_hits")
+        return {name: self.metric(f"{name}_total") for name in names}
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """End the server's process group; SIGKILL ends it as a crash would."""

@@ -97,6 +97,10 @@ class Ask:
     schema: Schema | None = None
     #: describe: a clip's frames, for families with a video path (``Capabilities.video``)
     video: ClipInput | None = None
+    #: a JSON schema the answer follows where the runtime can hold the model to one without a
+    #: grammar of ours (an engine's structured outputs): verify's yes or no; the local runtime reads
+    #: the answer as free text
+    answer_schema: dict[str, Any] | None = None
 
 
 #: one message content part: {"type": "text", "text": ...}, {"type": "image", "image": ImageInput} or
@@ -125,6 +129,9 @@ class Prompt:
     tools: list[dict[str, Any]] | None = None
     #: prior turns actually in the prompt
     history_turns: int = 0
+    #: a JSON schema the answer follows where the runtime can enforce one (an engine's structured
+    #: outputs); None: free text. Detect's is the family's box items; the local runtime ignores it.
+    answer_schema: dict[str, Any] | None = None
     #: what the dialect did to the request (turns not sent, pairs dropped), for the result's notes
     notes: list[str] = field(default_factory=list)
     #: the schema the answer must follow: a grammar on the local runtime, the engine's structured output

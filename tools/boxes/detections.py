@@ -187,6 +187,28 @@ def from_pixel_box(label: str, box: Sequence[float], image_size: tuple[int, int]
 # ---------------------------------------------------------------- JSON items
 
 
+def box_items_schema(key: str, grid: int, labels: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON schema for what ``from_json_boxes`` reads: a list of ``{KEY: [four whole numbers on
+    0..grid], "label": ...}`` items, ``labels`` the only labels allowed (any text without them).
+
+    An engine with structured outputs is asked to answer detect requests under it, so every
+    answer parses: no fence, no prose, no box with three numbers. The key comes first, as the
+    families write it, and nothing else may be added to an item.
+    """
+    label: dict[str, Any] = {"type": "string", "enum": list(dict.fromkeys(labels))} if labels else {"type": "string"}
+    numbers = {"type": "integer", "minimum": 0, "maximum": grid}
+    return {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {key: {"type": "array", "items": numbers, "minItems": 4, "maxItems": 4}, "label": label},
+            "required": [key, "label"],
+            "additionalProperties": False,
+        },
+    }
+
+
+
 def from_json_boxes(
     text: str, image_size: tuple[int, int], *, key: str, order: BoxOrder, grid: int
 ) -> ParsedDetections:

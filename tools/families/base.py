@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
-from ..boxes.detections import ParsedDetections
+from ..boxes.detections import ParsedDetections, box_items_schema
 from ..errors import InvalidRequest, Unsupported
 from ..inputs import ImageInput
 from ..inputs.media import ClipInput
@@ -91,6 +91,13 @@ class Dialect(ABC):
     def processor_kwargs(self, budget: int | None) -> dict[str, Any]:
         """The image processor's per-call arguments that carry ``budget``; {} for a fixed resolution."""
         return {}
+
+    def answer_schema(self, ask: Ask) -> dict[str, Any] | None:
+        """The JSON schema ``ask``'s answer follows where an engine's structured outputs can hold the
+        model to one: the ask's own (``ask.answer_schema``, verify's yes or no), else None (free text).
+        Families that write boxes as JSON add detect's. Extract's schema is ``ask.schema``, held on
+        every runtime."""
+        return ask.answer_schema
 
     # -- reading --------------------------------------------------------------------------
 
@@ -210,6 +217,13 @@ class BudgetedChatDialect(Dialect):
     #: the grid the model writes boxes on, and which coordinate comes first
     box_grid: ClassVar[int]
     box_order: ClassVar[Literal["xy", "yx"]]
+    #: the key each JSON box item holds its four numbers under
+    box_key: ClassVar[str]
+
+    def answer_schema(self, ask: Ask) -> dict[str, Any] | None:
+        if ask.task == "detect":
+            return box_items_schema(self.box_key, self.box_grid, ask.labels)
+        return super().answer_schema(ask)
 
     @classmethod
     def from_config(cls, config: Any) -> Capabilities:

@@ -44,6 +44,7 @@ PATCH = 16
 POOLING = 3
 #: box_2d values run 0..1000 inclusive: real outputs reach 1000 at the right edge
 GRID = 1000
+BOX_KEY = "box_2d"
 
 OCR = (
     "Read all the text in this image, in reading order, in its original language and script. "
@@ -74,7 +75,7 @@ def encoder_size(size: tuple[int, int], budget: int, patch: int = PATCH, pooling
 
 def from_box_2d_json(text: str, size: tuple[int, int]) -> ParsedDetections:
     """Boxes from Gemma 4's ``{"box_2d": [y1, x1, y2, x2], "label": ...}`` items, y first, on a 0..1000 grid."""
-    return from_json_boxes(text, size, key="box_2d", order="yx", grid=GRID)
+    return from_json_boxes(text, size, key=BOX_KEY, order="yx", grid=GRID)
 
 
 class Gemma4(BudgetedChatDialect):
@@ -89,6 +90,7 @@ class Gemma4(BudgetedChatDialect):
     video = True
     #: the video processor's own per-frame default (max_soft_tokens 70), which the Gemma 4 guide advises for clips
     video_budget = VIDEO_BUDGET
+    box_key = BOX_KEY
 
     def __init__(self, capabilities: Capabilities, patch: int = PATCH, pooling: int = POOLING) -> None:
         super().__init__(capabilities)
@@ -137,6 +139,7 @@ class Gemma4(BudgetedChatDialect):
             tools=tools,
             history_turns=len(history),
             schema=ask.schema,
+            answer_schema=self.answer_schema(ask),
         )
 
     def processor_kwargs(self, budget: int | None) -> dict[str, Any]:

@@ -35,6 +35,7 @@ QWEN3_VL_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
 DEFAULT_BUDGET = 280
 #: bbox_2d values are thousandths of the image's width and height
 QWEN3_VL_GRID = 1000
+BOX_KEY = "bbox_2d"
 #: pixels per side of one image token: 16 px patches merged 2 x 2 (the real checkpoints' processor)
 TOKEN_SIDE = 32
 #: the image processor's limit on the ratio of an image's long side to its short side
@@ -96,6 +97,7 @@ class Qwen3VL(BudgetedChatDialect):
     box_grid = QWEN3_VL_GRID
     box_order = "xy"
     video = True
+    box_key = BOX_KEY
 
     def __init__(self, capabilities: Capabilities, side: int = TOKEN_SIDE) -> None:
         super().__init__(capabilities)
@@ -132,6 +134,7 @@ class Qwen3VL(BudgetedChatDialect):
             history_turns=len(history),
             notes=notes + too_thin,
             schema=ask.schema,
+            answer_schema=self.answer_schema(ask),
         )
 
     def sized_kwargs(self, sizes: Sequence[tuple[int, int]], budget: int | None) -> tuple[dict[str, Any], list[str]]:
@@ -222,4 +225,4 @@ def from_bbox_2d_json(text: str, image_size: tuple[int, int]) -> ParsedDetection
     The JSON is found and checked the way Gemma 4's is (``detections.from_json_boxes``): every
     object anywhere in the text, fenced or not, truncated output reported, complete items kept.
     """
-    return from_json_boxes(text, image_size, key="bbox_2d", order="xy", grid=QWEN3_VL_GRID)
+    return from_json_boxes(text, image_size, key=BOX_KEY, order="xy", grid=QWEN3_VL_GRID)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from PIL import Image
 
@@ -28,6 +29,9 @@ MARGIN = 0.1
 #: a yes or no needs few tokens; a model that says more is read by its first word
 VERIFY_TOKENS = 8
 _FIRST_WORD = re.compile(r"[a-z]+")
+#: what a crop's answer may be where the runtime can hold the model to a schema (an engine):
+#: the JSON string "yes" or "no", which ``answer`` reads like the bare word
+YES_NO: dict[str, Any] = {"type": "string", "enum": ["yes", "no"]}
 
 
 def question(label: str) -> str:
@@ -63,7 +67,10 @@ def verify(
     for label, indices in by_label.items():
         options.check_cancelled()
         asks = [
-            Ask("describe", (ImageInput.from_pixels(crop(image, detections[i].box)),), question(label), budget=budget)
+            Ask(
+                "describe", (ImageInput.from_pixels(crop(image, detections[i].box)),), question(label), budget=budget,
+                answer_schema=YES_NO,
+            )
             for i in indices
         ]
         for i, result in zip(indices, model.run_many(asks, short)):

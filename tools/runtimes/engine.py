@@ -20,19 +20,20 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image
 
-from .. import cancel
+from .. import cancel, scope
 from ..errors import EngineError, EngineUnavailable, InvalidRequest, ModelNotFound, Unsupported, VlmError
 from ..inputs import ImageInput
 from ..options import GenerationOptions
 from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note
 from ..toolcalls import ParsedReply
 from .base import Runtime
+from .cache import MiB, BytesLRU
 from .replies import (
     MAX_ANSWER_BYTES,
     MAX_ERROR_BYTES,
@@ -49,15 +50,25 @@ from .replies import (
     uncompressed,
 )
 
+if TYPE_CHECKING:
+    from ..extract.schema import Schema
+
 log = logging.getLogger("vlm_agent")
 
 DEFAULT_KEY_ENV = "VLM_AGENT_API_KEY"
 MAX_CONCURRENCY_LIMIT = 64
+#: bytes of PNG data: URIs kept for the images of recent calls
+DATA_URI_CACHE_BYTES = 64 * MiB
 #: seconds to open a connection; the read timeout (ApiSettings.timeout_s) is separate,
 #: since a busy engine may take long to start answering but should accept at once
 CONNECT_TIMEOUT_S = 10.0
 #: request fields the runtime writes itself: extra_body may not replace them, or the stream breaks
 OWNED_FIELDS = frozenset({"model", "messages", "stream", "stream_options"})
+#: request fields that constrain the answer's form (OpenAI's, vLLM's current and former ones, Ollama's):
+#: one of them in extra_body is the user's own constraint, and the engine takes only one
+CONSTRAINT_FIELDS = frozenset({
+    "response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar", "format",
+})
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,9 @@ class ApiSettings:
     #: more JSON fields for every request, for engine-specific options
     #: (``{"chat_template_kwargs": {...}}``, ``{"top_k": 20}``, ``{"logit_bias": {...}}``)
     extra_body: Mapping[str, Any] = field(default_factory=dict)
+    #: ask for JSON answers under the task's schema (detect's boxes, verify's yes or no) with the
+    #: engine's structured outputs; off where extra_body brings a constraint of its own
+    structured: bool = True
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -122,6 +136,20 @@ class ApiSettings:
         return key
 
 
+def structured_output(schema: Mapping[str, Any], name: str = "answer", strict: bool = False) -> dict[str, Any]:
+    """The request fields that ask an OpenAI-compatible engine for an answer in JSON that follows
+    ``schema``: OpenAI's ``response_format`` of type ``json_schema``, which vLLM, SGLang and Ollama
+    enforce with their grammar engines (constrained decoding), so the answer always parses."""
+    form: dict[str, Any] = {"name": name, "schema": dict(schema)}
+    if strict:
+        form["strict"] = True
+    return {"response_format": {"type": "json_schema", "json_schema": form}}
+
+
+class StructuredOutputRefused(EngineError):
+    """The engine refused the structured-output field (it has no constrained decoding)."""
+
+
 def png_data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     # Lossless, so small print reads the same as it would locally; level 3 trades a little
@@ -130,9 +158,12 @@ def png_data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def api_messages(messages: Sequence[Message], send_urls: bool = False) -> list[dict[str, Any]]:
+def api_messages(
+    messages: Sequence[Message], send_urls: bool = False, data_uri: Callable[[ImageInput], str] | None = None
+) -> list[dict[str, Any]]:
     """Messages in the API's form: images as ``image_url`` parts (their URL with ``send_urls``, else a
-    PNG data: URI); text-only turns as plain strings, which every engine takes."""
+    PNG data: URI from ``data_uri``); text-only turns as plain strings, which every engine takes."""
+    encode = data_uri or (lambda image: png_data_uri(image.pixels))
     out = []
     for message in messages:
         content = message["content"]
@@ -140,19 +171,14 @@ def api_messages(messages: Sequence[Message], send_urls: bool = False) -> list[d
             if all(part["type"] == "text" for part in content):
                 content = "".join(part["text"] for part in content)
             else:
-                content = [image_url(part["image"], send_urls) if part["type"] == "image" else part for part in content]
+                content = [image_url(part["image"], send_urls, encode) if part["type"] == "image" else part for part in content]
         out.append({**message, "content": content})
     return out
 
 
-def image_url(image: ImageInput, send_url: bool) -> dict[str, Any]:
+def image_url(image: ImageInput, send_url: bool, encode: Callable[[ImageInput], str]) -> dict[str, Any]:
     url = image.url if send_url else None
-    return {"type": "image_url", "image_url": {"url": url or png_data_uri(image.pixels)}}
-
-
-def response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The OpenAI chat-completions field that asks for JSON following ``schema``."""
-    return {"type": "json_schema", "json_schema": {"name": "extract", "schema": dict(schema), "strict": True}}
+    return {"type": "image_url", "image_url": {"url": url or encode(image)}}
 
 
 class EngineRuntime(Runtime):
@@ -169,6 +195,12 @@ class EngineRuntime(Runtime):
         self._key = settings.api_key()
         self._key_name = settings.key_env or DEFAULT_KEY_ENV
         self._slots = threading.BoundedSemaphore(settings.max_concurrency)
+        #: structured outputs asked for: on unless turned off, or the user's extra_body constrains the
+        #: answer itself; off for good once the engine refuses the field
+        self.structured = settings.structured and not CONSTRAINT_FIELDS.intersection(settings.extra_body)
+        # Each image's data: URI, by content hash: a conversation sends its images again every turn, and
+        # the same bytes each time keep the engine's prefix and multimodal caches hitting.
+        self._uris: BytesLRU[tuple[str | None, str], str] = BytesLRU(DATA_URI_CACHE_BYTES)
         self._client = httpx.Client(
             base_url=self.url,
             # Bodies are read as sent and counted against their caps: a compressed one could expand
@@ -213,16 +245,23 @@ class EngineRuntime(Runtime):
         if prompt.messages is None:
             raise Unsupported("This family's prompts are plain text, which a chat-completions engine cannot take.")
         watch = Stopwatch()
-        messages = api_messages(prompt.messages, self.settings.send_urls)
-        body = self.body(messages, options, prompt.processor_kwargs, prompt.tools)
-        if prompt.schema is not None:
-            # The engine's own structured output (vLLM, SGLang, Ollama read response_format) decodes
-            # under the bounded schema, as the local grammar does.
-            body["response_format"] = response_format(prompt.schema.decoding)
+        messages = api_messages(prompt.messages, self.settings.send_urls, self.data_uri)
+        body = self.body(messages, options, prompt.processor_kwargs, prompt.tools, prompt.answer_schema, prompt.schema)
         preprocess_ms = watch.lap()
-        reply = self.complete(body, stream_pieces(), options)
+        notes = list(prompt.notes)
+        try:
+            reply = self.complete(body, stream_pieces(), options)
+        except StructuredOutputRefused as refused:
+            if "response_format" not in body or not self.structured or prompt.schema is not None:
+                raise  # extract's schema is the task itself: no free-text fallback
+            # Asked once: the engine has no structured outputs, so from now on the answers are free text
+            # again, read as before.
+            self.structured = False
+            log.warning("the engine at %s takes no structured outputs; answers are read as free text: %s", self.url, refused)
+            notes.append("the engine refused structured output (response_format), so the answer is free text")
+            reply = self.complete(self.body(messages, options, prompt.processor_kwargs, prompt.tools), stream_pieces(), options)
         generation = self.generation(reply, prompt.budget, prompt.history_turns, options, preprocess_ms, watch)
-        generation.notes[:0] = prompt.notes
+        generation.notes[:0] = notes
         if prompt.tools:
             generation.tool_calls = ParsedReply(text=reply.text.strip(), calls=reply.tool_calls, invalid=reply.invalid)
         return generation
@@ -272,13 +311,26 @@ class EngineRuntime(Runtime):
 
     # -- the wire -----------------------------------------------------------------
 
+    def data_uri(self, image: ImageInput) -> str:
+        """The image as a PNG data: URI, encoded once per content hash (and scope) while it is kept."""
+        key = (scope.key(), image.hash)
+        uri = self._uris.get(key)
+        if uri is None:
+            uri = png_data_uri(image.pixels)
+            self._uris.put(key, uri, len(uri))
+        return uri
+
     def body(
         self,
         messages: list[Any],
         options: GenerationOptions,
         processor_kwargs: Mapping[str, Any],
         tools: Sequence[Mapping[str, Any]] | None = None,
+        answer_schema: Mapping[str, Any] | None = None,
+        schema: Schema | None = None,
     ) -> dict[str, Any]:
+        """The request: ``answer_schema`` asks for the task's form where structured outputs are on;
+        ``schema`` (extract's) is always sent, in place of any constraint in extra_body."""
         body: dict[str, Any] = {
             "model": self.settings.model,
             "messages": messages,
@@ -296,7 +348,14 @@ class EngineRuntime(Runtime):
             body["mm_processor_kwargs"] = dict(processor_kwargs)
         if tools:
             body["tools"] = list(tools)
+        if answer_schema is not None and self.structured:
+            body.update(structured_output(answer_schema))
         body.update(self.settings.extra_body)
+        if schema is not None:
+            # The engine takes one constraint, and extract's answer must follow the caller's schema.
+            for name in CONSTRAINT_FIELDS:
+                body.pop(name, None)
+            body.update(structured_output(schema.decoding, "extract", strict=True))
         return body
 
     def complete(
@@ -453,6 +512,10 @@ class EngineRuntime(Runtime):
                 "with its trust-request-mm-kwargs option: restart the engine with it, or vlm-agent without {param}.",
                 param="budgets_supported",
             )
+        # An engine without structured outputs names the field it does not take (HTTP 400 or 422); a
+        # schema it cannot compile is another refusal, relayed as one.
+        if status in (400, 422) and "response_format" in lower:
+            return StructuredOutputRefused(f"{where} refused the request ({said}).")
         if "tool choice" in lower and "requires" in lower:
             # vLLM without a tool-call parser: '"auto" tool choice requires --enable-auto-tool-choice ...'
             return Unsupported(

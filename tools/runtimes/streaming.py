@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from ..text import clean_model_text
 
@@ -44,6 +45,8 @@ def answer_text(decoded: str) -> str:
 
 #: SentencePiece's byte-fallback pieces; transformers' tokenizers decode a run of them together
 BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+#: per tokenizer, whether each token id seen so far leaves a run of byte pieces open
+_JOINS: WeakKeyDictionary[Any, dict[int, bool]] = WeakKeyDictionary()
 
 
 def settled(decoded: str) -> str:
@@ -71,6 +74,7 @@ class IncrementalText:
         self.joins_run = joins_run
         self.ids: list[int] = []
         self.open_run = 0  # where the trailing run of byte pieces starts
+        self.decoded = 0  # how many tokens the last decode took: the same ones give the same text
         self.sent = ""
 
     def push(self, ids: list[int]) -> str:
@@ -78,6 +82,10 @@ class IncrementalText:
             self.ids.append(token)
             if not self.joins_run(token):
                 self.open_run = len(self.ids)
+        if self.open_run == self.decoded:
+            # A token that only lengthens the open run: the text before the run, already sent, stands.
+            return ""
+        self.decoded = self.open_run
         return self._advance(settled(self.decode(self.ids[: self.open_run])))
 
     def finish(self) -> str:
@@ -95,12 +103,18 @@ class IncrementalText:
 def run_joiner(processor: Any) -> Callable[[int], bool]:
     """``IncrementalText``'s ``joins_run`` for a processor's or tokenizer's decode."""
     tokenizer = getattr(processor, "tokenizer", processor)
+    # A property of the token alone, asked for every generated token of every answer: looked up
+    # once per token id and tokenizer (a vocabulary's worth at most).
+    known = _JOINS.setdefault(tokenizer, {})
 
     def joins_run(token: int) -> bool:
-        if BYTE_PIECE.fullmatch(str(tokenizer.convert_ids_to_tokens(token))):
-            return True
-        # Skipped by the decode (control tokens), so the bytes on either side meet.
-        return tokenizer.decode([token], skip_special_tokens=True) == ""
+        joins = known.get(token)
+        if joins is None:
+            # Skipped by the decode (control tokens), so the bytes on either side meet.
+            joins = known[token] = bool(BYTE_PIECE.fullmatch(str(tokenizer.convert_ids_to_tokens(token)))) or (
+                tokenizer.decode([token], skip_special_tokens=True) == ""
+            )
+        return joins
 
     return joins_run
 
