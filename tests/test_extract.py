@@ -598,8 +598,11 @@ def test_an_engine_gets_the_schema_as_its_structured_output_request(receipt):
     assert result.data == {"vendor": "ACME", "total": 12.5, "paid": True} and result.valid
     assert [f.confidence for f in result.fields] == [None] * 3
     assert "no token probabilities from this runtime, so the values have no confidence" in result.notes
-    # the grounding asks are plain detect requests; nothing was re-read without confidences
-    assert all("response_format" not in b for b in engine.bodies[1:]) and len(engine.bodies) == 1 + 2
+    # the grounding asks are detect requests, under the family's box items as any detect is on an engine;
+    # nothing was re-read without confidences
+    assert len(engine.bodies) == 1 + 2
+    assert all(b["response_format"]["json_schema"]["name"] == "answer" for b in engine.bodies[1:])
+    assert all(b["response_format"]["json_schema"]["schema"]["type"] == "array" for b in engine.bodies[1:])
 
 
 def test_a_bad_threshold_is_refused_before_any_model_runs(gemma4_backend, receipt):

@@ -134,7 +134,7 @@ async def test_http_serves_a_client_with_the_token(http_server, images):
 
     http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     async with http, Client(streamable_http_client(http_server, http_client=http)) as client:
-        assert len((await client.list_tools()).tools) == 5
+        assert len((await client.list_tools()).tools) == 6
         result = await client.call_tool("describe", {"images": [str(images / "square.png")], "max_new_tokens": 2})
         assert not result.is_error, result.content
         assert result.structured_content["image_tokens"] == 256

@@ -84,7 +84,7 @@ async def test_the_right_token_and_a_loopback_origin_are_served(served: str) -> 
         response = http.post(served, headers={**GOOD, "Origin": "http://localhost:5173"}, json=INIT)
     assert response.status_code == 200
     async with http_client(served, HTTP_TOKEN) as client:
-        assert len((await client.list_tools()).tools) == 5
+        assert len((await client.list_tools()).tools) == 6
 
 
 async def test_a_websocket_upgrade_without_the_token_never_reaches_the_app() -> None:
