@@ -29,7 +29,7 @@ from tools.results import ExtractedField, ExtractResult
 from .arguments import IMAGE_REF, Budget, Pages, Temperature, TopP
 from .rendering import noted, picture_result, stats
 from .resident import State
-from .running import owner_of, resident_of, run_tool
+from .running import owner_of, progress_to, resident_of, run_tool
 
 
 def _schema_value(value: Any) -> Any:
@@ -105,8 +105,7 @@ async def extract(
     check_threshold(threshold)
     out = await anyio.to_thread.run_sync(resident_of(ctx).output_path, "extract", owner_of(ctx))
 
-    def progress(done: int, total: int, message: str) -> None:
-        anyio.from_thread.run(ctx.report_progress, done, total, message)
+    progress = progress_to(ctx)
 
     result = await run_tool(
         ctx,

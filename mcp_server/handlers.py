@@ -31,7 +31,7 @@ from .arguments import (
 from .extract_tool import extract
 from .rendering import box_line, noted, picture_result, split_ms, stats, text_result
 from .resident import State
-from .running import owner_of, resident_of, run_tool
+from .running import owner_of, progress_to, resident_of, run_tool
 
 
 async def describe(
@@ -162,8 +162,7 @@ async def compare_budgets(
     """
     out = await anyio.to_thread.run_sync(resident_of(ctx).output_path, "budgets", owner_of(ctx))
 
-    def progress(done: int, total: int, message: str) -> None:
-        anyio.from_thread.run(ctx.report_progress, done, total, message)
+    progress = progress_to(ctx)
 
     result = await run_tool(
         ctx,

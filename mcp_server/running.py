@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import anyio
 from mcp.server.mcpserver import Context
 
 from tools.options import GenerationOptions
@@ -27,6 +28,16 @@ def owner_of(ctx: Context[State]) -> Owner:
     """Who the request belongs to: its session over HTTP, the one client on stdio."""
     # A tool called on its own (a context with no session) is the one client's.
     return resident_of(ctx).owners.of(getattr(ctx.request_context, "session", None))
+
+
+def progress_to(ctx: Context[State]) -> Callable[[int, int, str], None]:
+    """A job's steps (compare_budgets' budgets, extract's stages) as progress notifications, from its
+    worker thread; a no-op for callers that did not ask for progress."""
+
+    def progress(done: int, total: int, message: str) -> None:
+        anyio.from_thread.run(ctx.report_progress, done, total, message)
+
+    return progress
 
 
 async def run_tool(

@@ -21,6 +21,7 @@ from .checks import check_count
 from .boxes.drawing import annotate
 from .errors import InvalidRequest, Unsupported
 from .inputs import ImageLoader, LoadedImage
+from .inputs.media import Media
 from .model import Model
 from .options import GenerationOptions
 from .outputs import cap_picture, save_png
@@ -82,12 +83,12 @@ class Core:
             return model.run(ask, options or GenerationOptions())
 
     def load_images(self, refs: Sequence[str], *, at_least: int = 1) -> list[LoadedImage]:
-        if isinstance(refs, str):
-            refs = [refs]
-        if len(refs) < at_least:
-            raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.", param="images")
-        check_count(refs)
-        return [self.loader.load(ref) for ref in refs]
+        """Images decoded; a PDF or a clip is refused (tasks that take them call ``open_images``)."""
+        return [self.loader.load(ref) for ref in counted(refs, at_least)]
+
+    def open_images(self, refs: Sequence[str], *, at_least: int = 1) -> list[LoadedImage | Media]:
+        """Images decoded, PDFs and clips read whole (their pages and frames come later, checked first)."""
+        return [self.loader.open(ref) for ref in counted(refs, at_least)]
 
     # -- results ------------------------------------------------------------------
 
@@ -138,6 +139,16 @@ class Core:
             detections=[replace(d, label=clean_model_text(d.label), raw=clean_model_text(d.raw)) for d in parsed.detections],
             annotated_path=annotated_path,
         )
+
+
+def counted(refs: Sequence[str] | str, at_least: int) -> Sequence[str]:
+    """``refs`` (one reference alone too), at least ``at_least`` and at most the call's image cap."""
+    if isinstance(refs, str):
+        refs = [refs]
+    if len(refs) < at_least:
+        raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.", param="images")
+    check_count(refs)
+    return refs
 
 
 def save_picture(image: Image.Image, path: str | Path, notes: list[str]) -> str:

@@ -267,15 +267,6 @@ class Vision(Core):
 
     # -- shared by the tasks ----------------------------------------------------------
 
-    def open_images(self, refs: Sequence[str], *, at_least: int = 1) -> list[LoadedImage | Media]:
-        """Images decoded, PDFs and clips read whole (their pages and frames come later, checked first)."""
-        if isinstance(refs, str):
-            refs = [refs]
-        if len(refs) < at_least:
-            raise InvalidRequest("Give at least one image: a path, an http(s) URL, a data: URI or an image_id.", param="images")
-        check_count(refs)
-        return [self.loader.open(ref) for ref in refs]
-
     def parse_history(self, history: History) -> list[Turn]:
         """Prior turns from plain dicts: ``{"role", "content", "images"}``."""
         return parse_history(history, self.plain, self.history_images)
