@@ -143,7 +143,7 @@ def scripted(text: str, special: tuple[str, ...] = ()) -> dict:
 
 def gemma4_ids_writing(wanted: Callable[[str], bool]) -> list[int]:
     """The tiny Gemma 4 vocabulary's ids whose text ``wanted`` picks (decoded alone)."""
-    from tools.tiny import gemma4_processor
+    from tools.tiny.gemma4 import gemma4_processor
 
     processor, _ = gemma4_processor()
     tokenizer = processor.tokenizer
@@ -445,12 +445,16 @@ def test_an_engine_gone_mid_call_then_down_then_restarted(bare, pictures):
     small = str(pictures / "small.png")
     # ignore_eos: the random model would stop early; 3000 tokens keep the engine busy long enough
     with served(bare, pictures, budgets=False, extra={"ignore_eos": True}) as server:
-        server.send(call(1, "describe", {"images": [small], "max_new_tokens": 3000}))
-        deadline = time.monotonic() + 180
-        while bare.running_requests() < 1:
-            early = server.poll(0.2)  # an answer before the engine runs it says why it never did
-            assert early is None or early.get("id") != 1, (early, server.log()[-2000:], bare.tail())
-            assert time.monotonic() < deadline, ("the engine never started generating", server.log()[-2000:], bare.tail())
+        message = json.loads(call(1, "describe", {"images": [small], "max_new_tokens": 3000}))
+        message["params"]["_meta"] = {"progressToken": "p1"}
+        server.send(json.dumps(message).encode())
+        # The first streamed piece says the engine is generating (its metrics can lag a short generation).
+        while True:
+            seen = server.read(180)
+            assert seen.get("id") != 1, ("answered before any text was streamed", seen, server.log()[-2000:], bare.tail())
+            # generated text: progress counts tokens out of max_new_tokens (the load's own line has no total)
+            if seen.get("method") == "notifications/progress" and seen["params"].get("total") == 3000:
+                break
         bare.stop(9)  # SIGKILL: as a crash or an OOM kill would
         answer = server.answer(1, timeout=120)
         gone = check_tool_error(answer["result"]["content"][0]["text"])
