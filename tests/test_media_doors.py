@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import HTTP_TOKEN
 from tests.hardening import check_tool_error, record
 from tests.injected import inject, units_of
-from tools.tiny.media import page_lines, write_pdf
+from tools.tiny.media import page_lines, write_clip, write_pdf
 from tests.raw import Calls, RawSession, RawStdio, call, raw_stdio
 from tests.test_cancel_doors import cancel, held
 from tests.test_cli_doors import console, error_line
@@ -259,6 +259,22 @@ def test_the_chat_reads_a_pdf_named_with_at_page_by_page(tiny_gemma4, media, tmp
         ready(chat)
         said = chat.line(f"read the text of @{media / 'doc.pdf'}", rb"--- page 3 ---", limit=180)
         assert b"--- page 1 ---" in said and b"--- page 2 ---" in said
+        chat.line("/quit", rb"bye")
+        assert chat.wait(30) == 0, chat.tail()
+    assert chat.forbidden() == [], chat.forbidden()
+
+
+def test_the_chat_describes_a_clip_named_with_at_through_the_video_path(tiny_gemma4, tmp_path):
+    """`vlm-agent chat` in a pty: a message naming @clip.mp4 sends the clip, and the answer says which frames it saw."""
+    from tests.pty_chat import PtyChat
+    from tests.test_chat_terminal import ready
+
+    clip = write_clip(tmp_path / "clip.mp4", 8)
+    argv = ["--model", str(tiny_gemma4), "--max-new-tokens", "2", "--budget", "70", "--max-frames", "4"]
+    with PtyChat(argv, tmp_path / "home") as chat:
+        ready(chat)
+        said = chat.line(f"what happens in @{clip}", rb"4 of its 8 frames, evenly spaced", limit=180)
+        assert b"describe(" in said
         chat.line("/quit", rb"bye")
         assert chat.wait(30) == 0, chat.tail()
     assert chat.forbidden() == [], chat.forbidden()
