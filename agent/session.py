@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from mcp import Client
 
@@ -92,7 +93,8 @@ def data_uri(path: Path) -> str:
     kind = mimetypes.guess_type(path.name)[0] or "image/png"
     if kind not in DATA_TYPES:
         kind = "image/png"  # the server judges the bytes, not the name
-    return f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+    # The name travels as a parameter of the URI, so the server's notes and errors can say which file.
+    return f"data:{kind};name={quote(path.name, safe='')};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 def is_document(source: str) -> bool:

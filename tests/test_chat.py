@@ -91,7 +91,7 @@ async def test_three_questions_detect_budgets_then_resume(tiny_gemma4, tmp_path,
     assert tools.count("chat") == 3  # Gemma 4 chooses first; the tiny model never calls a tool
     # the first call sends the bytes; every later call refers to the image by id
     first, *later = recorder.calls
-    assert first[0] == "chat" and first[1]["images"][0].startswith("data:image/png;base64,")
+    assert first[0] == "chat" and first[1]["images"][0].startswith("data:image/png;name=photo.png;base64,")
     sent = [ref for _, args in later for ref in args.get("images", []) + [args.get("image", "img_")]]
     assert sent and all(ref.startswith("img_") for ref in sent)
     describes = [args for name, args in recorder.calls if name == "describe"]

@@ -488,6 +488,32 @@ def test_data_uris(loader: ImageLoader, uri: str, expected: str | None) -> None:
     assert expected in msg
 
 
+@pytest.mark.parametrize(
+    ("header", "shown"),
+    [
+        ("data:image/png;base64", "the data: URI"),
+        ("data:image/png;name=scan.png;base64", "'scan.png'"),
+        ("data:video/mp4;NAME=my%20clip.mp4;base64", "'my clip.mp4'"),
+        ("data:image/png;name=;base64", "the data: URI"),
+        # a name is the sender's text: one printable line, shortened, in the message
+        ("data:image/png;name=a%0Ab%1B%5B2J.png;base64", "'a?b?[2J.png'"),
+        ("data:image/png;name=" + "x" * 200 + ".png;base64", "'" + "x" * 20 + "…" + "x" * 35 + ".png'"),
+    ],
+)
+def test_a_data_uri_is_named_by_its_name_parameter(header: str, shown: str) -> None:
+    from tools.inputs.shown import quoted_data_uri
+
+    assert quoted_data_uri(f"{header},{PAYLOAD}") == shown
+
+
+def test_a_named_data_uri_loads_and_its_errors_say_the_name(loader: ImageLoader) -> None:
+    assert loader.load(f"data:image/png;name=scan.png;base64,{PAYLOAD}").size == (8, 8)
+    eps = base64.b64encode(b"%!PS-Adobe-3.0 EPSF-3.0\n").decode()
+    with pytest.raises(ImageError) as caught:
+        loader.load(f"data:image/png;name=scan.png;base64,{eps}")
+    assert "'scan.png'" in check_message(caught.value, eps[:20])
+
+
 def test_oversize_data_uri_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object, **kwargs: object) -> bytes:
         raise AssertionError("decoded an oversize payload")

@@ -274,6 +274,7 @@ def test_the_chat_describes_a_clip_named_with_at_through_the_video_path(tiny_gem
     with PtyChat(argv, tmp_path / "home") as chat:
         ready(chat)
         said = chat.line(f"what happens in @{clip}", rb"4 of its 8 frames, evenly spaced", limit=180)
+        assert b"'clip.mp4': 4 of its 8 frames" in said  # the file by its name, not as a data: URI
         assert b"describe(" in said
         chat.line("/quit", rb"bye")
         assert chat.wait(30) == 0, chat.tail()

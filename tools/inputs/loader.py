@@ -16,7 +16,7 @@ from .files import read_data_uri, read_path
 from .image import IMAGE_ID_RE, LoadedImage, Source, image_id
 from .media import Media, Selection, only_images, sniff, split_fragment
 from .policy import AccessPolicy
-from .shown import one_line, quoted, quoted_url
+from .shown import one_line, quoted, quoted_data_uri, quoted_url
 from .store import DocumentStore, ImageStore
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -105,7 +105,7 @@ class ImageLoader:
             return replace(media, source="id", selection=selection)
         lower = ref[:8].lower()
         if lower.startswith("data:"):
-            return self._finish(read_data_uri(ref, self.policy.limits), "data", "the data: URI", selection)
+            return self._finish(read_data_uri(ref, self.policy.limits), "data", quoted_data_uri(ref), selection)
         if lower.startswith(("http://", "https://")):
             ahead = (getattr(self._ahead, "fetched", None) or {}).get(ref)
             if isinstance(ahead, VlmError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 MiB = 1024 * 1024
 #: the longest reference a message quotes
@@ -27,6 +28,17 @@ def quoted(ref: str) -> str:
 def quoted_url(url: str) -> str:
     # Credentials in the URL must not be echoed back.
     return quoted(re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]*@", r"\1", url))
+
+
+def quoted_data_uri(uri: str) -> str:
+    """A data: URI as a message names it: by the file name its sender gave in a ``name=`` parameter
+    (``data:video/mp4;name=clip.mp4;base64,...``, as the chat sends its files), else as "the data: URI"."""
+    header = uri.partition(",")[0]
+    for part in header[5:].split(";")[1:]:
+        key, _, value = part.strip().partition("=")
+        if key.lower() == "name" and value.strip():
+            return quoted(unquote(value.strip()))
+    return "the data: URI"
 
 
 def capital(text: str) -> str:
