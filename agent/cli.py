@@ -34,8 +34,8 @@ from tools.model import DEFAULT_ENGINE_FAMILY, DEFAULT_MODEL, NO_MODEL
 from tools.reading.offline import ENGINES
 from tools.options import PRESETS, resolve_options
 from tools.results import BoxesResult, ExtractResult, Result
-from tools.runtimes.engine import DEFAULT_KEY_ENV, ApiSettings
-from tools.runtimes.local import QUANTIZE
+from tools.runtimes.api import DEFAULT_KEY_ENV, ApiSettings
+from tools.runtimes.loading import QUANTIZE
 from tools.tiny import BUILDERS
 
 MODEL_ENV = "VLM_AGENT_MODEL"

@@ -25,7 +25,8 @@ from tools.families.qwen3_vl import Qwen3VL, from_bbox_2d_json
 from tools.jobs.verify import YES_NO, answer
 from tools.model import Model
 from tools.options import GenerationOptions
-from tools.runtimes.engine import ApiSettings, EngineRuntime, structured_output
+from tools.runtimes.api import ApiSettings, structured_output
+from tools.runtimes.engine import EngineRuntime
 
 GEMMA_BOXES = '[{"box_2d":[100,200,500,600],"label":"cat"}]'
 

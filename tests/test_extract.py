@@ -21,7 +21,8 @@ from tests.conftest import model_says, sample_image, sample_input, tiny_checkpoi
 from tools.errors import InvalidRequest, Unsupported, VlmError
 from tools.extract import fields_schema, prepare, schema_from
 from tools.extract.processor import SchemaConstraint, apply_bitmask_
-from tools.extract.schema import MAX_SCHEMA_BYTES, bound, validation_error
+from tools.extract.schema import MAX_SCHEMA_BYTES, bound
+from tools.extract.validate import validation_error
 from tools.extract.spans import leaves, token_spans
 from tools.inputs import AccessPolicy, ImageLoader
 from tools.jobs.extract import read_answer, replaced, same, schema_at, value_schema

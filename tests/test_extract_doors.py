@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import sample_image
 from tests.raw import Calls, raw_stdio, rpc
 from tests.test_cli_doors import console, error_line
-from tools.extract.schema import validation_error
+from tools.extract.validate import validation_error
 
 SCHEMA = {
     "type": "object",

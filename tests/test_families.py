@@ -10,7 +10,7 @@ import torch
 from agent.cli import main
 from tests.conftest import run as run_task, sample_image
 from tools.model import load_model
-from tools.runtimes.local import quantization_config
+from tools.runtimes.loading import quantization_config
 from tools.errors import InvalidRequest, Unsupported
 from tools.inputs import AccessPolicy, ImageLoader
 from tools.options import GenerationOptions

@@ -28,7 +28,8 @@ from tools.inputs import AccessPolicy, ImageInput, ImageLoader
 from tools.model import Model
 from tools.options import GenerationOptions
 from tools.errors import Cancelled
-from tools.runtimes.engine import ApiSettings, EngineRuntime
+from tools.runtimes.api import ApiSettings
+from tools.runtimes.engine import EngineRuntime
 from tools.runtimes.replies import TRAILING_EVENTS, event_lines, read_stream, read_upto
 from tools.tasks import Turn
 from tools.vision import Vision

@@ -11,7 +11,8 @@ from tests.conftest import sample_image, tiny_checkpoint
 from tests.test_transformers_serve import LETTERS, call, server_over, transformers_serve
 from tools.families.qwen3_vl import Qwen3VL
 from tools.model import Model
-from tools.runtimes.engine import ApiSettings, EngineRuntime
+from tools.runtimes.api import ApiSettings
+from tools.runtimes.engine import EngineRuntime
 
 pytestmark = [pytest.mark.serving, pytest.mark.anyio]
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.vllm import docs_command, docs_commands, flags_of
-from tools.vision import MAX_IMAGES
+from tools.checks import MAX_IMAGES
 
 #: a call's own images plus as many in its history: the most one request can carry
 MOST_IMAGES = 2 * MAX_IMAGES

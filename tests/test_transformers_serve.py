@@ -38,7 +38,8 @@ from tools.errors import ModelNotFound  # noqa: E402
 from tools.families.gemma4 import Gemma4  # noqa: E402
 from tools.model import Model  # noqa: E402
 from tools.options import GenerationOptions  # noqa: E402
-from tools.runtimes.engine import ApiSettings, EngineRuntime  # noqa: E402
+from tools.runtimes.api import ApiSettings  # noqa: E402
+from tools.runtimes.engine import EngineRuntime  # noqa: E402
 
 pytestmark = [pytest.mark.serving, pytest.mark.anyio]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -17,16 +17,16 @@ from typing import Any
 
 from PIL import Image
 
-from .checks import check_count
 from .boxes.drawing import annotate
-from .errors import InvalidRequest, Unsupported
+from .checks import MAX_HISTORY_TURNS, MAX_IMAGES, check_count, parse_history
+from .errors import ImageError, InvalidRequest, Unsupported
 from .inputs import ImageLoader, LoadedImage
 from .inputs.media import Media
 from .model import Model
 from .options import GenerationOptions
 from .outputs import cap_picture, save_png
 from .results import BoxesResult, Result
-from .tasks import Answer, Ask, Generation
+from .tasks import Answer, Ask, Generation, Task, Turn
 from .text import clean_model_text
 
 NO_MODEL_MESSAGE = (
@@ -35,6 +35,10 @@ NO_MODEL_MESSAGE = (
 
 #: how often a request waiting for the model looks whether it was cancelled
 CANCEL_POLL_S = 0.05
+
+
+#: earlier turns as callers give them: plain dicts ({"role", "content", "images"}) or Turns
+History = Sequence[Mapping[str, Any] | Turn]
 
 
 class Core:
@@ -139,6 +143,44 @@ class Core:
             detections=[replace(d, label=clean_model_text(d.label), raw=clean_model_text(d.raw)) for d in parsed.detections],
             annotated_path=annotated_path,
         )
+
+    def model_info(self) -> dict[str, Any]:
+        """What a client needs to know of the resident model to plan its requests."""
+        return {**self.model.info(), "max_images": MAX_IMAGES, "max_history_turns": MAX_HISTORY_TURNS}
+
+    def parse_history(self, history: History) -> list[Turn]:
+        """Prior turns from plain dicts: ``{"role", "content", "images"}``."""
+        return parse_history(history, self.plain, self.history_images)
+
+    def history_images(self, refs: Sequence[str]) -> list[LoadedImage]:
+        check_count(refs)
+        loaded = []
+        for ref in refs:
+            try:
+                loaded.append(self.loader.load(ref))
+            except ImageError as error:
+                # Named as the argument it came in, not as the call's images.
+                error.param = error.param or "history"
+                raise
+        return loaded
+
+    def boxes(
+        self,
+        cls: type[BoxesResult],
+        task: Task,
+        image: str,
+        labels: list[str],
+        budget: int | None,
+        options: GenerationOptions | None,
+        annotated_path: str | Path | None,
+    ) -> Any:
+        """One detect or segment run on the whole image."""
+        started = time.perf_counter()
+        loaded = self.load_images([image])
+        answer = self.run(Ask(task, (loaded[0].input,), labels=tuple(labels), budget=budget), options)
+        assert answer.detections is not None
+        written = save_annotated(loaded[0].image, answer.detections.detections, annotated_path, answer.generation.notes)
+        return self.boxes_result(cls, answer, loaded, started, labels, written)
 
 
 def counted(refs: Sequence[str] | str, at_least: int) -> Sequence[str]:

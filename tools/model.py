@@ -24,8 +24,10 @@ from .runtimes.hub import check_reachable
 from .inputs import ImageInput
 from .options import GenerationOptions
 from .runtimes.base import Runtime
-from .runtimes.engine import ApiSettings, EngineRuntime
-from .runtimes.local import LocalRuntime, model_not_found
+from .runtimes.api import ApiSettings
+from .runtimes.engine import EngineRuntime
+from .runtimes.loading import model_not_found
+from .runtimes.local import LocalRuntime
 from .tasks import Answer, Ask, Capabilities, Progress, plural
 from .text import Neutraliser
 

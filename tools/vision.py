@@ -3,7 +3,8 @@
 ``Vision`` has one method a task. Each checks its parameters (``tools.checks``), resolves its
 images and its budget, and runs the model in its turn (``tools.core``); work that takes more
 than one run of the model is a job of its own (``tools.jobs``: tiles, consensus, verify,
-compare_budgets). Adapters stay thin: they only translate.
+compare_budgets, pages and frames, extract); what every task shares (images, history, one
+detect run, results) is ``Core``'s. Adapters stay thin: they only translate.
 """
 
 from __future__ import annotations
@@ -13,45 +14,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .reading import tiling
-from .checks import (
-    MAX_HISTORY_TURNS,
-    MAX_IMAGES,
-    check_consensus,
-    check_count,
-    check_labels,
-    check_text,
-    parse_history,
-)
-from .core import Core, save_annotated
-from .errors import ImageError, InvalidRequest
+from .checks import check_consensus, check_count, check_labels, check_text
+from .core import Core, History
+from .errors import InvalidRequest
+from .extract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLD, Schema, schema_from
 from .inputs import LoadedImage
 from .inputs.media import Media
-from .jobs import auto_budget
-from .jobs import budgets as compare_job
-from .jobs import consensus as consensus_job
-from .jobs import extract as extract_job
-from .jobs import tiles as tiles_job
-from .jobs import parts as parts_job
-from .jobs import verify as verify_job
+from .jobs import auto_budget, parts as parts_job, verify as verify_job
+from .jobs import budgets as compare_job, consensus as consensus_job, extract as extract_job, tiles as tiles_job
 from .jobs.auto_budget import AUTO
-from .reading.offline import ENGINES
 from .options import GenerationOptions
-from .extract import DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLD, Schema, schema_from
-from .results import (
-    BoxesResult,
-    ChatResult,
-    CompareResult,
-    DescribeResult,
-    DetectResult,
-    ExtractResult,
-    OcrResult,
-    SegmentResult,
-)
-from .tasks import Ask, Progress, Task, Turn
+from .reading import tiling
+from .reading.offline import ENGINES
+from .results import ChatResult, CompareResult, DescribeResult, DetectResult, ExtractResult, OcrResult, SegmentResult
+from .tasks import Ask, Progress
 from .text import clean_model_text
 
-History = Sequence[Mapping[str, Any] | Turn]
 
 
 class Vision(Core):
@@ -260,44 +238,3 @@ class Vision(Core):
         return extract_job.extract(
             self, images, chosen, budget, options, annotated_path, threshold, verify, progress, pages
         )
-
-    def model_info(self) -> dict[str, Any]:
-        """What a client needs to know of the resident model to plan its requests."""
-        return {**self.model.info(), "max_images": MAX_IMAGES, "max_history_turns": MAX_HISTORY_TURNS}
-
-    # -- shared by the tasks ----------------------------------------------------------
-
-    def parse_history(self, history: History) -> list[Turn]:
-        """Prior turns from plain dicts: ``{"role", "content", "images"}``."""
-        return parse_history(history, self.plain, self.history_images)
-
-    def history_images(self, refs: Sequence[str]) -> list[LoadedImage]:
-        check_count(refs)
-        loaded = []
-        for ref in refs:
-            try:
-                loaded.append(self.loader.load(ref))
-            except ImageError as error:
-                # Named as the argument it came in, not as the call's images.
-                error.param = error.param or "history"
-                raise
-        return loaded
-
-    def boxes(
-        self,
-        cls: type[BoxesResult],
-        task: Task,
-        image: str,
-        labels: list[str],
-        budget: int | None,
-        options: GenerationOptions | None,
-        annotated_path: str | Path | None,
-    ) -> Any:
-        """One detect or segment run on the whole image."""
-        started = time.perf_counter()
-        loaded = self.load_images([image])
-        answer = self.run(Ask(task, (loaded[0].input,), labels=tuple(labels), budget=budget), options)
-        assert answer.detections is not None
-        written = save_annotated(loaded[0].image, answer.detections.detections, annotated_path, answer.generation.notes)
-        return self.boxes_result(cls, answer, loaded, started, labels, written)
-

@@ -28,7 +28,8 @@ from ..errors import InvalidRequest
 from ..inputs import ImageInput
 from ..options import GenerationOptions
 from ..results import CacheReport
-from ..runtimes.local import LocalRuntime, cache_kwarg, constrained, local_messages
+from ..runtimes.decoding import constrained
+from ..runtimes.local import LocalRuntime, cache_kwarg, local_messages
 from ..tasks import Answer, Ask, Capabilities, Generation, Message, Progress, Prompt, Stopwatch
 from ..toolcalls import CHAT_SYSTEM, CHAT_TOOLS, parse_reply
 from .base import BudgetedChatDialect, TokenCounter, chat_messages, describe_text, extract_text, video_messages

@@ -32,7 +32,8 @@ from ..core import Core, save_picture
 from ..errors import InvalidRequest, VlmError
 from ..extract import Schema, check_threshold, prepare
 from .grounding import MAX_ASKS, MAX_LOCATED, label_for, locate
-from ..extract.schema import escape, resolve, validation_error
+from ..extract.schema import escape, resolve
+from ..extract.validate import validation_error
 from ..extract.spans import confidence, leaves, token_spans
 from ..inputs import ImageInput, LoadedImage
 from ..inputs.media import Media

@@ -236,9 +236,7 @@ def read(
             else:
                 chosen = fixed
             asks = [Ask("ocr", (part.loaded.input,), budget=chosen) for part in batch]
-            with streaming(None), core.turn(options) as held:
-                answers = held.run_many(asks, options)
-            for part, answer in zip(batch, answers):
+            for part, answer in zip(batch, run_batch(core, asks, options)):
                 add(part, answer.generation, None)
             batch.clear()
 
@@ -341,9 +339,7 @@ def detect(
                 chosen, why = auto_budget.resolve(model, budget, "detect", [batch[0].loaded])
                 reason = reason or why
             asks = [Ask("detect", (part.loaded.input,), labels=tuple(labels), budget=chosen) for part in batch]
-            with streaming(None), core.turn(options) as held:
-                answers = held.run_many(asks, options)
-            for part, answer in zip(batch, answers):
+            for part, answer in zip(batch, run_batch(core, asks, options)):
                 keep(part, answer)
             batch.clear()
 
@@ -385,6 +381,13 @@ def detect(
     )
     result.image_ids = [media.id]
     return result
+
+
+def run_batch(core: Core, asks: list[Ask], options: GenerationOptions) -> list[Answer]:
+    """A batch of parts' asks in one turn at the model; nothing streams (each part's text goes out as
+    progress once the part is done)."""
+    with streaming(None), core.turn(options) as held:
+        return held.run_many(asks, options)
 
 
 def thumbnail(picture: object) -> object:

@@ -8,17 +8,17 @@ streaming, and accounting for every token. Nothing here knows a family's wording
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from . import accel
-from ..errors import ContextOverflow, InvalidRequest, ModelNotFound, OutOfMemory, Unsupported
+from ..errors import ContextOverflow, InvalidRequest, OutOfMemory
 from ..options import GenerationOptions
 from ..results import BudgetTimings
+from .decoding import StopOnCancel, constrained, decode_batch
+from .loading import check_compile, model_not_found, quantization_config, torch_dtype
 from .streaming import answer_text, current_sink, text_streamer
 from ..inputs.media import ClipInput
 from ..tasks import Generation, Message, Prompt, Stopwatch, cut_note
@@ -26,25 +26,6 @@ from ..text import tokenizer_control_strings
 from .base import Runtime
 
 log = logging.getLogger("vlm_agent")
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
-QUANTIZE = ("4bit", "8bit")
-
-LOCAL_COPY_HINT = (
-    "download it once (for example `hf download {id} --local-dir ./{name}`) and pass that directory "
-    "as {{param}} (or VLM_AGENT_MODEL)"
-)
-
-
-def model_not_found(model_id: str) -> ModelNotFound:
-    name = model_id.rstrip("/").rsplit("/", 1)[-1] or "model"
-    return ModelNotFound(
-        f"Model '{model_id}' was not found locally and could not be downloaded; "
-        + LOCAL_COPY_HINT.format(id=model_id, name=name)
-        + ".",
-        param="model",
-    )
-
 
 @functools.cache
 def cache_kwarg() -> str:
@@ -54,51 +35,6 @@ def cache_kwarg() -> str:
 
     # transformers lists the current name first, then the deprecated ones.
     return getattr(utils, "ALL_CACHE_NAMES", ["past_key_values"])[0]
-
-
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    if name not in DTYPES:
-        raise InvalidRequest(f"Unknown dtype '{name}'; use one of {', '.join(DTYPES)}.", param="dtype")
-    return "auto" if name == "auto" else getattr(torch, name)
-
-
-def quantization_config(quantize: str | None, dtype: str) -> Any:
-    """A bitsandbytes config for ``4bit`` / ``8bit``, None for full weights; checked before any loading."""
-    if quantize is None:
-        return None
-    if quantize not in QUANTIZE:
-        raise InvalidRequest(f"Unknown quantization '{quantize}'; use one of {', '.join(QUANTIZE)}.", param="quantize")
-    import torch
-
-    # bitsandbytes' kernels are CUDA ones: on a CPU the load would fail deep inside transformers.
-    if not torch.cuda.is_available():
-        raise Unsupported(
-            f"{quantize} loading needs a CUDA GPU and none is available here; load without {{param}}.", param="quantize"
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise Unsupported(
-            f"{quantize} loading needs the bitsandbytes package; install it with `pip install bitsandbytes`."
-        )
-    from transformers import BitsAndBytesConfig
-
-    if quantize == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.bfloat16 if dtype in ("auto", "float32") else torch_dtype(dtype)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
-
-
-class StopOnCancel:
-    """A stopping criterion, asked after every decoding step: stop once the request is cancelled."""
-
-    def __init__(self, cancel: threading.Event) -> None:
-        self.cancel = cancel
-
-    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def local_messages(messages: list[Message]) -> list[Message]:
@@ -175,7 +111,7 @@ class LocalRuntime(Runtime):
         model_cls = getattr(transformers, model_class)
         precision = torch_dtype(dtype)
         quantization = quantization_config(quantize, dtype)
-        check_compile(cls, compile)
+        check_compile(cls.compiles, compile)
         extra = {} if quantization is None else {"quantization_config": quantization}
         try:
             processor = transformers.AutoProcessor.from_pretrained(model_id)
@@ -527,60 +463,3 @@ class LocalRuntime(Runtime):
         if finish == "length":
             generation.notes.append(cut_note(options.max_new_tokens))
         return generation
-
-
-def constrained(constraint: Any) -> dict[str, Any]:
-    """``generate`` keyword arguments that apply ``constraint`` (nothing for None)."""
-    if constraint is None:
-        return {}
-    from transformers import LogitsProcessorList
-
-    return {"logits_processor": LogitsProcessorList([constraint])}
-
-
-def check_compile(runtime_cls: type[LocalRuntime], compile: bool) -> None:
-    """``compile`` needs a runtime that implements it and a CUDA GPU; checked before any loading."""
-    if not compile:
-        return
-    if not runtime_cls.compiles:
-        raise Unsupported("Compiled decoding ({param}) is implemented for Gemma 4 only; load this model without it.", param="compile")
-    if not accel.cuda_available():
-        raise Unsupported("Compiled decoding ({param}) needs a CUDA GPU and none is available here; load without it.", param="compile")
-
-
-def decode_batch(rows: Sequence[tuple[Any, list[int], Any, float]], pad_id: int) -> tuple[Any, Any, int]:
-    """The decoding batch of prefilled rows: each row's prompt and first token, left-padded to one width, and
-    one KV cache with each row's prompt cache left-padded to match. Returns (inputs, cache, width).
-
-    Padding shows up only as masked positions in the decoding steps' attention, which is
-    what the padded positions of a left-padded prefill would have been anyway.
-    """
-    import torch
-    from transformers import BatchFeature, DynamicCache
-
-    width = max(int(inputs["input_ids"].shape[1]) for inputs, _, _, _ in rows) + 1
-    columns: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "mm_token_type_ids": []}
-    for inputs, new, _, _ in rows:
-        ids = inputs["input_ids"]
-        token = torch.tensor([[new[-1]]], dtype=ids.dtype, device=ids.device)
-        pad = width - ids.shape[1] - 1
-        row = {
-            "input_ids": torch.cat([ids, token], dim=1),
-            "attention_mask": torch.cat([inputs["attention_mask"], torch.ones_like(token)], dim=1),
-        }
-        if "mm_token_type_ids" in inputs:
-            row["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(token)], dim=1)
-        for name, value in (("input_ids", pad_id), ("attention_mask", 0), ("mm_token_type_ids", 0)):
-            if name in row:
-                columns[name].append(torch.nn.functional.pad(row[name], (pad, 0), value=value))
-    batch = BatchFeature({name: torch.cat(parts) for name, parts in columns.items() if parts})
-    layers = []
-    for layer in zip(*(kv.layers for _, _, kv, _ in rows)):
-        if not all(part.is_initialized for part in layer):
-            layers.append((None, None))  # a layer that reads another's keys and values (KV sharing)
-            continue
-        length = width - 1
-        keys = [torch.nn.functional.pad(p.keys, (0, 0, length - p.keys.shape[-2], 0)) for p in layer]
-        values = [torch.nn.functional.pad(p.values, (0, 0, length - p.values.shape[-2], 0)) for p in layer]
-        layers.append((torch.cat(keys), torch.cat(values)))
-    return batch, DynamicCache(ddp_cache_data=layers), width
