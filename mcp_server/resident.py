@@ -24,7 +24,7 @@ from tools.errors import VlmError
 from tools.inputs import AccessPolicy, ImageLoader, Limits
 from tools.outputs import OutputLimits, picture_name, prune
 from tools.progress import Reporter, reporting
-from tools.runtimes.engine import ApiSettings
+from tools.runtimes.api import ApiSettings
 from tools.runtimes.streaming import streaming
 from tools.scope import owned_by
 from tools.vision import Vision
