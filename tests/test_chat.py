@@ -8,6 +8,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 from prompt_toolkit import PromptSession
@@ -45,9 +46,19 @@ class Recorder:
     def __init__(self, client: Client) -> None:
         self.client = client
         self.calls: list[tuple[str, dict]] = []
+        self.streaming = anyio.Event()
 
     async def call_tool(self, name, arguments, **kwargs):
         self.calls.append((name, json.loads(json.dumps(arguments))))
+        shown = kwargs.get("progress_callback")
+        if shown is not None:
+
+            async def progress(done, total, message):
+                if total and message:
+                    self.streaming.set()  # generated text has reached the chat
+                await shown(done, total, message)
+
+            kwargs["progress_callback"] = progress
         return await self.client.call_tool(name, arguments, **kwargs)
 
     async def read_resource(self, uri):
@@ -361,9 +372,8 @@ async def test_ctrl_c_cancels_the_running_answer_and_keeps_the_chat(tiny_gemma4,
         recorder = Recorder(client)
 
         async def interrupt_the_first_describe():
-            while not any(name == "describe" for name, _ in recorder.calls):
-                await anyio.sleep(0.02)
-            await anyio.sleep(0.3)  # well inside a 512-token answer
+            # Once its text streams, the answer is running (a fixed wait could outlast a fast one).
+            await recorder.streaming.wait()
             os.kill(os.getpid(), signal.SIGINT)
 
         with create_pipe_input() as pipe:

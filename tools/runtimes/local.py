@@ -407,6 +407,10 @@ class LocalRuntime(Runtime):
     def decode_kwargs(self, options: GenerationOptions, stream: bool = True) -> dict[str, Any]:
         """``model.generate`` arguments: the decoding options, the caller's stream, the cancel check."""
         kwargs = options.generate_kwargs()
+        if not options.greedy:
+            # Sampling draws from the probabilities, which a NaN or infinite logit makes invalid: transformers then
+            # raises mid-answer. Seen on the random tiny Gemma 4 now and then in a long test run (never alone).
+            kwargs["remove_invalid_values"] = True
         sink = current_sink() if stream else None
         if sink is not None:
             kwargs["streamer"] = text_streamer(self.processor, sink)
