@@ -274,6 +274,14 @@ def test_token_spans_give_a_split_character_to_every_token_holding_a_byte_of_it(
     [
         ({"type": "string", "format": "date"}, "2026-02-28", True),
         ({"type": "string", "format": "date"}, "2026-02-31", False),
+        # RFC 3339 years run 0000 to 9999 (the grammar writes 0000 too); February 29 only in leap years
+        ({"type": "string", "format": "date"}, "0000-01-10", True),
+        ({"type": "string", "format": "date"}, "0000-02-29", True),
+        ({"type": "string", "format": "date"}, "2024-02-29", True),
+        ({"type": "string", "format": "date"}, "2001-02-29", False),
+        ({"type": "string", "format": "date"}, "1900-02-29", False),
+        ({"type": "string", "format": "date"}, "2026-13-01", False),
+        ({"type": "string", "format": "date-time"}, "0000-01-01T00:00:00Z", True),
         ({"type": "string", "format": "date-time"}, "2016-12-31T23:59:60Z", True),  # a leap second, as RFC 3339 allows
         ({"type": "string", "format": "date-time"}, "2016-12-31T24:00:00Z", False),
         ({"type": "string", "format": "time"}, "10:00:00.5+01:00", True),

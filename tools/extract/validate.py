@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import calendar
 import functools
 import re
 from collections.abc import Mapping
@@ -17,16 +17,17 @@ _TIME = re.compile(r"^(\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))$
 
 
 def is_date(value: object) -> bool:
+    """RFC 3339 full-date: any four-digit year, 0000 included (which Python's dates cannot hold), and
+    the days of its month, February 29 in leap years only."""
     if not isinstance(value, str):
         return True
     found = _DATE.match(value)
     if not found:
         return False
-    try:
-        dt.date(*(int(part) for part in found.groups()))
-    except ValueError:
+    year, month, day = (int(part) for part in found.groups())
+    if not 1 <= month <= 12:
         return False
-    return True
+    return 1 <= day <= calendar.monthrange(2000 if year == 0 else year, month)[1]
 
 
 def is_time(value: object) -> bool:
