@@ -34,6 +34,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import render
+from .files import FileProblem, read_capped_text
 from .session import HANDLE_RE, Attached, ChatError, ChatSession, TurnRecord, plural, without_handles
 from .store import Store
 from .terminal import TerminalConsole, clean, escape, markdown
@@ -543,16 +544,13 @@ def read_schema(path: str) -> str:
     from tools.extract.schema import MAX_SCHEMA_BYTES
 
     try:
-        with open(Path(path).expanduser(), "rb") as file:
-            data = file.read(MAX_SCHEMA_BYTES + 1)
-    except OSError:
-        raise ChatError(f"Cannot read the schema file '{path}'.") from None
-    if len(data) > MAX_SCHEMA_BYTES:
-        raise ChatError(f"The schema file is larger than {MAX_SCHEMA_BYTES:,} bytes; describe the fields, not the document.")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ChatError("The schema file is not UTF-8 text; save it as UTF-8.") from None
+        return read_capped_text(Path(path).expanduser(), MAX_SCHEMA_BYTES)
+    except FileProblem as problem:
+        raise ChatError({
+            "unreadable": f"Cannot read the schema file '{path}'.",
+            "too large": f"The schema file is larger than {MAX_SCHEMA_BYTES:,} bytes; describe the fields, not the document.",
+            "not UTF-8": "The schema file is not UTF-8 text; save it as UTF-8.",
+        }[problem.kind]) from None
 
 
 def take_flags(rest: str, valued: Sequence[str], switches: Sequence[str] = ()) -> tuple[dict[str, Any], str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.files import FileProblem, read_capped_text
 from agent.terminal import TerminalConsole
 from tools import checks
 from tools.about import package_version
@@ -553,23 +554,19 @@ def visible_json(value: Any) -> str:
 
 
 def read_schema_file(path: str) -> str:
-    """The schema file's text: at most what a schema may be (a pipe or a device never ends), UTF-8."""
+    """The schema file's text: at most what a schema may be, UTF-8."""
     from tools.extract.schema import MAX_SCHEMA_BYTES
 
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_SCHEMA_BYTES + 1)
-    except OSError:
-        raise InvalidRequest(f"Cannot read the schema file '{path}'.", param="schema") from None
-    if len(data) > MAX_SCHEMA_BYTES:
-        raise InvalidRequest(
-            f"The {{param}} is larger than {MAX_SCHEMA_BYTES:,} bytes: describe the fields to extract, not the document.",
-            param="schema",
-        )
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest("The {param} is not UTF-8 text; save it as UTF-8.", param="schema") from None
+        return read_capped_text(path, MAX_SCHEMA_BYTES)
+    except FileProblem as problem:
+        said = {
+            "unreadable": f"Cannot read the schema file '{path}'.",
+            "too large": f"The {{param}} is larger than {MAX_SCHEMA_BYTES:,} bytes: describe the fields to extract, "
+            "not the document.",
+            "not UTF-8": "The {param} is not UTF-8 text; save it as UTF-8.",
+        }[problem.kind]
+        raise InvalidRequest(said, param="schema") from None
 
 
 def run_call(args: argparse.Namespace, tiny_note: str | None = None) -> Result:

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .files import FileProblem, read_capped_text
 from .script_schema import Turn, TurnError, check_turn
 from .session import ChatError, ChatSession, TurnRecord
 
@@ -37,19 +38,14 @@ class ScriptError(ChatError):
 def read_script(path: Path) -> str:
     """The script's text: at most ``MAX_SCRIPT_BYTES`` read (a device or a pipe never ends), UTF-8."""
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_SCRIPT_BYTES + 1)
-    except OSError:
-        raise ScriptError(f"Cannot read the script '{path}'.") from None
-    if len(data) > MAX_SCRIPT_BYTES:
-        raise ScriptError(f"The script is larger than {MAX_SCRIPT_BYTES >> 20} MiB; split it into smaller scripts.")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ScriptError(
-            f"The script is not UTF-8 text: line {line} holds the byte 0x{data[exc.start]:02X}; save it as UTF-8."
-        ) from None
+        return read_capped_text(path, MAX_SCRIPT_BYTES)
+    except FileProblem as problem:
+        raise ScriptError({
+            "unreadable": f"Cannot read the script '{path}'.",
+            "too large": f"The script is larger than {MAX_SCRIPT_BYTES >> 20} MiB; split it into smaller scripts.",
+            "not UTF-8": f"The script is not UTF-8 text: line {problem.line} holds the byte 0x{problem.byte:02X}; "
+            "save it as UTF-8.",
+        }[problem.kind]) from None
 
 
 def parse_json_lines(text: str) -> list[Any]:
