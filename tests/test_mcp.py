@@ -8,6 +8,7 @@ import io
 import threading
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
@@ -153,6 +154,9 @@ async def call_with_progress(server, tool: str, arguments: dict):
 
     async with Client(server) as client:
         result = await client.call_tool(tool, arguments, progress_callback=on_progress)
+        # The SDK runs each progress callback as a task of its own: the last notifications, sent just before
+        # the result, may reach on_progress just after call_tool returns.
+        await anyio.sleep(0.2)
     return result, progress
 
 
