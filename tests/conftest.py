@@ -70,6 +70,20 @@ def model_says(monkeypatch: pytest.MonkeyPatch, model, text: str) -> None:
     monkeypatch.setattr(model.runtime.processor, "decode", lambda *args, **kwargs: text)
 
 
+@pytest.fixture(autouse=True)
+def same_torch_threads():
+    """Put back torch's thread count after a test that set it (the benchmarks' ``--threads``): the
+    order of a sum depends on it, so random weights' greedy tokens would depend on which tests ran first."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
