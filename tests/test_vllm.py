@@ -438,13 +438,18 @@ def test_an_engine_without_the_tool_flags_refuses_chat_and_run_routes_by_keyword
     assert "could not choose a tool" in proc.stderr and "routing by keywords" in proc.stderr, proc.stderr
 
 
+#: tokens of the answer the engine dies in: within the tiny checkpoints' 8192 positions, with the prompt
+LONG_ANSWER = 7000
+
+
 def test_an_engine_gone_mid_call_then_down_then_restarted(bare, pictures):
     """One `vlm-agent serve` throughout: the call the engine dies in, the calls while it is down and
     the first one after it is back each get their answer; the server never needs a restart."""
     small = str(pictures / "small.png")
-    # ignore_eos: the random model would stop early; 3000 tokens keep the engine busy long enough
+    # ignore_eos: the random model would stop early. On a busy machine a 3000-token answer (9 s) once came
+    # whole, though the kill followed its first streamed piece: the server reads the stream behind the engine.
     with served(bare, pictures, budgets=False, extra={"ignore_eos": True}) as server:
-        message = json.loads(call(1, "describe", {"images": [small], "max_new_tokens": 3000}))
+        message = json.loads(call(1, "describe", {"images": [small], "max_new_tokens": LONG_ANSWER}))
         message["params"]["_meta"] = {"progressToken": "p1"}
         server.send(json.dumps(message).encode())
         # The first streamed piece says the engine is generating (its metrics can lag a short generation).
@@ -452,7 +457,7 @@ def test_an_engine_gone_mid_call_then_down_then_restarted(bare, pictures):
             seen = server.read(180)
             assert seen.get("id") != 1, ("answered before any text was streamed", seen, server.log()[-2000:], bare.tail())
             # generated text: progress counts tokens out of max_new_tokens (the load's own line has no total)
-            if seen.get("method") == "notifications/progress" and seen["params"].get("total") == 3000:
+            if seen.get("method") == "notifications/progress" and seen["params"].get("total") == LONG_ANSWER:
                 break
         bare.stop(9)  # SIGKILL: as a crash or an OOM kill would
         answer = server.answer(1, timeout=120)
