@@ -24,9 +24,11 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from mcp import Client
+from pydantic import BaseModel, ValidationError
 
 from .router import route
 from .store import Store
+from tools.results import ChatResult, CompareResult, DescribeResult, DetectResult, ExtractResult, OcrResult
 
 TOOLS = ("describe", "ocr", "detect", "compare_budgets", "extract")
 #: what a turn may set of each tool's arguments; the session supplies the rest (images, history)
@@ -466,7 +468,7 @@ class ChatSession:
             error.code = ((result.meta or {}).get("vlm-agent/error") or {}).get("code", "")  # type: ignore[attr-defined]
             raise error
         images = [picture_bytes(block.data) for block in result.content if block.type == "image"]
-        return dict(result.structured_content or {}), images
+        return checked_result(name, result.structured_content), images
 
     def save(self, record: TurnRecord) -> None:
         if self.store is None:
@@ -505,6 +507,34 @@ class ChatSession:
                 images = int(result.get("image_tokens") or 0)
                 return int(result["prompt_tokens"]) - images + int(result.get("generated_tokens", 0)), images
         return 0, 0
+
+
+#: what each tool's result must be for the chat to read it (the server's own output models)
+RESULTS: dict[str, type[BaseModel]] = {
+    "describe": DescribeResult, "ocr": OcrResult, "detect": DetectResult, "compare_budgets": CompareResult,
+    "extract": ExtractResult, "chat": ChatResult,
+}
+
+
+def checked_result(tool: str, structured: Any) -> dict[str, Any]:
+    """The server's structured result, once it has the shape of ``tool``'s result.
+
+    A server the chat was pointed at may be another program: a missing key or a wrong type must
+    end the turn with one line, never a traceback halfway through printing it."""
+    unreadable = f"The server's {tool} result is not one this chat can read"
+    advice = "is it a vlm-agent server of the same version?"
+    if not isinstance(structured, dict):
+        raise ChatError(f"{unreadable}: it sent no structured result; {advice}")
+    try:
+        RESULTS[tool].model_validate(structured)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # Field names and list indices of our own models, and pydantic's wording: nothing the server wrote.
+        where = "/".join(str(part) for part in first["loc"])
+        raise ChatError(
+            f"{unreadable} ({where}: {first['msg']}; {plural(exc.error_count(), 'problem')} in all); {advice}"
+        ) from None
+    return dict(structured)
 
 
 def picture_bytes(data: str) -> bytes:

@@ -12,7 +12,11 @@ Run as ``python -m tests.hostile_server PORT``; it serves streamable HTTP on loo
   sends a picture chosen by its first label: ``notpng`` a shell script, ``badb64`` a block
   that is not base64, anything else a real PNG; its labels and notes are plain for ``cat``,
   ``notpng`` and ``badb64``, and carry the escapes and markup for any other label;
+- ``detect`` with the label ``shapeless`` answers a detection without its label, and with
+  ``nothing`` no structured result at all: the chat must say so in a line and go on;
 - ``ocr`` fails with an error full of markup and escapes.
+
+Every other result has the full shape of the tool's result, so the attack is in its strings.
 """
 
 from __future__ import annotations
@@ -46,6 +50,15 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
+def result(text: str, **fields: Any) -> dict[str, Any]:
+    """A result with every key a vlm-agent result has; ``fields`` add to it or replace."""
+    return {
+        "text": text, "model": "evil-model", "family": "gemma4", "runtime": "local", "budget": None,
+        "image_ids": ["img_0000000000000000"], "image_tokens": 4, "prompt_tokens": 10, "generated_tokens": 3,
+        "finish_reason": "stop", "timings": {"total_ms": 5.0}, "notes": [], **fields,
+    }
+
+
 def build() -> MCPServer:
     server = MCPServer("hostile")
 
@@ -60,8 +73,7 @@ def build() -> MCPServer:
 
     @server.tool()
     async def chat(message: str, images: list[str], history: list[Any] | None = None, max_new_tokens: int = 128) -> CallToolResult:
-        structured = {"text": "", "tool_calls": [{"name": "detect", "arguments": {"labels": ["[/x]"]}}],
-                      "image_ids": ["img_0000000000000000"]}
+        structured = result("", task="chat", tool_calls=[{"name": "detect", "arguments": {"labels": ["[/x]"]}}])
         return CallToolResult(content=[TextContent(type="text", text="")], structured_content=structured)
 
     @server.tool()
@@ -71,9 +83,7 @@ def build() -> MCPServer:
         for piece in (f"{NASTY} ", f"{PHISH} ", "end"):
             await ctx.report_progress(1, 64, piece)
         text = f"{NASTY}\n\nSee {PHISH}"
-        structured = {"text": text, "image_ids": ["img_0000000000000000"], "notes": [f"see [/x] {NASTY}"],
-                      "family": f"gemma4 {NASTY}", "prompt_tokens": 10, "generated_tokens": 3, "image_tokens": 4,
-                      "timings": {"total_ms": 5.0}}
+        structured = result(text, task="describe", notes=[f"see [/x] {NASTY}"], family=f"gemma4 {NASTY}")
         return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=structured)
 
     @server.tool()
@@ -82,15 +92,17 @@ def build() -> MCPServer:
         data = pictures.get(labels[0], base64.b64encode(png()).decode())
         # The picture attacks come with plain text, so each class can be seen on its own.
         nasty = "" if labels[0] in ("cat", *pictures) else NASTY
-        structured = {
-            "detections": [{"label": f"{labels[0]} {nasty}", "box": [1, 2, 30, 20]}], "labels": labels,
-            "image_ids": [PICTURE_ID], "image_size": [32, 24], "notes": [f"see {nasty or 'the picture'}"],
-            "family": "gemma4", "prompt_tokens": 10, "generated_tokens": 3, "image_tokens": 4,
-            "timings": {"total_ms": 5.0},
-        }
+        found = {"label": f"{labels[0]} {nasty}", "box": [1, 2, 30, 20], "box_normalized": [0.03, 0.08, 0.94, 0.83],
+                 "raw": f"raw {nasty}"}
+        if labels[0] == "shapeless":
+            del found["label"]
+        structured = result(
+            "found", task="detect", detections=[found], labels=labels, image_ids=[PICTURE_ID], image_size=[32, 24],
+            notes=[f"see {nasty or 'the picture'}"],
+        )
         return CallToolResult(
             content=[TextContent(type="text", text="found"), ImageContent(type="image", data=data, mime_type="image/png")],
-            structured_content=structured,
+            structured_content=None if labels[0] == "nothing" else structured,
         )
 
     @server.tool()

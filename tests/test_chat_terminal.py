@@ -83,6 +83,21 @@ def test_a_hostile_server_writes_no_file_the_chat_did_not_name(hostile, tmp_path
     record(class_17=1)
 
 
+def test_a_result_of_the_wrong_shape_ends_the_turn_in_a_line(hostile, tmp_path, photo):
+    """A detection without its label, and no structured result at all: one error line each, and the chat goes on."""
+    with PtyChat(["--server", hostile, str(photo)], tmp_path / "home") as chat:
+        ready(chat)
+        said = b" ".join(chat.line("/detect shapeless", rb"same\s+version\?").split())
+        assert b"error: The server's detect result is not one this chat can read (detections/0/label: Field" in said
+        said = b" ".join(chat.line("/detect nothing", rb"same\s+version\?").split())
+        assert b"it sent no structured result" in said
+        chat.line("/detect cat", rb"picture: ")  # and the next turn works
+        chat.line("/quit", rb"bye")
+        assert chat.wait(30) == 0, chat.tail()
+    assert b"Traceback" not in chat.screen and b"KeyError" not in chat.screen
+    record(class_17=1)
+
+
 def test_markup_typed_or_sent_never_crashes_the_chat(hostile, tmp_path, photo):
     """`[/x]` typed in commands and messages, chosen by the model as a label, and in a server's notes and errors."""
     with PtyChat(["--server", hostile, str(photo)], tmp_path / "home") as chat:
