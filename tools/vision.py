@@ -31,7 +31,6 @@ from .tasks import Ask, Progress
 from .text import clean_model_text
 
 
-
 class Vision(Core):
     """One model behind validated operations: one at a time on a local model, concurrent on an engine.
 
